@@ -1,0 +1,124 @@
+"""The contract between the model zoo and the one training loop.
+
+A trainer owns the networks of one GAN family, their optimizers and their objective, and
+exposes the update phases as data (StyleGAN2-ADA style): the loop in ``train.py`` calls
+``run_step`` and never looks inside. Trainers are distribution-agnostic: ``wrap`` lets the
+caller put the trained networks under DDP (``ray.train.torch.prepare_model``), and a phase
+then calls the wrapped module for the network it updates and the plain module, frozen, for
+the others, so one backward never syncs gradients of a network that is not being stepped.
+
+Batches are dicts: ``"video"`` (N, C, T, H, W) float in [-1, 1], frame 0 being the input
+photo for image-conditioned models; ``"label"`` (N,) int64 when the data has classes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from ssagan_dist.config import LossConfig, OptimConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One update: ``repeats`` times, draw a batch, compute ``loss(batch)``, step ``network``."""
+
+    name: str  # "D" or "G"
+    network: str  # key in trainer.nets updated by this phase
+    repeats: int
+    loss: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]
+
+
+def unwrap(module: nn.Module) -> nn.Module:
+    """The plain module under a DDP (or any ``.module``-holding) wrapper."""
+    return getattr(module, "module", module)
+
+
+def init_weights(module: nn.Module) -> None:
+    """MD-GAN's public init: conv weights ~ N(0, 0.02), BN weights ~ N(1, 0.02), BN bias 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+class GANTrainer:
+    """Base class. Subclasses set ``trained`` and implement ``phases`` and ``predict``.
+
+    ``nets`` holds every network by role ("G", "D", and e.g. "G_stage1" for a frozen one);
+    ``trained`` names those with an optimizer. Optimizers are Adam with the papers' defaults
+    (lr 2e-4, betas (0.5, 0.9)) unless ``optim`` says otherwise.
+    """
+
+    trained: tuple[str, ...] = ("G", "D")
+
+    def __init__(self, nets: dict[str, nn.Module], optim: OptimConfig, loss: LossConfig,
+                 device: torch.device | str = "cpu"):
+        self.device = torch.device(device)
+        self.optim_cfg, self.loss_cfg = optim, loss
+        self.nets = {k: v.to(self.device) for k, v in nets.items()}
+        self.wrapped: dict[str, nn.Module] = dict(self.nets)  # DDP-wrapped after wrap()
+        lrs = {"G": optim.lr_g, "D": optim.lr_d}
+        self.optimizers = {
+            k: torch.optim.Adam(self.nets[k].parameters(), lr=lrs[k], betas=(optim.beta1, optim.beta2))
+            for k in self.trained
+        }
+        for k, net in self.nets.items():
+            if k not in self.trained:
+                net.eval().requires_grad_(False)
+
+    # -- what subclasses define -------------------------------------------------------------
+    def phases(self) -> list[Phase]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        """The generated clip (N, C, T, H, W) in [-1, 1] for a batch, networks in eval mode."""
+        raise NotImplementedError
+
+    # -- the shared machinery ---------------------------------------------------------------
+    def wrap(self, wrap_fn: Callable[[nn.Module], nn.Module]) -> None:
+        """Wrap each trained network (e.g. in DDP); the plain modules stay in ``nets``."""
+        for k in self.trained:
+            self.wrapped[k] = wrap_fn(self.nets[k])
+
+    def run_step(self, next_batch: Callable[[], Batch] | Iterator[Batch]) -> dict[str, float]:
+        """One training step: every phase, each ``repeats`` times, one fresh batch per update."""
+        draw = next_batch if callable(next_batch) else (lambda it=next_batch: next(it))
+        stats: dict[str, float] = {}
+        for phase in self.phases():
+            for k in self.trained:
+                self.nets[k].train()
+                self.nets[k].requires_grad_(k == phase.network)
+            opt = self.optimizers[phase.network]
+            for _ in range(phase.repeats):
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in draw().items()}
+                opt.zero_grad(set_to_none=True)
+                loss, phase_stats = phase.loss(batch)
+                loss.backward()
+                opt.step()
+            stats.update(phase_stats)  # the last repeat's numbers
+        for k in self.trained:
+            self.nets[k].requires_grad_(True)
+        return stats
+
+    def state_dict(self) -> dict:
+        return {
+            "nets": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        for k, sd in state["nets"].items():
+            self.nets[k].load_state_dict(sd)
+        for k, sd in state.get("optimizers", {}).items():
+            self.optimizers[k].load_state_dict(sd)
