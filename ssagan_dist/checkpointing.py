@@ -1,0 +1,127 @@
+"""Checkpoint layout, and loading a trained model back for evaluation and prediction.
+
+A checkpoint is a directory (Ray Train moves it to ``run.storage_path``):
+
+    model.pt          rank 0: {"trainer": GANTrainer.state_dict(), "step": int, "clip_shape": [C, T, H, W]}
+    config.yaml       rank 0: the resolved ExperimentConfig
+    worker-<rank>.pt  every rank: its RNG states and its data loader's position
+
+Ray Train merges the directories that the ranks report at one step into one checkpoint, so every
+rank restores its own RNG and loader state while rank 0 alone writes the networks. Everything is
+plain tensors and containers: ``torch.load(..., weights_only=True)`` reads it.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from ssagan_dist import storage
+from ssagan_dist.config import ExperimentConfig
+from ssagan_dist.models import registry
+from ssagan_dist.trainers import GANTrainer, build_trainer
+
+MODEL_FILE, CONFIG_FILE = "model.pt", "config.yaml"
+
+
+def worker_file(rank: int) -> str:
+    return f"worker-{rank}.pt"
+
+
+def checkpoint_dir_name(step: int) -> str:
+    return f"checkpoint_{step:09d}"
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+def write(directory: Path, *, rank: int, worker_state: dict[str, Any], trainer: Optional[GANTrainer] = None,
+          step: int = 0, clip_shape: Optional[list[int]] = None, cfg: Optional[ExperimentConfig] = None) -> None:
+    """Write this rank's part of a checkpoint into a local directory."""
+    torch.save(worker_state, directory / worker_file(rank))
+    if trainer is not None:
+        torch.save({"trainer": trainer.state_dict(), "step": step, "clip_shape": clip_shape}, directory / MODEL_FILE)
+        (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg))
+
+
+def read_model(directory: Path) -> dict[str, Any]:
+    return torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+
+
+def read_worker(directory: Path, rank: int) -> Optional[dict[str, Any]]:
+    path = directory / worker_file(rank)
+    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+
+
+def resolve(uri: str, endpoint_url: Optional[str] = None) -> str:
+    """A checkpoint directory URI; a run folder resolves to its latest checkpoint."""
+    fs, path = storage.filesystem(uri, endpoint_url)
+    if fs.exists(f"{path}/{MODEL_FILE}"):
+        return uri
+    if not fs.isdir(path):
+        raise FileNotFoundError(f"no checkpoint at {uri}")
+    candidates = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
+                        if p.rsplit("/", 1)[-1].startswith("checkpoint_") and fs.exists(f"{p}/{MODEL_FILE}"))
+    if not candidates:
+        raise FileNotFoundError(f"{uri} holds neither {MODEL_FILE} nor checkpoint_* directories")
+    return storage.join(uri, candidates[-1])
+
+
+def fetch(uri: str, local_dir: Path, endpoint_url: Optional[str] = None) -> Path:
+    """Copy a checkpoint's model and config (not the per-worker files) into ``local_dir``."""
+    fs, path = storage.filesystem(uri, endpoint_url)
+    for name in (MODEL_FILE, CONFIG_FILE):
+        fs.get(f"{path}/{name}", str(local_dir / name))
+    return local_dir
+
+
+def load_trainer(uri: str, device: torch.device | str = "cpu",
+                 endpoint_url: Optional[str] = None) -> tuple[GANTrainer, ExperimentConfig, dict[str, Any]]:
+    """Rebuild the trainer of a checkpoint (or a run folder's latest) with its weights, in eval mode.
+
+    Returns (trainer, config, model_state) where model_state holds "step" and "clip_shape".
+    """
+    uri = resolve(uri, endpoint_url)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = fetch(uri, Path(tmp), endpoint_url)
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(local / CONFIG_FILE))
+        state = read_model(local)
+    trainer = build_trainer_from_config(cfg, device)
+    trainer.load_state_dict(state["trainer"])
+    for net in trainer.nets.values():
+        net.eval()
+    return trainer, cfg, state
+
+
+def build_trainer_from_config(cfg: ExperimentConfig, device: torch.device | str = "cpu") -> GANTrainer:
+    entry = registry.get(cfg.model.name)
+    nets = entry.build(**registry.constructor_args(cfg.model.name, cfg.model.preset, dict(cfg.model.args)))
+    return build_trainer(entry.trainer, nets, cfg.optim, cfg.loss, device)
+
+
+def load_stage1_generator(uri: str, endpoint_url: Optional[str] = None) -> dict[str, torch.Tensor]:
+    """The generator weights of a Stage-I checkpoint, for a refine model's frozen G_stage1."""
+    uri = resolve(uri, endpoint_url)
+    with tempfile.TemporaryDirectory() as tmp:
+        state = read_model(fetch(uri, Path(tmp), endpoint_url))
+    return state["trainer"]["nets"]["G"]
