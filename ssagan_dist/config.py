@@ -56,7 +56,7 @@ class TrainerConfig:
     log_every: int = 10
     val_every: int = 50
     val_batches: int = 8  # per worker; 0 = the whole validation set
-    checkpoint_every: int = 50
+    # A checkpoint is written at every validation (val_every) and at the last step.
 
 
 @dataclass
@@ -143,7 +143,6 @@ def validate(cfg: ExperimentConfig) -> None:
         ("trainer.log_every", cfg.trainer.log_every >= 1, ">= 1"),
         ("trainer.val_every", cfg.trainer.val_every >= 1, ">= 1"),
         ("trainer.val_batches", cfg.trainer.val_batches >= 0, ">= 0"),
-        ("trainer.checkpoint_every", cfg.trainer.checkpoint_every >= 1, ">= 1"),
         ("optim.lr_g", cfg.optim.lr_g > 0, "> 0"),
         ("optim.lr_d", cfg.optim.lr_d > 0, "> 0"),
         ("optim.beta1", 0 <= cfg.optim.beta1 < 1, "in [0, 1)"),
