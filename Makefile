@@ -1,0 +1,15 @@
+# make demo   - set up and run the main job on embedded defaults (local Ray, synthetic data)
+# make test   - set up and run the default test suite (slow tests: make test-all)
+.PHONY: setup demo test test-all bench clean
+setup:
+	scripts/setup.sh
+demo:
+	jobs/demo.sh
+test: setup
+	.venv/bin/python -m pytest -m "not slow" -q
+test-all: setup
+	.venv/bin/python -m pytest -q
+bench: setup
+	.venv/bin/python -m ssagan_dist.bench
+clean:
+	rm -rf runs data/synth_sky .pytest_cache

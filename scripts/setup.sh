@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv with everything the project needs (idempotent: a no-op when already up to date).
+#   TORCH_SPEC   the torch requirement to install first (default: torch==2.13.0, a CPU build here;
+#                GPU users: e.g. TORCH_SPEC="torch==2.13.0" with PIP_INDEX_URL for their CUDA build)
+#   EXTRAS       pip extras of this project to install (default: test)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+EXTRAS=${EXTRAS:-test}
+stamp=.venv/.setup-stamp
+want="$TORCH_SPEC|$EXTRAS|$(sha256sum pyproject.toml | cut -c1-16)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "import ssagan_dist" 2>/dev/null; then
+  echo "[setup] .venv is up to date"
+  exit 0
+fi
+echo "[setup] creating .venv ($("$PYTHON" --version))"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install --quiet --upgrade pip
+# torch first: a bare 'torch' requirement with no torch installed would pull a multi-GB CUDA build.
+echo "[setup] installing $TORCH_SPEC"
+.venv/bin/python -m pip install --quiet "$TORCH_SPEC"
+echo "[setup] installing ssagan-dist[$EXTRAS] (ray, webdataset, s3fs, ...)"
+.venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"
+echo "$want" > "$stamp"
+echo "[setup] done: source .venv/bin/activate"
