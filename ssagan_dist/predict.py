@@ -60,9 +60,8 @@ def predict(checkpoint: str, out: str, *, image: Optional[str] = None, data: Opt
                  "label": torch.zeros(1, dtype=torch.long)}
     torch.manual_seed(seed)  # noise-driven models
     pred = trainer.predict({k: v.to(device) for k, v in batch.items()})[0].cpu()
-    if data is not None:
-        visualize.save_gif(pred, out, fps=fps, side_by_side=batch["video"][0]) if out.endswith(".gif") \
-            else visualize.save_video(pred, out, fps=fps)
+    if data is not None and out.lower().endswith(".gif"):
+        visualize.save_gif(pred, out, fps=fps, side_by_side=batch["video"][0])
     else:
         visualize.save_video(pred, out, fps=fps)
     return pred
