@@ -4,7 +4,7 @@ A checkpoint is a directory (Ray Train moves it to ``run.storage_path``):
 
     model.pt          rank 0: {"trainer": GANTrainer.state_dict(), "step": int, "clip_shape": [C, T, H, W]}
     config.yaml       rank 0: the resolved ExperimentConfig
-    worker-<rank>.pt  every rank: its RNG states and its data loader's position
+    worker-<rank>.pt  every rank: its RNG states, its data loader's position, a digest of its weights
 
 Ray Train merges the directories that the ranks report at one step into one checkpoint, so every
 rank restores its own RNG and loader state while rank 0 alone writes the networks. Everything is
@@ -13,6 +13,7 @@ plain tensors and containers: ``torch.load(..., weights_only=True)`` reads it.
 
 from __future__ import annotations
 
+import hashlib
 import random
 import tempfile
 from pathlib import Path
@@ -35,6 +36,16 @@ def worker_file(rank: int) -> str:
 
 def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:09d}"
+
+
+def param_digest(trainer: GANTrainer) -> str:
+    """sha256 of every trained network's parameters: equal on all DDP ranks when they are in sync."""
+    h = hashlib.sha256()
+    for name in trainer.trained:
+        for pname, p in sorted(trainer.nets[name].named_parameters()):
+            h.update(f"{name}.{pname}".encode())
+            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:

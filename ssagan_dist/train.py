@@ -354,8 +354,9 @@ def _report_with_checkpoint(report: dict[str, Any], trainer: GANTrainer, loader:
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
-        checkpointing.write(Path(tmp), rank=rank,
-                            worker_state={"rng": checkpointing.rng_state(), "loader": loader.state_dict()},
+        worker_state = {"rng": checkpointing.rng_state(), "loader": loader.state_dict(),
+                        "param_digest": checkpointing.param_digest(trainer)}
+        checkpointing.write(Path(tmp), rank=rank, worker_state=worker_state,
                             trainer=trainer if rank == 0 else None, step=step, clip_shape=clip_shape, cfg=cfg)
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=checkpointing.checkpoint_dir_name(step))
