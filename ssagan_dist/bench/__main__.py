@@ -1,0 +1,35 @@
+"""Run the benchmarks by name (default: all) and print their results."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+BENCHMARKS = {
+    "attention": "SSA fused vs literal attention: forward+backward peak memory",
+    "loader": "ClipLoader clips/s from local shards and S3 vs a frame-folder JPEG loader",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m ssagan_dist.bench", description=__doc__)
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()) + " (default: all)")
+    p.add_argument("--json", action="store_true", help="print one JSON object of every result")
+    a = p.parse_args(argv)
+    unknown = sorted(set(a.names) - set(BENCHMARKS))
+    if unknown:
+        p.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+    results = {}
+    for name in a.names or list(BENCHMARKS):
+        print(f"== {name}: {BENCHMARKS[name]}", file=sys.stderr, flush=True)
+        results[name] = importlib.import_module(f"ssagan_dist.bench.{name}").run(json_out=a.json)
+    if a.json:
+        print(json.dumps(results, indent=2, sort_keys=True, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
