@@ -1,0 +1,291 @@
+"""Sample strips, animated GIF / MP4 clips and a PSNR-per-frame plot, with numpy, Pillow and PyAV.
+
+Clips are (C, T, H, W) tensors in [-1, 1] (C = 1 or 3); batches are (N, C, T, H, W). Small
+frames are enlarged by an integer factor with nearest-neighbour sampling (`scale=None` picks the
+smallest factor that makes the shorter side reach a readable size). Every file is written to a
+temporary file in the target folder and renamed into place, so a crash leaves no partial file.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import av
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+from ssagan_dist.metrics import PSNR_CAP, to_unit_range
+
+# sample-strip layout (pixels)
+LABEL_W = 44  # left column holding the row labels
+HEADER_H = 18  # top row holding the column labels
+GAP = 2  # between tiles
+CLIP_GAP = 6  # extra space between the row pairs of two clips
+STRIP_MIN_SIDE = 64
+VIDEO_MIN_SIDE = 128
+
+BACKGROUND = (255, 255, 255)
+TEXT = (20, 20, 20)
+LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: fixed-size bitmap font only
+        return ImageFont.load_default()
+
+
+@contextmanager
+def _atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path` (same suffix); rename it onto `path` on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def to_uint8_frames(clip: Tensor) -> np.ndarray:
+    """(C, T, H, W) in [-1, 1] -> (T, H, W, 3) uint8 RGB (grey clips are repeated to 3 channels)."""
+    if clip.dim() != 4 or clip.shape[0] not in (1, 3):
+        raise ValueError(f"expected a (C, T, H, W) clip with C = 1 or 3, got shape {tuple(clip.shape)}")
+    frames = (to_unit_range(clip.detach()) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).cpu().numpy()
+    return np.repeat(frames, 3, axis=-1) if frames.shape[-1] == 1 else frames
+
+
+def _auto_scale(height: int, width: int, min_side: int, scale: int | None) -> int:
+    if scale is None:
+        return max(1, math.ceil(min_side / min(height, width)))
+    if scale < 1:
+        raise ValueError(f"scale must be a positive integer, got {scale}")
+    return scale
+
+
+def _enlarge(frames: np.ndarray, scale: int) -> np.ndarray:
+    """Nearest-neighbour integer upscaling of (..., H, W, 3) arrays."""
+    return frames if scale == 1 else frames.repeat(scale, axis=-3).repeat(scale, axis=-2)
+
+
+def save_image(image: Image.Image, path: str | os.PathLike) -> None:
+    """Save a PIL image atomically; the format follows the extension (.png, .jpg, ...)."""
+    fmt = Image.registered_extensions().get(Path(path).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"{path}: unknown image extension")
+    with _atomic_path(path) as tmp:
+        image.save(tmp, format=fmt)
+
+
+# -- sample strip ----------------------------------------------------------------------------
+def default_times(num_frames: int, count: int = 6) -> list[int]:
+    """Up to `count` evenly spaced frame indices in 1..T-1 (frame 0 is the input)."""
+    if num_frames <= 1:
+        return [0]
+    return sorted({round(t) for t in np.linspace(1, num_frames - 1, min(count, num_frames - 1))})
+
+
+def sample_strip(
+    inputs_frame: Tensor,
+    pred: Tensor,
+    real: Tensor,
+    times: list[int] | None = None,
+    max_clips: int = 4,
+    scale: int | None = None,
+) -> Image.Image:
+    """A grid for up to `max_clips` clips: the input frame, then predicted and real frames at `times`.
+
+    inputs_frame: (N, C, H, W); pred, real: (N, C, T, H, W), all in [-1, 1]. Each clip takes two
+    rows (pred above real), the input frame sits left of both; columns are labelled with t.
+    """
+    if pred.shape != real.shape or pred.dim() != 5:
+        raise ValueError(
+            f"pred and real must be (N, C, T, H, W) of one shape, got {tuple(pred.shape)} and {tuple(real.shape)}"
+        )
+    n, c, t, h, w = pred.shape
+    if inputs_frame.shape != (n, c, h, w):
+        raise ValueError(f"inputs_frame must be (N, C, H, W) = {(n, c, h, w)}, got {tuple(inputs_frame.shape)}")
+    times = default_times(t) if times is None else list(times)
+    if not times or not all(0 <= i < t for i in times):
+        raise ValueError(f"times must be frame indices in [0, {t}), got {times}")
+    k = min(n, max_clips)
+    scale = _auto_scale(h, w, STRIP_MIN_SIDE, scale)
+    th, tw = h * scale, w * scale
+    pair_h = 2 * (th + GAP) + CLIP_GAP
+    image = Image.new("RGB", (LABEL_W + (1 + len(times)) * (tw + GAP), HEADER_H + k * pair_h - CLIP_GAP), BACKGROUND)
+    draw, font = ImageDraw.Draw(image), _font()
+
+    def col_x(j: int) -> int:
+        return LABEL_W + j * (tw + GAP)
+
+    for j, label in enumerate(["input"] + [f"t={i}" for i in times]):
+        draw.text((col_x(j) + tw // 2, HEADER_H // 2), label, fill=TEXT, font=font, anchor="mm")
+    for clip in range(k):
+        top = HEADER_H + clip * pair_h
+        first = _enlarge(to_uint8_frames(inputs_frame[clip].unsqueeze(1))[0], scale)
+        image.paste(Image.fromarray(first), (col_x(0), top + (th + GAP) // 2))  # centred on both rows
+        for row, (label, video) in enumerate((("pred", pred[clip]), ("real", real[clip]))):
+            y = top + row * (th + GAP)
+            draw.text((4, y + th // 2), f"{clip}:{label}" if row == 0 else label, fill=TEXT, font=font, anchor="lm")
+            frames = _enlarge(to_uint8_frames(video[:, times]), scale)
+            for j, frame in enumerate(frames, start=1):
+                image.paste(Image.fromarray(frame), (col_x(j), y))
+    return image
+
+
+# -- animated clips --------------------------------------------------------------------------
+def _video_frames(clip: Tensor, real: Tensor | None, scale: int | None) -> np.ndarray:
+    frames = to_uint8_frames(clip)
+    if real is not None:
+        if real.shape != clip.shape:
+            raise ValueError(f"real must match the clip's shape {tuple(clip.shape)}, got {tuple(real.shape)}")
+        gap = np.full((*frames.shape[:2], GAP, 3), 255, dtype=np.uint8)
+        frames = np.concatenate([frames, gap, to_uint8_frames(real)], axis=2)
+    _, h, w, _ = frames.shape
+    return _enlarge(frames, _auto_scale(h, w, VIDEO_MIN_SIDE, scale))
+
+
+def save_gif(
+    clip: Tensor, path: str | os.PathLike, fps: float = 8, scale: int | None = None, real: Tensor | None = None
+) -> None:
+    """Write a looping animated GIF of a (C, T, H, W) clip; with `real`, frames show pred | real.
+
+    GIF stores delays in 1/100 s, and Pillow merges identical consecutive frames into one
+    longer frame (a still clip plays as one frame for the whole duration).
+    """
+    frames = [Image.fromarray(f) for f in _video_frames(clip, real, scale)]
+    with _atomic_path(path) as tmp:
+        frames[0].save(
+            tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0
+        )
+
+
+def _mp4_codec() -> str:
+    try:
+        av.codec.Codec("libx264", "w")
+        return "libx264"
+    except Exception:  # FFmpeg built without x264 (LGPL builds)
+        return "mpeg4"
+
+
+def save_mp4(clip: Tensor, path: str | os.PathLike, fps: int = 8, scale: int | None = None) -> None:
+    """Write a (C, T, H, W) clip as H.264 MP4 (MPEG-4 Part 2 if libx264 is missing), yuv420p.
+
+    yuv420p needs even sides: an odd side is padded by repeating the last row/column.
+    """
+    frames = _video_frames(clip, None, scale)
+    _, h, w, _ = frames.shape
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    codec = _mp4_codec()
+    with _atomic_path(path) as tmp:
+        with av.open(str(tmp), mode="w", format="mp4") as container:
+            stream = container.add_stream(codec, rate=fps)
+            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+            if codec == "libx264":
+                stream.options = {"crf": "18"}
+            else:
+                stream.bit_rate = 4_000_000
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+            container.mux(stream.encode())
+
+
+def save_video(clip: Tensor, path: str | os.PathLike, fps: int = 8, scale: int | None = None) -> None:
+    """save_gif or save_mp4, chosen by the extension of `path`."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gif":
+        save_gif(clip, path, fps=fps, scale=scale)
+    elif suffix == ".mp4":
+        save_mp4(clip, path, fps=fps, scale=scale)
+    else:
+        raise ValueError(f"{path}: video output must end in .gif or .mp4")
+
+
+# -- PSNR-per-frame plot ---------------------------------------------------------------------
+def _nice_step(span: float, max_ticks: int) -> float:
+    raw = span / max_ticks
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return next(m * magnitude for m in (1, 2, 5, 10) if m * magnitude >= raw)
+
+
+def psnr_curve_png(
+    per_frame_psnr: dict[str, Sequence[float]],
+    path: str | os.PathLike,
+    title: str = "PSNR per frame",
+    size: tuple[int, int] = (640, 400),
+) -> None:
+    """Line plot of PSNR (dB) against frame index, one line per entry (e.g. model and baseline).
+
+    The y axis spans the finite values under the PSNR cap; capped values (identical frames, such
+    as the baseline's frame 0) are drawn on the top edge, and the plot says so.
+    """
+    if not per_frame_psnr or not all(len(v) for v in per_frame_psnr.values()):
+        raise ValueError("per_frame_psnr needs at least one non-empty curve")
+    curves = {name: np.asarray(values, dtype=np.float64) for name, values in per_frame_psnr.items()}
+    shown = np.concatenate([v[np.isfinite(v) & (v < PSNR_CAP)] for v in curves.values()])
+    lo, hi = (float(shown.min()), float(shown.max())) if shown.size else (0.0, PSNR_CAP)
+    step = _nice_step(max(hi - lo, 1.0), 6)
+    y0, y1 = math.floor(lo / step) * step, math.ceil(hi / step) * step
+    y1 = y1 if y1 > y0 else y0 + step
+    x1 = max(len(v) for v in curves.values()) - 1
+
+    width, height = size
+    left, right, top, bottom = 56, 16, 30, 44
+    pw, ph = width - left - right, height - top - bottom
+    image = Image.new("RGB", size, BACKGROUND)
+    draw, font = ImageDraw.Draw(image), _font(12)
+
+    def to_px(x: float, y: float) -> tuple[float, float]:
+        fx = x / x1 if x1 else 0.5
+        fy = (min(y, y1) - y0) / (y1 - y0)
+        return left + fx * pw, top + (1 - fy) * ph
+
+    for i in range(round((y1 - y0) / step) + 1):  # horizontal grid and y labels
+        y = y0 + i * step
+        _, py = to_px(0, y)
+        draw.line([(left, py), (left + pw, py)], fill=(225, 225, 225))
+        draw.text((left - 6, py), f"{y:g}", fill=TEXT, font=font, anchor="rm")
+    x_step = max(1, math.ceil(x1 / 10)) if x1 else 1
+    for x in range(0, x1 + 1, x_step):
+        px, _ = to_px(x, y0)
+        draw.line([(px, top + ph), (px, top + ph + 4)], fill=TEXT)
+        draw.text((px, top + ph + 6), str(x), fill=TEXT, font=font, anchor="mt")
+    draw.rectangle([left, top, left + pw, top + ph], outline=TEXT)
+    draw.text((left + pw, height - 4), "frame", fill=TEXT, font=font, anchor="rd")
+    draw.text((4, top - 8), "dB", fill=TEXT, font=font, anchor="lm")
+    draw.text((width / 2, 4), title, fill=TEXT, font=_font(14), anchor="mt")
+
+    any_capped = False
+    for colour, (name, values) in zip(LINE_COLOURS * len(curves), curves.items()):
+        points = [(to_px(x, y), y >= PSNR_CAP) for x, y in enumerate(values) if math.isfinite(y)]
+        any_capped |= any(capped for _, capped in points)
+        if len(points) > 1:
+            draw.line([p for p, _ in points], fill=colour, width=2, joint="curve")
+        for (px, py), capped in points:
+            r = 4 if capped else 2.5
+            draw.ellipse([px - r, py - r, px + r, py + r], fill=colour if not capped else BACKGROUND, outline=colour)
+
+    legend = list(curves)
+    lx, ly = left + pw - 8, top + 8
+    box_w = max(draw.textlength(name, font=font) for name in legend) + 34
+    draw.rectangle([lx - box_w, ly, lx, ly + 18 * len(legend) + 4], fill=BACKGROUND, outline=(180, 180, 180))
+    for i, (colour, name) in enumerate(zip(LINE_COLOURS * len(legend), legend)):
+        y = ly + 12 + 18 * i
+        draw.line([(lx - box_w + 6, y), (lx - box_w + 24, y)], fill=colour, width=3)
+        draw.text((lx - box_w + 28, y), name, fill=TEXT, font=font, anchor="lm")
+    if any_capped:
+        note = f"open circle on top edge: identical frames (PSNR capped at {PSNR_CAP:g} dB)"
+        draw.text((left, height - 4), note, fill=TEXT, font=font, anchor="ld")
+    save_image(image, path)
