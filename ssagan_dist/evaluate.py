@@ -26,13 +26,13 @@ def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: in
     loader = ClipLoader(resolve_urls(data, endpoint_url=endpoint_url), batch_size, shuffle=False,
                         endpoint_url=endpoint_url)
     total = min(len(loader), max_batches) if max_batches else len(loader)
-    sums = metrics.MetricSums()
+    sums = metrics.MetricSums(state["clip_shape"][1])
     for i, batch in enumerate(tqdm(loader, total=total, desc="evaluate", unit="batch", disable=not progress)):
         if i >= total:
             break
         real = batch["video"].to(device)
         pred = trainer.predict({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
-        sums.add(metrics.clip_metrics(pred, real), prefix="")
+        sums.add(metrics.clip_metrics(pred, real))
         sums.add(metrics.clip_metrics(metrics.copy_frame_baseline(real), real), prefix="baseline_")
     result = sums.means()
     result.update({"model": cfg.model.name, "preset": cfg.model.preset, "step": state["step"],

@@ -61,7 +61,7 @@ def predict(checkpoint: str, out: str, *, image: Optional[str] = None, data: Opt
     torch.manual_seed(seed)  # noise-driven models
     pred = trainer.predict({k: v.to(device) for k, v in batch.items()})[0].cpu()
     if data is not None and out.lower().endswith(".gif"):
-        visualize.save_gif(pred, out, fps=fps, side_by_side=batch["video"][0])
+        visualize.save_gif(pred, out, fps=fps, real=batch["video"][0])
     else:
         visualize.save_video(pred, out, fps=fps)
     return pred

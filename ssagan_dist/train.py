@@ -190,23 +190,23 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
 
 
 @torch.no_grad()
-def validate(trainer: GANTrainer, loader: ClipLoader, max_batches: int, device: torch.device):
+def validate(trainer: GANTrainer, loader: ClipLoader, max_batches: int, frames: int, device: torch.device):
     """Metrics over every rank's share of the validation set, and rank-local first batch for pictures."""
-    sums = metrics.MetricSums()
+    sums = metrics.MetricSums(frames)
     first = None
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
         real = batch["video"].to(device)
         pred = trainer.predict({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
-        sums.add(metrics.clip_metrics(pred, real), prefix="")
+        sums.add(metrics.clip_metrics(pred, real))
         sums.add(metrics.clip_metrics(metrics.copy_frame_baseline(real), real), prefix="baseline_")
         if first is None:
             first = (real.cpu(), pred.cpu())
-    flat = sums.to_tensor().to(device)
+    flat = sums.to_tensor(device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(flat)
-    return sums.means_from_tensor(flat.cpu()), first
+    return sums.means(flat.cpu()), first
 
 
 class RunFiles:
@@ -230,7 +230,7 @@ class RunFiles:
         with tempfile.TemporaryDirectory() as tmp:
             outputs = {
                 f"samples/step_{step:09d}.png": lambda p: visualize.sample_strip(real[:, :, 0], pred, real).save(p),
-                f"samples/step_{step:09d}.gif": lambda p: visualize.save_gif(pred[0], p, side_by_side=real[0]),
+                f"samples/step_{step:09d}.gif": lambda p: visualize.save_gif(pred[0], p, real=real[0]),
                 "samples/psnr_per_frame.png": lambda p: visualize.psnr_curve_png(psnr_curves, p),
             }
             for rel, write in outputs.items():
@@ -329,11 +329,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if step % cfg.trainer.val_every == 0 or last:
             report = {"step": step, **(record or {})}
             if val_loader is not None:
-                val, first = validate(trainer, val_loader, cfg.trainer.val_batches, device)
+                val, first = validate(trainer, val_loader, cfg.trainer.val_batches, clip_shape[1], device)
                 report.update({f"{VAL_METRIC_PREFIX}{k}": v for k, v in val.items() if not isinstance(v, list)})
                 if rank == 0 and first is not None:
                     files.samples(step, first[0][:4], first[1][:4],
-                                  {"model": val["psnr_per_frame"], "copy first frame": val["baseline_psnr_per_frame"]})
+                                  {"model": val["psnr_curve"], "copy frame 0": val["baseline_psnr_curve"]})
                     print(f"[val] step {step}: PSNR {val['psnr']:.2f} dB (copy-frame baseline "
                           f"{val['baseline_psnr']:.2f}) SSIM {val['ssim']:.4f} (baseline {val['baseline_ssim']:.4f})",
                           flush=True)
