@@ -1,15 +1,17 @@
 """ClipLoader: equal batch counts per rank, order and exact resume, bad data, URL specs."""
 
+import io
 import logging
 import os
 import shutil
 import tarfile
 
+import numpy as np
 import pytest
 import torch
 
 from data_tools.synth import generate
-from ssagan_dist.data import BadSampleError, ClipLoader, read_index, resolve_urls
+from ssagan_dist.data import BadSampleError, ClipLoader, decode_clip, encode_clip, read_index, resolve_urls
 
 
 def make_sky(path, clips, shard_clips, size=8, frames=2, seed=0):
@@ -87,7 +89,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
 def corrupt_clip(shard_path, key):
     """Overwrite the bytes of one frame of ``key`` in place (offsets stay valid)."""
     with tarfile.open(shard_path) as tar:
-        info = next(m for m in tar.getmembers() if m.name == f"{key}.0001.jpg")
+        info = next(m for m in tar.getmembers() if m.name == f"{key}.jpg")
     with open(shard_path, "r+b") as f:
         f.seek(info.offset_data)
         f.write(b"\0" * info.size)
@@ -132,3 +134,24 @@ def test_url_specs_and_shards_without_index(tmp_path):
         resolve_urls(str(bare))
     scanned = ClipLoader(str(bare / "train-{000000..000002}.tar"), 2, shuffle=False)
     assert keys_of(run_epoch(scanned)) == indexed
+
+
+@pytest.mark.parametrize("side,members", [(16, ["jpg"]), (12, ["0000.jpg", "0001.jpg", "0002.jpg"])])
+def test_jpeg_clips_round_trip(side, members):
+    y, x = np.mgrid[0:side, 0:side]
+    frames = np.stack([np.stack([x * 4, y * 4, np.full_like(x, 80 * i)], -1) for i in range(3)])
+    frames = frames.astype(np.uint8)  # smooth gradients, a different blue level per frame
+    encoded = dict(encode_clip(frames, "jpg", quality=95))
+    assert sorted(encoded) == sorted(members)  # square multiples of 8: one strip per clip
+    decoded = decode_clip(encoded, (3, 3, side, side))
+    error = np.abs(decoded.astype(int) - frames)
+    assert error.mean() < 2 and error.max() <= 8  # and so no frame bleeds into its neighbours
+
+
+def test_npy_clips_are_exact_and_never_unpickled():
+    frames = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(decode_clip(dict(encode_clip(frames, "npy"))), frames)
+    buf = io.BytesIO()
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="bad .npy"):
+        decode_clip({"npy": buf.getvalue()})

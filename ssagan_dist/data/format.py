@@ -3,8 +3,12 @@
 A clip with key K is a run of tar members (WebDataset convention: key = name up to the first dot):
 
     K.json           metadata: source, first_frame, fps, label, orig_size [w, h], ...
-    K.0000.jpg ...   one JPEG per frame (frame_format "jpg"), or
-    K.npy            uint8 array (T, H, W, C) (frame_format "npy"), read with allow_pickle=False
+    K.jpg            frame_format "jpg": the T frames stacked vertically in one JPEG, (T*H) x W
+                     (one decode per clip, as in the VGAN release); used for square frames whose
+                     side is a multiple of 8, with 4:4:4 chroma, so no JPEG block or chroma
+                     sample straddles two frames;
+    K.0000.jpg ...   otherwise one JPEG per frame;
+    K.npy            frame_format "npy": uint8 array (T, H, W, C), read with allow_pickle=False
     K.cls            class index as ASCII text, only in labelled datasets
 
 Only these decoders exist here: no member is ever unpickled.
@@ -54,15 +58,25 @@ def encode_clip(
         np.save(buf, np.ascontiguousarray(frames), allow_pickle=False)
         members.append(("npy", buf.getvalue()))
     elif frame_format == "jpg":
-        for t, frame in enumerate(frames):
-            buf = io.BytesIO()
-            Image.fromarray(frame.squeeze(-1) if frame.shape[-1] == 1 else frame).save(buf, "JPEG", quality=quality)
-            members.append((f"{t:04d}.jpg", buf.getvalue()))
+        t, h, w, c = frames.shape
+        if h == w and h % 8 == 0:
+            # 4:4:4: subsampled chroma is upsampled across block rows on decode, bleeding between frames
+            members.append(("jpg", _jpeg(frames.reshape(t * h, w, c), quality, subsampling=0)))
+        else:
+            members += [(f"{i:04d}.jpg", _jpeg(frame, quality)) for i, frame in enumerate(frames)]
     else:
         raise ValueError(f"frame_format must be 'jpg' or 'npy', got {frame_format!r}")
     if label is not None:
         members.append(("cls", str(int(label)).encode()))
     return members
+
+
+def _jpeg(image: np.ndarray, quality: int, subsampling: int = -1) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(
+        buf, "JPEG", quality=quality, subsampling=subsampling
+    )
+    return buf.getvalue()
 
 
 def parse_members(blob: bytes) -> list[tuple[str, str, bytes]]:
@@ -97,10 +111,19 @@ def decode_clip(members: dict[str, bytes], shape: tuple[int, int, int, int] | No
             raise ValueError(f"bad .npy member: {e}") from None
         if arr.dtype != np.uint8 or arr.ndim != 4:
             raise ValueError(f".npy must be uint8 (T, H, W, C), got {arr.dtype} {arr.shape}")
+    elif strip := next((ext for ext in FRAME_EXTS if ext in members), None):
+        try:
+            image = _decode_image(members[strip], channels)
+        except Exception as e:  # PIL raises several types on corrupt images
+            raise ValueError(f"undecodable .{strip} frame strip: {type(e).__name__}: {e}") from None
+        side = shape[2] if shape else image.shape[1]  # frames are square unless the index says otherwise
+        if image.shape[0] % side:
+            raise ValueError(f".{strip} strip of height {image.shape[0]} is not a whole number of {side}-row frames")
+        arr = image.reshape(image.shape[0] // side, side, *image.shape[1:])
     else:
         frames = sorted((int(m.group(1)), ext) for ext in members if (m := _FRAME_MEMBER.match(ext)))
         if not frames:
-            raise ValueError(f"no frames (.npy or NNNN.jpg members) among {sorted(members)}")
+            raise ValueError(f"no frames (.jpg strip, .npy or NNNN.jpg members) among {sorted(members)}")
         if [t for t, _ in frames] != list(range(len(frames))):
             raise ValueError(f"frame members are not numbered 0..{len(frames) - 1}: {[e for _, e in frames]}")
         try:
