@@ -1,0 +1,56 @@
+"""One-stage image-to-video GAN: SSA-GAN, MD-GAN Stage I, SSA-GAN (a) (seed 000 eq. 7).
+
+D minimises L_D = -L_adv (BCE on logits: real clips -> 1, G(X) -> 0), ``n_critic`` times per
+G update; G minimises the non-saturating adversarial loss plus λ_con·L1(Y, G(X)). X is the
+clip's first frame repeated T times.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ssagan_dist import losses
+from ssagan_dist.models.unet3d import repeat_frame
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase
+
+
+def static_input(batch: Batch) -> torch.Tensor:
+    """X: frame 0 of ``batch["video"]`` repeated over the clip's T frames."""
+    video = batch["video"]
+    return repeat_frame(video[:, :, 0], video.shape[2])
+
+
+class OneStageTrainer(GANTrainer):
+    trained = ("G", "D")
+
+    def phases(self) -> list[Phase]:
+        return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
+
+    def d_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        y = batch["video"]
+        with torch.no_grad():
+            fake = self.nets["G"](static_input(batch))
+        real_logits, _ = self.wrapped["D"](y)
+        fake_logits, _ = self.wrapped["D"](fake)
+        loss = losses.adversarial_d_loss(real_logits, fake_logits)
+        return loss, {"d_loss": loss.item(), "d_real": torch.sigmoid(real_logits).mean().item(),
+                      "d_fake": torch.sigmoid(fake_logits).mean().item()}
+
+    def g_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        y = batch["video"]
+        fake = self.wrapped["G"](static_input(batch))
+        fake_logits, _ = self.nets["D"](fake)
+        adv = losses.adversarial_g_loss(fake_logits)
+        con = losses.content_loss(y, fake)
+        loss = adv + self.loss_cfg.lambda_con * con
+        return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_con": con.item()}
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        g = self.nets["G"]
+        was_training = g.training
+        g.eval()
+        try:
+            return g(static_input(batch))
+        finally:
+            g.train(was_training)

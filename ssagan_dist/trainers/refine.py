@@ -1,0 +1,84 @@
+"""Two-stage refinement: MD-GAN Stage II (Refine-Net) and SSA-GAN (b) (seed 002 §3.2, Alg. 1).
+
+A frozen Stage-I generator (``nets["G_stage1"]``, eval mode) turns the repeated first frame
+into Y1; G2 (``nets["G"]``) refines it into Y2. With F_l the D2 features used for the Gram
+matrices and L_rank the adversarial ranking loss on (Y1, Y, Y2):
+
+- D2 minimises  L_D - λ_rank·L_rank   (BCE real/fake, and *maximises* the ranking loss),
+  ``n_critic`` times per G2 update;
+- G2 minimises  L_adv(non-saturating) + λ_rank·L_rank + λ_con·L1(Y, Y2).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ssagan_dist import losses
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase
+from ssagan_dist.trainers.onestage import static_input
+
+
+class RefineTrainer(GANTrainer):
+    trained = ("G", "D")
+
+    def __init__(self, nets: dict[str, nn.Module], *args, **kwargs):
+        if "G_stage1" not in nets:
+            raise ValueError("RefineTrainer needs nets['G_stage1'], the frozen Stage-I generator")
+        super().__init__(nets, *args, **kwargs)
+
+    def load_stage1(self, generator_state_dict: dict[str, torch.Tensor]) -> None:
+        """Load the trained Stage-I generator's weights (a Stage-I checkpoint's ``nets["G"]``)."""
+        g1 = self.nets["G_stage1"]
+        try:
+            g1.load_state_dict(generator_state_dict)
+        except RuntimeError as e:
+            raise ValueError(f"the Stage-I checkpoint does not fit this model's G_stage1: {e}") from None
+        g1.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def stage1(self, batch: Batch) -> torch.Tensor:
+        """Y1: the frozen Stage-I output (BatchNorm in eval mode, with its running statistics)."""
+        return self.nets["G_stage1"].eval()(static_input(batch))
+
+    def phases(self) -> list[Phase]:
+        return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
+
+    def d_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        y, y1 = batch["video"], self.stage1(batch)
+        with torch.no_grad():
+            y2 = self.nets["G"](y1)
+        d = self.wrapped["D"]
+        real_logits, feats_y = d(y)
+        fake_logits, feats_y2 = d(y2)
+        _, feats_y1 = d(y1)
+        adv = losses.adversarial_d_loss(real_logits, fake_logits)
+        rank = losses.ranking_loss(feats_y1, feats_y, feats_y2)
+        loss = adv - self.loss_cfg.lambda_rank * rank
+        return loss, {"d_loss": loss.item(), "d_adv": adv.item(), "d_rank": rank.item(),
+                      "d_real": torch.sigmoid(real_logits).mean().item(),
+                      "d_fake": torch.sigmoid(fake_logits).mean().item()}
+
+    def g_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        y, y1 = batch["video"], self.stage1(batch)
+        y2 = self.wrapped["G"](y1)
+        d = self.nets["D"]
+        fake_logits, feats_y2 = d(y2)
+        with torch.no_grad():
+            _, feats_y = d(y)
+            _, feats_y1 = d(y1)
+        adv = losses.adversarial_g_loss(fake_logits)
+        rank = losses.ranking_loss(feats_y1, feats_y, feats_y2)
+        con = losses.content_loss(y, y2)
+        loss = adv + self.loss_cfg.lambda_rank * rank + self.loss_cfg.lambda_con * con
+        return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_rank": rank.item(), "g_con": con.item()}
+
+    @torch.no_grad()
+    def predict(self, batch: Batch) -> torch.Tensor:
+        g2 = self.nets["G"]
+        was_training = g2.training
+        g2.eval()
+        try:
+            return g2(self.stage1(batch))
+        finally:
+            g2.train(was_training)
