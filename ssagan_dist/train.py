@@ -111,7 +111,7 @@ def storage_for_ray(cfg: ExperimentConfig) -> tuple[str, Any]:
         return path, None
     import pyarrow.fs
 
-    ep = endpoint(cfg) or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    ep = storage.s3_endpoint(endpoint(cfg))
     kwargs: dict[str, Any] = {}
     if ep:
         kwargs["endpoint_override"] = ep
@@ -171,8 +171,7 @@ class BatchStream:
         start = time.perf_counter()
         try:
             batch = next(self.iterator)
-        except StopIteration:
-            self.loader.set_epoch(self.loader.state_dict()["epoch"] + 1)
+        except StopIteration:  # the loader has moved on to the next epoch
             self.iterator = iter(self.loader)
             batch = next(self.iterator)
         self.wait_s += time.perf_counter() - start
@@ -194,6 +193,7 @@ def validate(trainer: GANTrainer, loader: ClipLoader, max_batches: int, frames: 
     """Metrics over every rank's share of the validation set, and rank-local first batch for pictures."""
     sums = metrics.MetricSums(frames)
     first = None
+    loader.load_state_dict({"epoch": 0, "consumed": 0})  # the same clips at every validation
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
             break
@@ -269,7 +269,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     ep = endpoint(cfg)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     _set_determinism(cfg)  # identical initial weights on every rank
     trainer = checkpointing.build_trainer_from_config(cfg, device)
@@ -301,9 +300,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     clips_per_step = sum(p.repeats for p in trainer.phases()) * cfg.trainer.batch_size * world
     if rank == 0:
-        print(f"[train] {cfg.model.name} ({cfg.model.preset}) on {world} worker(s), {device}; "
-              f"{'resuming at' if step else 'starting at'} step {step}/{cfg.trainer.max_steps}; "
-              f"{len(train_loader)} batches/epoch/worker", flush=True)
+        say(f"[train] {cfg.model.name} ({cfg.model.preset}) on {world} worker(s), {device}; "
+            f"{'resuming at' if step else 'starting at'} step {step}/{cfg.trainer.max_steps}; "
+            f"{len(train_loader)} batches/epoch/worker")
     window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
     run_start = time.perf_counter()
     while step < cfg.trainer.max_steps:
@@ -321,12 +320,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                       **{f"train/{k}": v for k, v in stats.items()}}
             if rank == 0:
                 losses = " ".join(f"{k}={v:.4f}" for k, v in sorted(stats.items()))
-                print(f"[train] step {step}/{cfg.trainer.max_steps} | {rate:.1f} clips/s | {losses} | "
-                      f"data wait {100 * record['data_wait_share']:.0f}% | ETA {_hms(eta)}", flush=True)
+                say(f"[train] step {step}/{cfg.trainer.max_steps} | {rate:.1f} clips/s | {losses} | "
+                    f"data wait {100 * record['data_wait_share']:.0f}% | ETA {_hms(eta)}")
             window_start, window_wait, window_steps = time.perf_counter(), batches.wait_s, 0
         else:
             record = None
         if step % cfg.trainer.val_every == 0 or last:
+            val_start = time.perf_counter()
             report = {"step": step, **(record or {})}
             if val_loader is not None:
                 val, first = validate(trainer, val_loader, cfg.trainer.val_batches, clip_shape[1], device)
@@ -334,19 +334,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 if rank == 0 and first is not None:
                     files.samples(step, first[0][:4], first[1][:4],
                                   {"model": val["psnr_curve"], "copy frame 0": val["baseline_psnr_curve"]})
-                    print(f"[val] step {step}: PSNR {val['psnr']:.2f} dB (copy-frame baseline "
-                          f"{val['baseline_psnr']:.2f}) SSIM {val['ssim']:.4f} (baseline {val['baseline_ssim']:.4f})",
-                          flush=True)
+                    say(f"[val] step {step}: PSNR {val['psnr']:.2f} dB (copy-frame baseline "
+                        f"{val['baseline_psnr']:.2f}) SSIM {val['ssim']:.4f} (baseline {val['baseline_ssim']:.4f})")
             else:
                 report[cfg.run.best_metric] = float(step)  # no validation data: "best" = latest
             if rank == 0:
                 files.append_metrics(report)
             _report_with_checkpoint(report, trainer, batches.loader, cfg, step, rank, clip_shape)
+            window_start += time.perf_counter() - val_start  # progress rates count training only
         elif record is not None:
             ray.train.report(record)
     if rank == 0:
-        print(f"[train] done: {step} steps in {_hms(time.perf_counter() - run_start)}; run folder {run_url(cfg)}",
-              flush=True)
+        say(f"[train] done: {step} steps in {_hms(time.perf_counter() - run_start)}; run folder {run_url(cfg)}")
 
 
 def _report_with_checkpoint(report: dict[str, Any], trainer: GANTrainer, loader: ClipLoader,
@@ -360,6 +359,12 @@ def _report_with_checkpoint(report: dict[str, Any], trainer: GANTrainer, loader:
                             trainer=trainer if rank == 0 else None, step=step, clip_shape=clip_shape, cfg=cfg)
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=checkpointing.checkpoint_dir_name(step))
+
+
+def say(line: str) -> None:
+    """A progress line on the worker's stdout (Ray Train's print patch would log it twice)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
 
 
 def _hms(seconds: float) -> str:
@@ -401,4 +406,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the importable module's main, so that Ray pickles the worker loop by reference.
+    from ssagan_dist.train import main as module_main
+
+    sys.exit(module_main())

@@ -101,7 +101,7 @@ class GANTrainer:
                 self.nets[k].requires_grad_(k == phase.network)
             opt = self.optimizers[phase.network]
             for _ in range(phase.repeats):
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in draw().items()}
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in draw().items() if torch.is_tensor(v)}
                 opt.zero_grad(set_to_none=True)
                 loss, phase_stats = phase.loss(batch)
                 loss.backward()
