@@ -29,6 +29,13 @@ class ConvLSTMCell(nn.Module):
         self.hidden_channels = hidden_channels
         self.gates = nn.Conv2d(in_channels + hidden_channels, 4 * hidden_channels, kernel_size,
                                padding=kernel_size // 2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Keras ConvLSTM2D's defaults (the seed's framework): Glorot-uniform kernel, forget-gate bias 1."""
+        nn.init.xavier_uniform_(self.gates.weight)
+        nn.init.zeros_(self.gates.bias)
+        nn.init.ones_(self.gates.bias[self.hidden_channels:2 * self.hidden_channels])
 
     def forward(self, x: Tensor, state: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
         h, c = state
@@ -124,4 +131,6 @@ def build_convlstm_gan(z_dim: int = 100, frames: int = 16, size: int = 128, chan
     }
     for net in nets.values():
         init_weights(net)
+    for cell in nets["G"].lstm.cells:
+        cell.reset_parameters()  # the LSTM gates keep their own init, not DCGAN's N(0, 0.02)
     return nets

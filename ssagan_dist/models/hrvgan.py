@@ -87,7 +87,7 @@ class HRVGANCritic(nn.Module):
                 blocks.append(nn.InstanceNorm3d(c_out, affine=True))
             blocks.append(nn.LeakyReLU(0.2, inplace=True))
         self.features = nn.Sequential(*blocks)
-        self.score = nn.Conv3d(widths[-1], 1, (t_out, 4, 4))
+        self.score = nn.Conv3d(widths[-1], 1, (t_out, 4, 4), bias=False)  # a bias cancels in every WGAN term
         self.embed = nn.Embedding(num_classes, widths[-1])
 
     def forward(self, video: Tensor, labels: Tensor) -> Tensor:
