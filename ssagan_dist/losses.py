@@ -32,6 +32,16 @@ def content_loss(y: Tensor, y_hat: Tensor) -> Tensor:
     return F.l1_loss(y_hat, y)
 
 
+def generator_objective(fake_logits: Tensor, y: Tensor, y_hat: Tensor,
+                        lambda_con: float = 1.0) -> tuple[Tensor, Tensor, Tensor]:
+    """SSA-GAN eq. 7 / MD-GAN Stage I: L_G = L_adv + λ_con·L_con, L_adv in its non-saturating form.
+
+    Returns (L_G, L_adv, L_con) so trainers can log the parts.
+    """
+    adv, con = adversarial_g_loss(fake_logits), content_loss(y, y_hat)
+    return adv + lambda_con * con, adv, con
+
+
 def pixel_mse(y: Tensor, y_hat: Tensor) -> Tensor:
     """Pixel mean-square error, HRVGAN's E||Y - G(z, c)||^2 averaged over every element."""
     return F.mse_loss(y_hat, y)

@@ -22,6 +22,14 @@ def test_content_and_mse():
     assert losses.pixel_mse(y, y_hat).item() == pytest.approx((1 + 0 + 1 + 0.25) / 4)
 
 
+def test_generator_objective_is_eq_7():
+    logits, y, y_hat = torch.tensor([0.3, -0.2]), torch.zeros(2, 3), torch.ones(2, 3)
+    total, adv, con = losses.generator_objective(logits, y, y_hat, lambda_con=2.5)
+    torch.testing.assert_close(adv, losses.adversarial_g_loss(logits))
+    assert con.item() == pytest.approx(1.0)
+    torch.testing.assert_close(total, adv + 2.5 * con)
+
+
 def test_wgan_losses_and_gradient_penalty():
     real, fake = torch.tensor([1.0, 3.0]), torch.tensor([0.0, -2.0])
     assert losses.wgan_critic_loss(real, fake).item() == pytest.approx(-1.0 - 2.0)

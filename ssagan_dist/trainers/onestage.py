@@ -40,9 +40,7 @@ class OneStageTrainer(GANTrainer):
         y = batch["video"]
         fake = self.wrapped["G"](static_input(batch))
         fake_logits, _ = self.nets["D"](fake)
-        adv = losses.adversarial_g_loss(fake_logits)
-        con = losses.content_loss(y, fake)
-        loss = adv + self.loss_cfg.lambda_con * con
+        loss, adv, con = losses.generator_objective(fake_logits, y, fake, self.loss_cfg.lambda_con)
         return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_con": con.item()}
 
     @torch.no_grad()

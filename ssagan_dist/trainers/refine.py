@@ -67,10 +67,9 @@ class RefineTrainer(GANTrainer):
         with torch.no_grad():
             _, feats_y = d(y)
             _, feats_y1 = d(y1)
-        adv = losses.adversarial_g_loss(fake_logits)
+        objective, adv, con = losses.generator_objective(fake_logits, y, y2, self.loss_cfg.lambda_con)
         rank = losses.ranking_loss(feats_y1, feats_y, feats_y2)
-        con = losses.content_loss(y, y2)
-        loss = adv + self.loss_cfg.lambda_rank * rank + self.loss_cfg.lambda_con * con
+        loss = objective + self.loss_cfg.lambda_rank * rank
         return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_rank": rank.item(), "g_con": con.item()}
 
     @torch.no_grad()
