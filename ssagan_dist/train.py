@@ -150,8 +150,7 @@ def fit(cfg: ExperimentConfig):
     cfg = prepare_data(cfg)
     clip_shape = check_data(cfg)
     if not ray.is_initialized():
-        ray.init(address=cfg.run.ray_address, log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONUNBUFFERED": "1"}})
+        ray.init(address=cfg.run.ray_address)
     return build_ray_trainer(cfg, clip_shape).fit()
 
 
