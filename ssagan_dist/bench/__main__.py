@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     for name in a.names or list(BENCHMARKS):
         print(f"== {name}: {BENCHMARKS[name]}", file=sys.stderr, flush=True)
-        results[name] = importlib.import_module(f"ssagan_dist.bench.{name}").run(json_out=a.json)
+        # With --json, stdout carries one JSON object: the benchmarks' own tables go to stderr.
+        with contextlib.redirect_stdout(sys.stderr if a.json else sys.stdout):
+            results[name] = importlib.import_module(f"ssagan_dist.bench.{name}").run()
     if a.json:
         print(json.dumps(results, indent=2, sort_keys=True, default=str))
     return 0
