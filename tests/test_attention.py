@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ssagan_dist.models.attention import SpatialSelfAttention, literal_spatial_attention
+from ssagan_dist.bench.attention import graph_node_names
 
 SHAPES = [  # (N, C, T, H, W, reduced_channels, scaled)
     (2, 4, 3, 5, 6, None, False),
@@ -75,18 +76,7 @@ def test_takes_the_fused_cpu_kernel(reduced):
         y = m(x)
         y.sum().backward()
     assert x.grad is not None
-    assert any("FlashAttention" in name for name in _graph_node_names(y.grad_fn))
-
-
-def _graph_node_names(fn) -> set[str]:
-    seen, stack = set(), [fn]
-    while stack:
-        node = stack.pop()
-        if node is None or type(node).__name__ in seen:
-            continue
-        seen.add(type(node).__name__)
-        stack.extend(nxt for nxt, _ in node.next_functions)
-    return seen
+    assert any("FlashAttention" in name for name in graph_node_names(y.grad_fn))
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # SDPA explains why it refuses the kernel

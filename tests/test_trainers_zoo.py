@@ -50,11 +50,11 @@ def assert_grads_reach_every_parameter(trainer):
 # The content weights are large so that the content term, not the adversarial game, drives G on one
 # batch; pix2pix trains on a 2-frame clip so its one pair (frame 0, frame 1) is fixed.
 OVERFIT = [
-    ("hrvgan", "loss_mse", 4.0, dict(lr_g=3e-3, lr_d=1e-3), dict(lambda_mse=1e4), 8),
-    ("convlstm_gan", "loss_con", 1.6, dict(lr_g=3e-3, lr_d=1e-3), dict(lambda_con=100.0), 8),
-    ("pix2pix_video", "loss_con", 1.5, dict(lr_g=1e-3, lr_d=1e-3), dict(lambda_con=100.0), 2),
-    ("video3d_gan", "loss_d", 2.0, dict(), dict(), 8),
-    ("dcgan", "loss_d", 2.0, dict(lr_d=1e-3), dict(), 8),
+    ("hrvgan", "g_mse", 4.0, dict(lr_g=3e-3, lr_d=1e-3), dict(lambda_mse=1e4), 8),
+    ("convlstm_gan", "g_con", 1.6, dict(lr_g=3e-3, lr_d=1e-3), dict(lambda_con=100.0), 8),
+    ("pix2pix_video", "g_con", 1.5, dict(lr_g=1e-3, lr_d=1e-3), dict(lambda_con=100.0), 2),
+    ("video3d_gan", "d_loss", 2.0, dict(), dict(), 8),
+    ("dcgan", "d_loss", 2.0, dict(lr_d=1e-3), dict(), 8),
 ]
 
 
@@ -122,8 +122,8 @@ def test_dcgan_trains_on_single_frames_and_predicts_still_clips():
 
 def test_convlstm_is_content_trained_and_pure_noise_models_are_not():
     batch = {"video": sky_clips(2)}
-    assert "loss_con" in make_trainer("convlstm_gan").run_step(lambda: batch)
-    assert "loss_con" not in make_trainer("video3d_gan").run_step(lambda: batch)
+    assert "g_con" in make_trainer("convlstm_gan").run_step(lambda: batch)
+    assert "g_con" not in make_trainer("video3d_gan").run_step(lambda: batch)
 
 
 def test_wgan_without_labels_uses_class_zero_and_checks_labels():
@@ -131,7 +131,7 @@ def test_wgan_without_labels_uses_class_zero_and_checks_labels():
     batch = {"video": sky_clips(2)}
     assert trainer.labels(batch).tolist() == [0, 0]
     stats = trainer.run_step(lambda: batch)
-    assert set(stats) >= {"loss_d", "loss_gp", "wasserstein", "loss_g", "loss_mse"}
+    assert set(stats) >= {"d_loss", "d_gp", "d_wasserstein", "g_loss", "g_mse"}
     with pytest.raises(ValueError, match="num_classes"):
         trainer.run_step(lambda: {"video": sky_clips(2), "label": torch.tensor([0, 4])})  # tiny has 4 classes
 

@@ -33,7 +33,7 @@ _BACKEND_BY_NODE = {  # autograd node name fragment -> SDPA backend
 }
 
 
-def _graph_node_names(fn) -> set[str]:
+def graph_node_names(fn) -> set[str]:
     seen, stack = set(), [fn]
     while stack:
         node = stack.pop()
@@ -46,7 +46,7 @@ def _graph_node_names(fn) -> set[str]:
 
 def sdpa_backend(module: SpatialSelfAttention, x: torch.Tensor) -> SDPBackend:
     """The backend SDPA picks for this module and input (MATH if none of the fused ones)."""
-    names = _graph_node_names(module(x.requires_grad_()).grad_fn)
+    names = graph_node_names(module(x.requires_grad_()).grad_fn)
     for fragment, backend in _BACKEND_BY_NODE.items():
         if any(fragment in n for n in names):
             return backend

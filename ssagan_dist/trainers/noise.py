@@ -64,18 +64,18 @@ class NoiseGANTrainer(GANTrainer):
             fake = self.nets["G"](*self.generator_inputs(batch))
         d = self.wrapped["D"]
         loss = losses.adversarial_d_loss(d(real), d(fake))
-        return loss, {"loss_d": loss.item()}
+        return loss, {"d_loss": loss.item()}
 
     def g_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         fake = self.wrapped["G"](*self.generator_inputs(batch))
         adv = losses.adversarial_g_loss(self.nets["D"](fake))
-        stats = {"loss_g_adv": adv.item()}
+        stats = {"g_adv": adv.item()}
         loss = adv
         if self.image_conditioned:
             con = losses.content_loss(self.real_clip(batch), fake)
             loss = adv + self.loss_cfg.lambda_con * con
-            stats["loss_con"] = con.item()
-        stats["loss_g"] = loss.item()
+            stats["g_con"] = con.item()
+        stats["g_loss"] = loss.item()
         return loss, stats
 
     @torch.no_grad()

@@ -45,10 +45,4 @@ class OneStageTrainer(GANTrainer):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:
-        g = self.nets["G"]
-        was_training = g.training
-        g.eval()
-        try:
-            return g(static_input(batch))
-        finally:
-            g.train(was_training)
+        return self.nets["G"].eval()(static_input(batch))  # run_step puts it back in train mode

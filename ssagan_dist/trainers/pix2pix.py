@@ -40,7 +40,7 @@ class Pix2PixTrainer(GANTrainer):
             predicted = self.nets["G"](frame)
         d = self.wrapped["D"]
         loss = 0.5 * losses.adversarial_d_loss(d(frame, next_frame), d(frame, predicted))
-        return loss, {"loss_d": loss.item()}
+        return loss, {"d_loss": loss.item()}
 
     def g_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         frame, next_frame = self.pairs(batch)
@@ -48,7 +48,7 @@ class Pix2PixTrainer(GANTrainer):
         adv = losses.adversarial_g_loss(self.nets["D"](frame, predicted))
         con = losses.content_loss(next_frame, predicted)
         loss = adv + self.loss_cfg.lambda_con * con
-        return loss, {"loss_g": loss.item(), "loss_g_adv": adv.item(), "loss_con": con.item()}
+        return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_con": con.item()}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Tensor:

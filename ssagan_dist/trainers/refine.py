@@ -74,10 +74,4 @@ class RefineTrainer(GANTrainer):
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:
-        g2 = self.nets["G"]
-        was_training = g2.training
-        g2.eval()
-        try:
-            return g2(self.stage1(batch))
-        finally:
-            g2.train(was_training)
+        return self.nets["G"].eval()(self.stage1(batch))  # run_step puts it back in train mode

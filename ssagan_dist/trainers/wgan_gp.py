@@ -53,7 +53,7 @@ class WGANGPTrainer(GANTrainer):
         wgan = losses.wgan_critic_loss(critic(real, labels), critic(fake, labels))
         gp = losses.gradient_penalty(lambda x: critic(x, labels), real, fake)
         loss = wgan + self.loss_cfg.lambda_gp * gp
-        return loss, {"loss_d": loss.item(), "loss_gp": gp.item(), "wasserstein": -wgan.item()}
+        return loss, {"d_loss": loss.item(), "d_gp": gp.item(), "d_wasserstein": -wgan.item()}
 
     def g_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
         real, labels = batch["video"], self.labels(batch)
@@ -61,7 +61,7 @@ class WGANGPTrainer(GANTrainer):
         adv = losses.wgan_generator_loss(self.nets["D"](fake, labels))
         mse = losses.pixel_mse(real, fake)
         loss = adv + self.loss_cfg.lambda_mse * mse
-        return loss, {"loss_g": loss.item(), "loss_g_adv": adv.item(), "loss_mse": mse.item()}
+        return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_mse": mse.item()}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Tensor:
