@@ -162,6 +162,9 @@ def validate(cfg: ExperimentConfig) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise ConfigError(f"config key {key!r} = {value!r}: must be {want}")
+    if cfg.trainer.sync_batchnorm and not cfg.trainer.use_gpu:
+        raise ConfigError("config key 'trainer.sync_batchnorm' = True needs trainer.use_gpu=true "
+                          "(torch's SyncBatchNorm runs on GPUs only)")
     if registry.get(cfg.model.name).trainer == "refine" and not cfg.run.stage1_checkpoint:
         raise ConfigError(f"config key 'run.stage1_checkpoint' is required for model {cfg.model.name!r} "
                           "(a refine model starts from a trained Stage-I generator)")

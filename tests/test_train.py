@@ -60,6 +60,7 @@ def nets_state(run: Path) -> dict[str, torch.Tensor]:
     (["optim.n_critic=-1"], "optim.n_critic"),
     (["model.name=nope"], "model.name"),
     (["model.args.widthh=3"], "model.args"),
+    (["trainer.sync_batchnorm=true"], "trainer.sync_batchnorm"),
 ])
 def test_bad_config_names_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
