@@ -15,7 +15,17 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c "im
   exit 0
 fi
 echo "[setup] creating .venv ($("$PYTHON" --version))"
-[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+if [ ! -x .venv/bin/python ] && ! "$PYTHON" -m venv .venv; then
+  # Debian/Ubuntu system Pythons ship venv separately.
+  if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    rm -rf .venv
+    apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+    "$PYTHON" -m venv .venv
+  else
+    echo "[setup] cannot create a virtual environment: install python3-venv" >&2
+    exit 1
+  fi
+fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 # torch first: a bare 'torch' requirement with no torch installed would pull a multi-GB CUDA build.
 echo "[setup] installing $TORCH_SPEC"
