@@ -30,7 +30,7 @@ def load_photo(path: str, size: int) -> torch.Tensor:
         img = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
     except (FileNotFoundError, UnidentifiedImageError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
 def held_out_clip(data: str, index: int, endpoint_url: Optional[str] = None) -> dict[str, torch.Tensor]:

@@ -26,8 +26,10 @@ def test_ray_job_submit_to_a_head_node(sky, tmp_path):
             return s.getsockname()[1]
 
     gcs, dash = port(), port()
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     bin_dir = Path(sys.executable).parent
+    # As after `source .venv/bin/activate`: the job's `python` is this environment's.
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
     start = [str(bin_dir / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--num-cpus=2",
              "--disable-usage-stats"]
