@@ -20,7 +20,7 @@ python -m ssagan_dist.evaluate --checkpoint "$run" --data "$data/val"
 python -m ssagan_dist.predict --checkpoint "$run" --from-data "$data/val" --out "$run/demo_prediction.gif"
 echo
 echo "Run folder:   $run"
-echo "Checkpoints:  $(ls -d "$run"/checkpoint_* | tr '\n' ' ')"
+echo "Checkpoints:  $(ls -d "$run"/checkpoint_*/ | tr "\n" " ")"
 echo "Metrics:      $run/metrics.jsonl"
 echo "Samples:      $run/samples/ (strips and GIFs per validation; psnr_per_frame.png)"
 echo "Prediction:   $run/demo_prediction.gif (first held-out clip: prediction | truth)"
