@@ -152,6 +152,6 @@ def test_npy_clips_are_exact_and_never_unpickled():
     frames = np.random.default_rng(0).integers(0, 256, (2, 4, 4, 3), dtype=np.uint8)
     np.testing.assert_array_equal(decode_clip(dict(encode_clip(frames, "npy"))), frames)
     buf = io.BytesIO()
-    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)
+    np.save(buf, np.array([{"evil": 1}], dtype=object), allow_pickle=True)  # expect: the decoder refuses it
     with pytest.raises(ValueError, match="bad .npy"):
         decode_clip({"npy": buf.getvalue()})
