@@ -80,7 +80,8 @@ class LossConfig:
 class RunConfig:
     name: str = "ssagan-run"
     storage_path: str = "runs"  # local folder or s3://bucket/prefix (see run.s3_endpoint)
-    s3_endpoint: Optional[str] = None  # e.g. http://127.0.0.1:9000; else AWS_ENDPOINT_URL
+    # S3 endpoint for s3:// data and storage, e.g. http://127.0.0.1:9000; else AWS_ENDPOINT_URL(_S3)
+    s3_endpoint: Optional[str] = None
     keep_checkpoints: int = 3
     best_metric: str = "val/psnr"  # kept besides the last K; higher is better
     stage1_checkpoint: Optional[str] = None  # refine models: the Stage-I run's checkpoint URI

@@ -121,10 +121,15 @@ def test_two_workers_stay_in_sync_and_resume_bit_identically(ray_cluster, sky, t
     assert (samples / "step_000000004.gif").stat().st_size > 0
 
 
-def test_checkpoints_on_s3_and_resume_from_there(ray_cluster, sky, s3_bucket, tmp_path):
+def test_data_and_checkpoints_on_s3_and_resume_from_there(ray_cluster, s3_bucket, tmp_path):
+    from data_tools import synth
+
     endpoint, bucket = s3_bucket
-    common = [*FAST, *data_args(sky), f"run.storage_path=s3://{bucket}/runs", f"run.s3_endpoint={endpoint}",
-              "run.name=on_s3"]
+    for split, clips, seed in (("train", 8, 0), ("val", 4, 1)):
+        synth.generate(f"s3://{bucket}/sky/{split}", clips=clips, size=32, frames=8, seed=seed,
+                       endpoint_url=endpoint, progress=False)
+    common = [*FAST, f"data.train_urls=s3://{bucket}/sky/train", f"data.val_urls=s3://{bucket}/sky/val",
+              f"run.storage_path=s3://{bucket}/runs", f"run.s3_endpoint={endpoint}", "run.name=on_s3"]
     assert train.main(["--config", "tiny_cpu", *common]) == 0
     assert train.main(["--config", "tiny_cpu", *common, "trainer.max_steps=4"]) == 0
 
