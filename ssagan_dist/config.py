@@ -86,6 +86,8 @@ class RunConfig:
     best_metric: str = "val/psnr"  # kept besides the last K; higher is better
     stage1_checkpoint: Optional[str] = None  # refine models: the Stage-I run's checkpoint URI
     ray_address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
+    max_failures: int = 0  # restarts of the worker group after a failure, each from the latest checkpoint
+    ray_train_log_level: str = "WARNING"  # Ray Train's own console logs (INFO: every report and checkpoint)
 
 
 @dataclass
@@ -158,6 +160,9 @@ def validate(cfg: ExperimentConfig) -> None:
         ("run.name", bool(cfg.run.name) and "/" not in cfg.run.name, "a non-empty name without '/'"),
         ("run.storage_path", bool(cfg.run.storage_path), "a folder or s3:// URL"),
         ("run.keep_checkpoints", cfg.run.keep_checkpoints >= 1, ">= 1"),
+        ("run.max_failures", cfg.run.max_failures >= -1, ">= 0, or -1 for unlimited"),
+        ("run.ray_train_log_level", cfg.run.ray_train_log_level in ("DEBUG", "INFO", "WARNING", "ERROR"),
+         "DEBUG, INFO, WARNING or ERROR"),
     ]
     for key, ok, want in checks:
         if not ok:

@@ -137,6 +137,8 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int]):
             resources_per_worker={"CPU": cfg.trainer.cpus_per_worker, **({"GPU": 1} if cfg.trainer.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=cfg.run.ray_train_log_level),
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.run.keep_checkpoints,
                 checkpoint_score_attribute=cfg.run.best_metric, checkpoint_score_order="max")),
@@ -221,9 +223,11 @@ class RunFiles:
                           if ln.strip() and json.loads(ln).get("step", 0) <= resumed_step]
         storage.write_bytes_atomic(storage.join(self.url, "config.yaml"), OmegaConf.to_yaml(cfg).encode(), self.endpoint)
 
-    def append_metrics(self, record: dict[str, Any]) -> None:
+    def append_metrics(self, record: dict[str, Any], flush: bool) -> None:
+        """Add a line; ``flush`` rewrites metrics.jsonl (object stores cannot append), at checkpoints."""
         self.lines.append(json.dumps(record, sort_keys=True))
-        storage.write_bytes_atomic(self.metrics_url, ("\n".join(self.lines) + "\n").encode(), self.endpoint)
+        if flush:
+            storage.write_bytes_atomic(self.metrics_url, ("\n".join(self.lines) + "\n").encode(), self.endpoint)
 
     def samples(self, step: int, real: torch.Tensor, pred: torch.Tensor, psnr_curves: dict[str, list[float]]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
@@ -338,11 +342,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             else:
                 report[cfg.run.best_metric] = float(step)  # no validation data: "best" = latest
             if rank == 0:
-                files.append_metrics(report)
+                files.append_metrics(report, flush=True)
             _report_with_checkpoint(report, trainer, batches.loader, cfg, step, rank, clip_shape)
             window_start += time.perf_counter() - val_start  # progress rates count training only
-        elif record is not None:
-            ray.train.report(record)
+        elif record is not None and rank == 0:
+            # Not reported to Ray between checkpoints: ray.train.report is a barrier across ranks.
+            files.append_metrics(record, flush=False)
     if rank == 0:
         say(f"[train] done: {step} steps in {_hms(time.perf_counter() - run_start)}; run folder {run_url(cfg)}")
 
