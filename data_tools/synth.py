@@ -190,9 +190,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
-    generate(args.out, args.clips, args.size, args.frames, args.seed, args.endpoint_url,
-             shard_clips=args.shard_clips, shard_size=int(args.shard_size_mb * MiB), frame_format=args.format,
-             quality=args.quality, split=args.split, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        generate(args.out, args.clips, args.size, args.frames, args.seed, args.endpoint_url,
+                 shard_clips=args.shard_clips, shard_size=int(args.shard_size_mb * MiB), frame_format=args.format,
+                 quality=args.quality, split=args.split, overwrite=args.overwrite, progress=not args.no_progress)
+    except (FileExistsError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

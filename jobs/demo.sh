@@ -9,8 +9,9 @@ source .venv/bin/activate
 export RAY_AUTH_MODE=token
 root=$PWD
 data=$root/data/synth_sky
-python -m data_tools.synth --out "$data/train" --clips 512 --size 32 --frames 8 --seed 0
-python -m data_tools.synth --out "$data/val" --clips 64 --size 32 --frames 8 --seed 1
+# Held-out clips come from another seed. Kept between runs: `make clean` removes them.
+[ -f "$data/train/index.json" ] || python -m data_tools.synth --out "$data/train" --clips 512 --size 32 --frames 8 --seed 0
+[ -f "$data/val/index.json" ] || python -m data_tools.synth --out "$data/val" --clips 64 --size 32 --frames 8 --seed 1
 jobs/ray_local.sh start 2
 trap 'jobs/ray_local.sh stop' EXIT
 jobs/submit.sh ssagan_dist.train --config tiny_cpu \
