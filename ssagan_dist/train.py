@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 import tempfile
@@ -29,8 +28,6 @@ from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, prese
 from ssagan_dist.data import ClipLoader, read_index, resolve_urls
 from ssagan_dist.models import registry
 from ssagan_dist.trainers import GANTrainer
-
-log = logging.getLogger("ssagan_dist.train")
 
 VAL_METRIC_PREFIX = "val/"
 
@@ -218,8 +215,7 @@ class RunFiles:
         self.metrics_url = storage.join(self.url, "metrics.jsonl")
         self.lines: list[str] = []
         if resumed_step and storage.exists(self.metrics_url, self.endpoint):
-            fs, path = storage.filesystem(self.metrics_url, self.endpoint)
-            self.lines = [ln for ln in fs.cat_file(path).decode().splitlines()
+            self.lines = [ln for ln in storage.read_bytes(self.metrics_url, self.endpoint).decode().splitlines()
                           if ln.strip() and json.loads(ln).get("step", 0) <= resumed_step]
         storage.write_bytes_atomic(storage.join(self.url, "config.yaml"), OmegaConf.to_yaml(cfg).encode(), self.endpoint)
 

@@ -45,3 +45,14 @@ def s3_bucket(s3_server):
     name = f"test-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1").create_bucket(Bucket=name)
     yield s3_server, name
+
+
+@pytest.fixture(scope="session")
+def sky(tmp_path_factory):
+    """Synthetic sky shards at the tiny presets' shape (32x32, 8 frames): train/ and val/."""
+    from data_tools import synth
+
+    root = tmp_path_factory.mktemp("sky")
+    synth.generate(str(root / "train"), clips=24, size=32, frames=8, seed=0, progress=False)
+    synth.generate(str(root / "val"), clips=8, size=32, frames=8, seed=1, progress=False)
+    return root

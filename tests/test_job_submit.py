@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ssagan_dist import checkpointing
-from tests.test_train import FAST, data_args, sky  # noqa: F401  (fixture)
+from tests.test_train import FAST, data_args
 
 REPO = Path(__file__).resolve().parents[1]
 

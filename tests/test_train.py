@@ -27,17 +27,6 @@ def ray_cluster():
     ray.shutdown()
 
 
-@pytest.fixture(scope="module")
-def sky(tmp_path_factory):
-    """Synthetic sky shards at the tiny presets' shape: 32x32, 8 frames."""
-    from data_tools import synth
-
-    root = tmp_path_factory.mktemp("sky")
-    synth.generate(str(root / "train"), clips=24, size=32, frames=8, seed=0, progress=False)
-    synth.generate(str(root / "val"), clips=8, size=32, frames=8, seed=1, progress=False)
-    return root
-
-
 def data_args(sky: Path) -> list[str]:
     return [f"data.train_urls={sky / 'train'}", f"data.val_urls={sky / 'val'}"]
 
