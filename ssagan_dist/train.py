@@ -27,7 +27,7 @@ from ssagan_dist import checkpointing, metrics, storage, visualize
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
 from ssagan_dist.data import ClipLoader, read_index, resolve_urls
 from ssagan_dist.models import registry
-from ssagan_dist.trainers import GANTrainer
+from ssagan_dist.trainers import GANTrainer, Stats
 
 VAL_METRIC_PREFIX = "val/"
 
@@ -176,14 +176,14 @@ class BatchStream:
         return batch
 
 
-def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
-    """Mean of each value over ranks (every rank passes the same keys)."""
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return values
-    keys = sorted(values)
-    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return {k: v / dist.get_world_size() for k, v in zip(keys, t.tolist())}
+def all_reduce_mean(stats: Stats, device: torch.device) -> dict[str, float]:
+    """Mean of each statistic over ranks (every rank passes the same keys), as floats."""
+    keys = sorted(stats)
+    t = torch.stack([stats[k].to(device, torch.float64) for k in keys])
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return dict(zip(keys, t.tolist()))
 
 
 @torch.no_grad()

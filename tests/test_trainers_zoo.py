@@ -64,7 +64,7 @@ def test_overfits_one_fixed_batch(name, stat, factor, optim, loss, frames):
     batch = {"video": sky_clips(frames=frames), "label": torch.tensor([0, 1, 2, 3])}
     values = []
     for step in range(40):
-        values.append(trainer.run_step(lambda: batch)[stat])
+        values.append(trainer.run_step(lambda: batch)[stat].item())
         if step == 0:
             assert_grads_reach_every_parameter(trainer)
     first, last = sum(values[:3]) / 3, sum(values[-3:]) / 3

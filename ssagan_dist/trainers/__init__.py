@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ssagan_dist.config import LossConfig, OptimConfig
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, init_weights, unwrap
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats, init_weights, unwrap
 
 # registry trainer kind -> (module, class)
 TRAINERS = {
@@ -30,4 +30,4 @@ def build_trainer(kind: str, nets: dict[str, nn.Module], optim: OptimConfig, los
     return trainer_class(kind)(nets, optim, loss, device)
 
 
-__all__ = ["Batch", "GANTrainer", "Phase", "TRAINERS", "build_trainer", "init_weights", "trainer_class", "unwrap"]
+__all__ = ["Batch", "GANTrainer", "Phase", "Stats", "TRAINERS", "build_trainer", "init_weights", "trainer_class", "unwrap"]

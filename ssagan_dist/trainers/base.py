@@ -22,6 +22,9 @@ from torch import nn
 from ssagan_dist.config import LossConfig, OptimConfig
 
 Batch = dict[str, torch.Tensor]
+# Detached 0-dim tensors: reading them (float()) waits for the device, so the loop does it only
+# when it logs, once for all of them.
+Stats = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class Phase:
     name: str  # "D" or "G"
     network: str  # key in trainer.nets updated by this phase
     repeats: int
-    loss: Callable[[Batch], tuple[torch.Tensor, dict[str, float]]]
+    loss: Callable[[Batch], tuple[torch.Tensor, Stats]]
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -91,10 +94,10 @@ class GANTrainer:
         for k in self.trained:
             self.wrapped[k] = wrap_fn(self.nets[k])
 
-    def run_step(self, next_batch: Callable[[], Batch] | Iterator[Batch]) -> dict[str, float]:
+    def run_step(self, next_batch: Callable[[], Batch] | Iterator[Batch]) -> Stats:
         """One training step: every phase, each ``repeats`` times, one fresh batch per update."""
         draw = next_batch if callable(next_batch) else (lambda it=next_batch: next(it))
-        stats: dict[str, float] = {}
+        stats: Stats = {}
         for phase in self.phases():
             for k in self.trained:
                 self.nets[k].train()

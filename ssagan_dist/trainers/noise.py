@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
 
 
 def check_clip(video: Tensor, generator: nn.Module, *, frames: bool = True) -> None:
@@ -58,24 +58,24 @@ class NoiseGANTrainer(GANTrainer):
     def phases(self) -> list[Phase]:
         return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
-    def d_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def d_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         real = self.real_clip(batch)
         with torch.no_grad():
             fake = self.nets["G"](*self.generator_inputs(batch))
         d = self.wrapped["D"]
         loss = losses.adversarial_d_loss(d(real), d(fake))
-        return loss, {"d_loss": loss.item()}
+        return loss, {"d_loss": loss.detach()}
 
-    def g_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def g_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         fake = self.wrapped["G"](*self.generator_inputs(batch))
         adv = losses.adversarial_g_loss(self.nets["D"](fake))
-        stats = {"g_adv": adv.item()}
+        stats = {"g_adv": adv.detach()}
         loss = adv
         if self.image_conditioned:
             con = losses.content_loss(self.real_clip(batch), fake)
             loss = adv + self.loss_cfg.lambda_con * con
-            stats["g_con"] = con.item()
-        stats["g_loss"] = loss.item()
+            stats["g_con"] = con.detach()
+        stats["g_loss"] = loss.detach()
         return loss, stats
 
     @torch.no_grad()

@@ -11,7 +11,7 @@ import torch
 
 from ssagan_dist import losses
 from ssagan_dist.models.unet3d import repeat_frame
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
 
 
 def static_input(batch: Batch) -> torch.Tensor:
@@ -26,22 +26,22 @@ class OneStageTrainer(GANTrainer):
     def phases(self) -> list[Phase]:
         return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
-    def d_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def d_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         y = batch["video"]
         with torch.no_grad():
             fake = self.nets["G"](static_input(batch))
         real_logits, _ = self.wrapped["D"](y)
         fake_logits, _ = self.wrapped["D"](fake)
         loss = losses.adversarial_d_loss(real_logits, fake_logits)
-        return loss, {"d_loss": loss.item(), "d_real": torch.sigmoid(real_logits).mean().item(),
-                      "d_fake": torch.sigmoid(fake_logits).mean().item()}
+        return loss, {"d_loss": loss.detach(), "d_real": torch.sigmoid(real_logits).mean().detach(),
+                      "d_fake": torch.sigmoid(fake_logits).mean().detach()}
 
-    def g_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def g_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         y = batch["video"]
         fake = self.wrapped["G"](static_input(batch))
         fake_logits, _ = self.nets["D"](fake)
         loss, adv, con = losses.generator_objective(fake_logits, y, fake, self.loss_cfg.lambda_con)
-        return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_con": con.item()}
+        return loss, {"g_loss": loss.detach(), "g_adv": adv.detach(), "g_con": con.detach()}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
 from ssagan_dist.trainers.noise import check_clip
 
 
@@ -34,21 +34,21 @@ class Pix2PixTrainer(GANTrainer):
     def phases(self) -> list[Phase]:
         return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
-    def d_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def d_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         frame, next_frame = self.pairs(batch)
         with torch.no_grad():
             predicted = self.nets["G"](frame)
         d = self.wrapped["D"]
         loss = 0.5 * losses.adversarial_d_loss(d(frame, next_frame), d(frame, predicted))
-        return loss, {"d_loss": loss.item()}
+        return loss, {"d_loss": loss.detach()}
 
-    def g_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def g_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         frame, next_frame = self.pairs(batch)
         predicted = self.wrapped["G"](frame)
         adv = losses.adversarial_g_loss(self.nets["D"](frame, predicted))
         con = losses.content_loss(next_frame, predicted)
         loss = adv + self.loss_cfg.lambda_con * con
-        return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_con": con.item()}
+        return loss, {"g_loss": loss.detach(), "g_adv": adv.detach(), "g_con": con.detach()}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Tensor:

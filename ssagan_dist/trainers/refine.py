@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
 from ssagan_dist.trainers.onestage import static_input
 
 
@@ -44,7 +44,7 @@ class RefineTrainer(GANTrainer):
     def phases(self) -> list[Phase]:
         return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
-    def d_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def d_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         y, y1 = batch["video"], self.stage1(batch)
         with torch.no_grad():
             y2 = self.nets["G"](y1)
@@ -55,11 +55,11 @@ class RefineTrainer(GANTrainer):
         adv = losses.adversarial_d_loss(real_logits, fake_logits)
         rank = losses.ranking_loss(feats_y1, feats_y, feats_y2)
         loss = adv - self.loss_cfg.lambda_rank * rank
-        return loss, {"d_loss": loss.item(), "d_adv": adv.item(), "d_rank": rank.item(),
-                      "d_real": torch.sigmoid(real_logits).mean().item(),
-                      "d_fake": torch.sigmoid(fake_logits).mean().item()}
+        return loss, {"d_loss": loss.detach(), "d_adv": adv.detach(), "d_rank": rank.detach(),
+                      "d_real": torch.sigmoid(real_logits).mean().detach(),
+                      "d_fake": torch.sigmoid(fake_logits).mean().detach()}
 
-    def g_loss(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def g_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         y, y1 = batch["video"], self.stage1(batch)
         y2 = self.wrapped["G"](y1)
         d = self.nets["D"]
@@ -70,7 +70,7 @@ class RefineTrainer(GANTrainer):
         objective, adv, con = losses.generator_objective(fake_logits, y, y2, self.loss_cfg.lambda_con)
         rank = losses.ranking_loss(feats_y1, feats_y, feats_y2)
         loss = objective + self.loss_cfg.lambda_rank * rank
-        return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_rank": rank.item(), "g_con": con.item()}
+        return loss, {"g_loss": loss.detach(), "g_adv": adv.detach(), "g_rank": rank.detach(), "g_con": con.detach()}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:

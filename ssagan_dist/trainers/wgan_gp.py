@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
 from ssagan_dist.trainers.noise import check_clip
 
 
@@ -44,7 +44,7 @@ class WGANGPTrainer(GANTrainer):
     def phases(self) -> list[Phase]:
         return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
-    def d_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def d_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         real, labels = batch["video"], self.labels(batch)
         check_clip(real, self.nets["G"])
         with torch.no_grad():
@@ -53,15 +53,15 @@ class WGANGPTrainer(GANTrainer):
         wgan = losses.wgan_critic_loss(critic(real, labels), critic(fake, labels))
         gp = losses.gradient_penalty(lambda x: critic(x, labels), real, fake)
         loss = wgan + self.loss_cfg.lambda_gp * gp
-        return loss, {"d_loss": loss.item(), "d_gp": gp.item(), "d_wasserstein": -wgan.item()}
+        return loss, {"d_loss": loss.detach(), "d_gp": gp.detach(), "d_wasserstein": -wgan.detach()}
 
-    def g_loss(self, batch: Batch) -> tuple[Tensor, dict[str, float]]:
+    def g_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         real, labels = batch["video"], self.labels(batch)
         fake = self.generate(self.wrapped["G"], labels)
         adv = losses.wgan_generator_loss(self.nets["D"](fake, labels))
         mse = losses.pixel_mse(real, fake)
         loss = adv + self.loss_cfg.lambda_mse * mse
-        return loss, {"g_loss": loss.item(), "g_adv": adv.item(), "g_mse": mse.item()}
+        return loss, {"g_loss": loss.detach(), "g_adv": adv.detach(), "g_mse": mse.detach()}
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> Tensor:
