@@ -8,33 +8,49 @@ The copy-the-input-frame baseline is scored on the same clips. Conventions: docs
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 from typing import Optional
 
 import torch
+import torch.distributed as dist
 from tqdm import tqdm
 
 from ssagan_dist import checkpointing, metrics
 from ssagan_dist.data import ClipLoader, resolve_urls
+from ssagan_dist.trainers import GANTrainer
 
 
 @torch.no_grad()
+def score(trainer: GANTrainer, loader: ClipLoader, frames: int, device: torch.device | str, *,
+          max_batches: int = 0, progress: bool = False) -> tuple[dict, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+    """Model and copy-frame-0 metrics over ``loader`` (from its first batch), summed over every
+    rank when a process group is up; also this rank's first (real, predicted) batch, on the CPU."""
+    sums = metrics.MetricSums(frames)
+    first = None
+    total = min(len(loader), max_batches) if max_batches else len(loader)
+    loader.load_state_dict({"epoch": 0, "consumed": 0})  # the same clips every time
+    for batch in tqdm(itertools.islice(loader, total), total=total, desc="evaluate", unit="batch",
+                      disable=not progress):
+        real = batch["video"].to(device)
+        pred = trainer.predict({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
+        sums.add(metrics.clip_metrics(pred, real))
+        sums.add(metrics.clip_metrics(metrics.copy_frame_baseline(real), real), prefix="baseline_")
+        if first is None:
+            first = (real.cpu(), pred.cpu())
+    flat = sums.to_tensor(device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flat)
+    return sums.means(flat.cpu()), first
+
+
 def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: int = 0, device: str = "cpu",
              endpoint_url: Optional[str] = None, progress: bool = True) -> dict:
     trainer, cfg, state = checkpointing.load_trainer(checkpoint, device, endpoint_url)
     loader = ClipLoader(resolve_urls(data, endpoint_url=endpoint_url), batch_size, shuffle=False,
                         endpoint_url=endpoint_url)
-    total = min(len(loader), max_batches) if max_batches else len(loader)
-    sums = metrics.MetricSums(state["clip_shape"][1])
-    for i, batch in enumerate(tqdm(loader, total=total, desc="evaluate", unit="batch", disable=not progress)):
-        if i >= total:
-            break
-        real = batch["video"].to(device)
-        pred = trainer.predict({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
-        sums.add(metrics.clip_metrics(pred, real))
-        sums.add(metrics.clip_metrics(metrics.copy_frame_baseline(real), real), prefix="baseline_")
-    result = sums.means()
+    result, _ = score(trainer, loader, state["clip_shape"][1], device, max_batches=max_batches, progress=progress)
     result.update({"model": cfg.model.name, "preset": cfg.model.preset, "step": state["step"],
                    "checkpoint": checkpointing.resolve(checkpoint, endpoint_url), "data": data})
     return result

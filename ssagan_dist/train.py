@@ -23,9 +23,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, metrics, storage, visualize
+from ssagan_dist import checkpointing, storage, visualize
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
 from ssagan_dist.data import ClipLoader, read_index, resolve_urls
+from ssagan_dist.evaluate import score
 from ssagan_dist.models import registry
 from ssagan_dist.trainers import GANTrainer, Stats
 
@@ -186,27 +187,6 @@ def all_reduce_mean(stats: Stats, device: torch.device) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-@torch.no_grad()
-def validate(trainer: GANTrainer, loader: ClipLoader, max_batches: int, frames: int, device: torch.device):
-    """Metrics over every rank's share of the validation set, and rank-local first batch for pictures."""
-    sums = metrics.MetricSums(frames)
-    first = None
-    loader.load_state_dict({"epoch": 0, "consumed": 0})  # the same clips at every validation
-    for i, batch in enumerate(loader):
-        if max_batches and i >= max_batches:
-            break
-        real = batch["video"].to(device)
-        pred = trainer.predict({k: v.to(device) for k, v in batch.items() if torch.is_tensor(v)})
-        sums.add(metrics.clip_metrics(pred, real))
-        sums.add(metrics.clip_metrics(metrics.copy_frame_baseline(real), real), prefix="baseline_")
-        if first is None:
-            first = (real.cpu(), pred.cpu())
-    flat = sums.to_tensor(device)
-    if dist.is_available() and dist.is_initialized():
-        dist.all_reduce(flat)
-    return sums.means(flat.cpu()), first
-
-
 class RunFiles:
     """Rank 0's human-facing outputs in the run folder: metrics.jsonl, sample strips, GIFs."""
 
@@ -328,7 +308,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             val_start = time.perf_counter()
             report = {"step": step, **(record or {})}
             if val_loader is not None:
-                val, first = validate(trainer, val_loader, cfg.trainer.val_batches, clip_shape[1], device)
+                val, first = score(trainer, val_loader, clip_shape[1], device, max_batches=cfg.trainer.val_batches)
                 report.update({f"{VAL_METRIC_PREFIX}{k}": v for k, v in val.items() if not isinstance(v, list)})
                 if rank == 0 and first is not None:
                     files.samples(step, first[0][:4], first[1][:4],
