@@ -105,6 +105,8 @@ def test_two_workers_stay_in_sync_and_resume_bit_identically(ray_cluster, sky, t
     lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "val/psnr" in r] == [2, 4]
     assert {"val/psnr", "val/ssim", "val/mse", "val/baseline_psnr"} <= lines[-1].keys()
+    # every validation scores the same held-out clips (not an exhausted loader: NaN means)
+    assert all(r["val/count"] == lines[-1]["val/count"] > 0 for r in lines if "val/psnr" in r)
     samples = tmp_path / "straight" / "samples"
     assert (samples / "step_000000004.png").stat().st_size > 0
     assert (samples / "step_000000004.gif").stat().st_size > 0
