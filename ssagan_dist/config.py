@@ -91,6 +91,22 @@ class RunConfig:
 
 
 @dataclass
+class MetricsConfig:
+    """Prometheus export from every training worker (docs/observability.md)."""
+
+    enabled: bool = True
+    host: str = "0.0.0.0"  # interface the per-worker /metrics HTTP server binds
+    # Each worker takes the first free port in [port, port + port_span): ranks sharing a node and
+    # two runs on one machine never collide. On Kubernetes (one worker per pod) that is `port`.
+    port: int = 9400
+    port_span: int = 64
+    # Prometheus file_sd folder: each worker writes <run>-<trial>-<rank>.json naming its target
+    # there ("" = none), so a local Prometheus finds workers on whatever port they took.
+    sd_dir: str = ""
+    pushgateway: str = ""  # Pushgateway URL: also push at checkpoints and at the end (short jobs)
+
+
+@dataclass
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -98,6 +114,7 @@ class ExperimentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
 
 def preset_names() -> list[str]:
