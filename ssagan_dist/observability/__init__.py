@@ -1,0 +1,1 @@
+"""Grafana dashboards, Prometheus alert rules and scrape configuration (docs/observability.md)."""
