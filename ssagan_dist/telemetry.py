@@ -269,7 +269,8 @@ class TrainingTelemetry:
             self._memory.labels(*values, kind).set(nbytes)
 
     def validation(self, step: int, results: dict[str, float]) -> None:
-        """Validation scores (psnr, ssim, mse, baseline_*, clips); non-numbers are skipped."""
+        """Validation scores (psnr, ssim, mse, baseline_*, clips); non-numbers are skipped.
+        ``count`` (what ``evaluate.score`` calls the clips it scored) is exported as ``clips``."""
         if not self.enabled:
             return
         self._global_step.set(step)
@@ -279,7 +280,7 @@ class TrainingTelemetry:
         values = self.labels.values()
         for name, value in results.items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self._validation.labels(*values, name).set(float(value))
+                self._validation.labels(*values, "clips" if name == "count" else name).set(float(value))
 
     def checkpoint(self, seconds: float, nbytes: int) -> None:
         """A checkpoint was written in ``seconds`` (``nbytes`` by this rank); pushes if configured."""

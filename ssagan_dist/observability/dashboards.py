@@ -175,7 +175,7 @@ def training_dashboard() -> dict[str, Any]:
         ], kind="stat", width=6, thresholds=[("green", None), ("red", 1)]),
         panel("Worker starts in range", [
             target(f"changes((max by (run, trial, rank) (ssagan_worker_start_timestamp_seconds{{{SEL}}}))"
-                   f"[$__range:1m])", "rank {{rank}}"),
+                   f"[$__range:$__interval])", "rank {{rank}}"),
         ], kind="stat", width=6, thresholds=[("green", None), ("orange", 1), ("red", 2)],
             description="Restarts of each rank's worker process within the dashboard's time range."),
         panel("Restarts and resume step", [
