@@ -713,6 +713,9 @@ def check_ray_job(m: Manifest) -> list[Problem]:
     for key in ("ttlSecondsAfterFinished", "backoffLimit", "activeDeadlineSeconds"):
         if not isinstance(spec.get(key), int):
             problems.append(m.problem(["spec", key], "must be set"))
+    if spec.get("submissionMode", "K8sJobMode") == "K8sJobMode" and not spec.get("submitterPodTemplate"):
+        problems.append(m.problem("spec.submitterPodTemplate", "must be set: KubeRay's default submitter pod "
+                                  "runs without a securityContext"))
     if spec.get("rayClusterSpec") is None:
         problems.append(m.problem("spec.rayClusterSpec", "must be set (this folder creates its own cluster)"))
     return problems
