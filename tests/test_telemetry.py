@@ -122,7 +122,8 @@ def prometheus(tmp_path_factory):
 
 def concrete(expr: str, run: str, window: str = "10s", span: str = "2m") -> str:
     """A dashboard expression with Grafana's variables filled in as Grafana would for one run."""
-    values = {"$__rate_interval": window, "$__range": span, "$__interval": "1s", "$run": run, "$trial": ".*", "$rank": ".*"}
+    values = {"$__rate_interval": window, "$__range": span, "$__interval": "1s",
+              "$run": run, "$trial": ".*", "$rank": ".*"}
     for name in sorted(values, key=len, reverse=True):
         expr = expr.replace(name, values[name])
     assert "$" not in expr, expr
@@ -131,7 +132,8 @@ def concrete(expr: str, run: str, window: str = "10s", span: str = "2m") -> str:
 
 def every_expression() -> list[tuple[str, str]]:
     """(where, PromQL) of every dashboard panel target."""
-    return [(f"{name}: {e}", e) for name, build in dashboards.DASHBOARDS.items() for e in dashboards.expressions(build())]
+    return [(f"{name}: {e}", e) for name, build in dashboards.DASHBOARDS.items()
+            for e in dashboards.expressions(build())]
 
 
 def missing_data(prom: Prometheus, run: str, at: Optional[float] = None,
@@ -232,7 +234,8 @@ def test_two_ranks_scraped_and_every_dashboard_and_alert_expression_has_data(pro
             return {s["metric"]["rank"]: float(s["value"][1])
                     for s in prometheus.query(f'ssagan_steps_total{{run="{run}", job="ssagan"}}')}
 
-        by_rank = prometheus.wait_until("both ranks' step counters", lambda: len(steps_by_rank()) == 2 and steps_by_rank())
+        by_rank = prometheus.wait_until("both ranks' step counters",
+                                        lambda: len(steps_by_rank()) == 2 and steps_by_rank())
         assert set(by_rank) == {"0", "1"}
         deadline = time.monotonic() + 60
         while (missing := missing_data(prometheus, run)) and time.monotonic() < deadline:
@@ -253,8 +256,8 @@ def test_two_ranks_scraped_and_every_dashboard_and_alert_expression_has_data(pro
         tms[1].stats(ranks[1].step, {"g_loss": float("nan")})
 
         def fired():
-            return [a for a in prometheus.api("alerts")["alerts"] if a["labels"].get("alertname") == "SsaganLossNotFinite"
-                    and a["labels"].get("run") == run and a["state"] == "firing"]
+            return [a for a in prometheus.api("alerts")["alerts"] if a["state"] == "firing"
+                    and a["labels"].get("alertname") == "SsaganLossNotFinite" and a["labels"].get("run") == run]
         assert {a["labels"]["rank"] for a in prometheus.wait_until("SsaganLossNotFinite firing", fired)} == {"1"}
     finally:
         stop.set()

@@ -11,6 +11,7 @@ import sys
 BENCHMARKS = {
     "attention": "SSA fused vs literal attention: forward+backward peak memory",
     "loader": "ClipLoader clips/s from local shards and S3 vs a frame-folder JPEG loader",
+    "telemetry": "Prometheus export: per-step hook cost vs the tiny_cpu step time (target < 2%)",
 }
 
 
