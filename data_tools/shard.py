@@ -35,9 +35,10 @@ from typing import Any, Iterator
 import numpy as np
 from PIL import Image
 
-from data_tools.common import MiB, ShardWriter, Timer, clip_key, load_frame, progress, resize_frame, summary
+from data_tools.common import MiB, Timer, clip_key, load_frame, progress, resize_frame, summary
 from ssagan_dist import storage
 from ssagan_dist.data.format import encode_clip
+from ssagan_dist.data.writer import ShardWriter
 
 log = logging.getLogger("data_tools.shard")
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from data_tools.common import MiB, ShardWriter, Timer, summary
+from data_tools.common import MiB, Timer, summary
 from data_tools.common import progress as progress_bar
 from ssagan_dist.data.format import encode_clip
+from ssagan_dist.data.writer import ShardWriter
 
 FPS = 8.0
 DRIFT = 0.25  # palette advance over one clip

@@ -19,7 +19,7 @@ from functools import partial
 from typing import Any
 
 from ssagan_dist import storage
-from ssagan_dist.data.format import decode_clip, decode_label, parse_members
+from ssagan_dist.data.format import decode_sample
 from ssagan_dist.data.index import INDEX_NAME, read_index
 
 
@@ -47,17 +47,8 @@ def check_shard(entry: dict[str, Any], url: str, index: dict[str, Any], endpoint
         return problems + [problem(None, "index entry: keys/offsets do not match the clip count")]
     for i, key in enumerate(entry["keys"]):
         try:
-            members = parse_members(data[offsets[i] : offsets[i + 1]])
-            found = {k for k, _, _ in members}
-            if found != {key}:
-                raise ValueError(f"indexed bytes hold keys {sorted(found)}")
-            fields = {ext: blob for _, ext, blob in members}
-            decode_clip(fields, shape)
-            label = decode_label(fields)
-            if index.get("labels") and label is None:
-                raise ValueError("no .cls label in a labelled dataset")
-            if label is not None and index.get("classes") and not 0 <= label < len(index["classes"]):
-                raise ValueError(f"label {label} outside the {len(index['classes'])} classes")
+            decode_sample(data[offsets[i] : offsets[i + 1]], key, shape, bool(index.get("labels")),
+                          len(index.get("classes") or []))
         except Exception as e:  # report every kind of failure against its key
             problems.append(problem(key, str(e)))
     return problems

@@ -2,9 +2,13 @@
 
 A checkpoint is a directory (Ray Train moves it to ``run.storage_path``):
 
-    model.pt          rank 0: {"trainer": GANTrainer.state_dict(), "step": int, "clip_shape": [C, T, H, W]}
+    model.pt          rank 0: {"format_version": 2, "model": name, "trainer": GANTrainer.state_dict(),
+                               "step": int, "clip_shape": [C, T, H, W]}
     config.yaml       rank 0: the resolved ExperimentConfig
     worker-<rank>.pt  every rank: its RNG states, its data loader's position, a digest of its weights
+
+Format 1 (the first release) had no ``format_version`` or ``model``: it loads, and the model is
+then taken from the checkpoint's config.yaml.
 
 Ray Train merges the directories that the ranks report at one step into one checkpoint, so every
 rank restores its own RNG and loader state while rank 0 alone writes the networks. Everything is
@@ -22,12 +26,16 @@ from typing import Any, Optional
 import torch
 from omegaconf import OmegaConf
 
-from ssagan_dist import storage
+from ssagan_dist import factory, storage
 from ssagan_dist.config import ExperimentConfig
-from ssagan_dist.models import registry
-from ssagan_dist.trainers import GANTrainer, build_trainer
+from ssagan_dist.trainers import GANTrainer, unwrap
 
 MODEL_FILE, CONFIG_FILE = "model.pt", "config.yaml"
+FORMAT_VERSION = 2
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used as asked; the message names it."""
 
 
 def worker_file(rank: int) -> str:
@@ -38,13 +46,14 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:09d}"
 
 
-def param_digest(trainer: GANTrainer) -> str:
-    """sha256 of every trained network's parameters: equal on all DDP ranks when they are in sync."""
+def state_digest(trainer: GANTrainer) -> str:
+    """sha256 of every network's parameters and buffers (BatchNorm statistics included): equal on
+    all DDP ranks when they hold the same model."""
     h = hashlib.sha256()
-    for name in trainer.trained:
-        for pname, p in sorted(trainer.nets[name].named_parameters()):
-            h.update(f"{name}.{pname}".encode())
-            h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    for name, net in sorted(trainer.nets.items()):
+        for key, t in sorted(unwrap(net).state_dict().items()):
+            h.update(f"{name}.{key}".encode())
+            h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -71,12 +80,29 @@ def write(directory: Path, *, rank: int, worker_state: dict[str, Any], trainer: 
     """Write this rank's part of a checkpoint into a local directory."""
     torch.save(worker_state, directory / worker_file(rank))
     if trainer is not None:
-        torch.save({"trainer": trainer.state_dict(), "step": step, "clip_shape": clip_shape}, directory / MODEL_FILE)
+        torch.save({"format_version": FORMAT_VERSION, "model": cfg.model.name, "trainer": trainer.state_dict(),
+                    "step": step, "clip_shape": clip_shape}, directory / MODEL_FILE)
         (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg))
 
 
-def read_model(directory: Path) -> dict[str, Any]:
-    return torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+def read_model(directory: Path, expect_model: Optional[str] = None) -> dict[str, Any]:
+    """model.pt of a local checkpoint directory; ``expect_model`` checks whose it is."""
+    path = directory / MODEL_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated files, foreign pickles: torch raises several types
+        raise CheckpointError(f"checkpoint file {path} cannot be read ({type(e).__name__}); "
+                              "it is damaged or not a ssagan-dist checkpoint") from None
+    version = state.get("format_version", 1)
+    if version > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint {directory} has format {version}; this ssagan-dist reads up to "
+                              f"{FORMAT_VERSION}: upgrade it")
+    if version == 1 and (directory / CONFIG_FILE).exists():
+        state["model"] = OmegaConf.load(directory / CONFIG_FILE).model.name
+    if expect_model is not None and state.get("model", expect_model) != expect_model:
+        raise CheckpointError(f"checkpoint {directory} is of model {state['model']!r}, the config says "
+                              f"{expect_model!r}")
+    return state
 
 
 def read_worker(directory: Path, rank: int) -> Optional[dict[str, Any]]:
@@ -98,10 +124,14 @@ def resolve(uri: str, endpoint_url: Optional[str] = None) -> str:
     return storage.join(uri, candidates[-1])
 
 
-def fetch(uri: str, local_dir: Path, endpoint_url: Optional[str] = None) -> Path:
-    """Copy a checkpoint's model and config (not the per-worker files) into ``local_dir``."""
+def fetch(uri: str, local_dir: Path, endpoint_url: Optional[str] = None, rank: Optional[int] = None) -> Path:
+    """Copy a checkpoint's model and config (and, given ``rank``, that rank's worker file if the
+    checkpoint has one) into ``local_dir``."""
     fs, path = storage.filesystem(uri, endpoint_url)
-    for name in (MODEL_FILE, CONFIG_FILE):
+    names = [MODEL_FILE, CONFIG_FILE]
+    if rank is not None and fs.exists(f"{path}/{worker_file(rank)}"):
+        names.append(worker_file(rank))
+    for name in names:
         fs.get(f"{path}/{name}", str(local_dir / name))
     return local_dir
 
@@ -116,18 +146,20 @@ def load_trainer(uri: str, device: torch.device | str = "cpu",
     with tempfile.TemporaryDirectory() as tmp:
         local = fetch(uri, Path(tmp), endpoint_url)
         cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(local / CONFIG_FILE))
-        state = read_model(local)
-    trainer = build_trainer_from_config(cfg, device)
+        state = read_model(local, expect_model=cfg.model.name)
+    trainer = factory.build_trainer(cfg, device)
     trainer.load_state_dict(state["trainer"])
     for net in trainer.nets.values():
         net.eval()
     return trainer, cfg, state
 
 
-def build_trainer_from_config(cfg: ExperimentConfig, device: torch.device | str = "cpu") -> GANTrainer:
-    entry = registry.get(cfg.model.name)
-    nets = entry.build(**registry.constructor_args(cfg.model.name, cfg.model.preset, dict(cfg.model.args)))
-    return build_trainer(entry.trainer, nets, cfg.optim, cfg.loss, device)
+def load_for_worker(uri: str, rank: int, expect_model: str,
+                    endpoint_url: Optional[str] = None) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
+    """(model state, this rank's worker state or None) of a checkpoint directory, local or s3://."""
+    with tempfile.TemporaryDirectory() as tmp:
+        local = fetch(uri, Path(tmp), endpoint_url, rank=rank)
+        return read_model(local, expect_model), read_worker(local, rank)
 
 
 def load_stage1_generator(uri: str, endpoint_url: Optional[str] = None) -> dict[str, torch.Tensor]:

@@ -3,14 +3,22 @@
 ``load_config("tiny_cpu", ["optim.lr_g=1e-4"])`` merges, in order: these dataclass defaults,
 a YAML preset from ``ssagan_dist/configs/`` (or a YAML file path), then dotlist overrides.
 Unknown keys and wrong types fail in OmegaConf's merge; ``validate`` then checks values that
-types cannot express. Both raise ``ConfigError`` naming the key, before any Ray resource exists.
+types cannot express, that the model can be built with its arguments, and that every key the
+user set (in the YAML or an override) is read by the chosen model, its trainer or the loop.
+All of it raises ``ConfigError`` naming the key, before any Ray resource exists.
+
+Who reads what: the training loop reads the ``data``, ``trainer``, ``run`` and ``metrics``
+sections (a few keys only under conditions, see ``_conditional_keys``); the trainer declares
+the ``optim`` and ``loss`` keys it reads (``GANTrainer.keys_read``); the model reads ``model``.
 """
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -35,12 +43,8 @@ class DataConfig:
     train_urls: str = ""  # shard URLs: a brace pattern, comma-separated list, or dataset dir/URL
     val_urls: str = ""
     loader_workers: int = 2  # DataLoader worker processes per rank
-    prefetch: int = 2
+    prefetch: int = 2  # batches each loader worker reads ahead (needs loader_workers >= 1)
     skip_bad: bool = False  # skip undecodable samples (counted and logged) instead of failing
-    # synthetic sky shards generated on first use when train_urls is empty (the demo)
-    synth_clips: int = 256
-    synth_val_clips: int = 32
-    synth_dir: str = "data/synth_sky"
 
 
 @dataclass
@@ -129,32 +133,51 @@ def _preset(name_or_path: str) -> DictConfig:
             raise ConfigError(f"unknown config preset {name_or_path!r}; presets: {', '.join(preset_names())}")
     elif not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    return OmegaConf.load(path)
+    try:
+        return OmegaConf.load(path)
+    except Exception as e:  # yaml's parser errors carry the line and column
+        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+
+
+def _leaf_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the values set in a config tree; ``model.args`` counts as one leaf
+    (its keys are checked against the model's constructor), null values as not set."""
+    if prefix == "model.args":
+        return [prefix] if node else []
+    if OmegaConf.is_dict(node) or isinstance(node, dict):
+        return [k for key, value in node.items() for k in _leaf_keys(value, f"{prefix}.{key}" if prefix else str(key))]
+    return [] if node is None else [prefix]
 
 
 def load_config(preset: Optional[str] = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Defaults <- preset <- overrides, type-checked and validated. Raises ConfigError."""
     cfg = OmegaConf.structured(ExperimentConfig)
     try:
-        if preset:
-            cfg = OmegaConf.merge(cfg, _preset(preset))
+        preset_layer = _preset(preset) if preset else OmegaConf.create()
+        cfg = OmegaConf.merge(cfg, preset_layer)
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-        cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        override_layer = OmegaConf.from_dotlist(list(overrides))
+        cfg = OmegaConf.merge(cfg, override_layer)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
         raise ConfigError(f"config key {key!r}: {e.msg if hasattr(e, 'msg') else e}") from None
     validate(cfg)
+    require_read(cfg, _leaf_keys(override_layer), source="override")
+    require_read(cfg, _leaf_keys(preset_layer), source=f"set in {preset}")
     return cfg  # a DictConfig typed as ExperimentConfig
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 def validate(cfg: ExperimentConfig) -> None:
     """Checks that types cannot express; each message names the key."""
-    from ssagan_dist.models import registry
+    from ssagan_dist import factory
 
     checks = [
-        ("model.name", cfg.model.name in registry.names(), f"one of {registry.names()}"),
+        ("model.name", cfg.model.name in factory.registry.names(), f"one of {factory.registry.names()}"),
         ("model.preset", cfg.model.preset in ("tiny", "paper"), "'tiny' or 'paper'"),
         ("trainer.num_workers", cfg.trainer.num_workers >= 1, ">= 1"),
         ("trainer.batch_size", cfg.trainer.batch_size >= 1, ">= 1"),
@@ -163,23 +186,24 @@ def validate(cfg: ExperimentConfig) -> None:
         ("trainer.log_every", cfg.trainer.log_every >= 1, ">= 1"),
         ("trainer.val_every", cfg.trainer.val_every >= 1, ">= 1"),
         ("trainer.val_batches", cfg.trainer.val_batches >= 0, ">= 0"),
-        ("optim.lr_g", cfg.optim.lr_g > 0, "> 0"),
-        ("optim.lr_d", cfg.optim.lr_d > 0, "> 0"),
+        ("optim.lr_g", cfg.optim.lr_g > 0 and math.isfinite(cfg.optim.lr_g), "finite and > 0"),
+        ("optim.lr_d", cfg.optim.lr_d > 0 and math.isfinite(cfg.optim.lr_d), "finite and > 0"),
         ("optim.beta1", 0 <= cfg.optim.beta1 < 1, "in [0, 1)"),
         ("optim.beta2", 0 <= cfg.optim.beta2 < 1, "in [0, 1)"),
         ("optim.n_critic", cfg.optim.n_critic >= 1, ">= 1"),
-        ("loss.lambda_con", cfg.loss.lambda_con >= 0, ">= 0"),
-        ("loss.lambda_rank", cfg.loss.lambda_rank >= 0, ">= 0"),
-        ("loss.lambda_gp", cfg.loss.lambda_gp >= 0, ">= 0"),
-        ("loss.lambda_mse", cfg.loss.lambda_mse >= 0, ">= 0"),
+        *((f"loss.{k}", 0 <= v < math.inf, "finite and >= 0") for k, v in OmegaConf.to_container(cfg.loss).items()),
         ("data.loader_workers", cfg.data.loader_workers >= 0, ">= 0"),
-        ("data.synth_clips", cfg.data.synth_clips >= 1, ">= 1"),
-        ("run.name", bool(cfg.run.name) and "/" not in cfg.run.name, "a non-empty name without '/'"),
+        ("data.prefetch", cfg.data.prefetch >= 1, ">= 1"),
+        ("run.name", bool(_SAFE_NAME.match(cfg.run.name)),
+         "one folder name: letters, digits, '.', '_' or '-', not starting with '.' or '-'"),
         ("run.storage_path", bool(cfg.run.storage_path), "a folder or s3:// URL"),
         ("run.keep_checkpoints", cfg.run.keep_checkpoints >= 1, ">= 1"),
         ("run.max_failures", cfg.run.max_failures >= -1, ">= 0, or -1 for unlimited"),
         ("run.ray_train_log_level", cfg.run.ray_train_log_level in ("DEBUG", "INFO", "WARNING", "ERROR"),
          "DEBUG, INFO, WARNING or ERROR"),
+        ("metrics.port", 1 <= cfg.metrics.port <= 65535, "a TCP port"),
+        ("metrics.port_span", 1 <= cfg.metrics.port_span and cfg.metrics.port + cfg.metrics.port_span <= 65536,
+         ">= 1, with metrics.port + metrics.port_span <= 65536"),
     ]
     for key, ok, want in checks:
         if not ok:
@@ -188,14 +212,66 @@ def validate(cfg: ExperimentConfig) -> None:
     if cfg.trainer.sync_batchnorm and not cfg.trainer.use_gpu:
         raise ConfigError("config key 'trainer.sync_batchnorm' = True needs trainer.use_gpu=true "
                           "(torch's SyncBatchNorm runs on GPUs only)")
-    if registry.get(cfg.model.name).trainer == "refine" and not cfg.run.stage1_checkpoint:
+    if factory.registry.get(cfg.model.name).trainer == "refine" and not cfg.run.stage1_checkpoint:
         raise ConfigError(f"config key 'run.stage1_checkpoint' is required for model {cfg.model.name!r} "
                           "(a refine model starts from a trained Stage-I generator)")
     try:
-        registry.constructor_args(cfg.model.name, cfg.model.preset, dict(cfg.model.args))
+        factory.build_networks(cfg, "meta")  # constructor arguments and the shapes they imply
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key 'model.args': {e}") from None
+        raise ConfigError(f"config key 'model.args' (model {cfg.model.name!r}, preset {cfg.model.preset!r}): "
+                          f"{e}") from None
 
 
-def to_yaml(cfg: ExperimentConfig) -> str:
-    return OmegaConf.to_yaml(cfg)
+def _conditional_keys(cfg: ExperimentConfig) -> dict[str, tuple[bool, str]]:
+    """Loop keys that are read only in some setups: key -> (read now, why not)."""
+    from ssagan_dist import factory
+
+    refine = factory.registry.get(cfg.model.name).trainer == "refine"
+    return {
+        "trainer.sync_batchnorm": (cfg.trainer.use_gpu and cfg.trainer.num_workers > 1,
+                                   "it only acts with trainer.use_gpu=true and trainer.num_workers > 1"),
+        "data.prefetch": (cfg.data.loader_workers > 0, "it only acts with data.loader_workers >= 1"),
+        "run.stage1_checkpoint": (refine, f"model {cfg.model.name!r} has no Stage-I generator to load"),
+    }
+
+
+def keys_read(cfg: ExperimentConfig) -> set[str]:
+    """Every config key that ``cfg``'s model, trainer and the training loop read."""
+    from ssagan_dist import factory
+
+    loop_sections = ("data", "trainer", "run", "metrics")
+    keys = {f"{section}.{k}" for section in loop_sections for k in OmegaConf.to_container(cfg[section])}
+    keys |= {"model.name", "model.preset", "model.args"}
+    keys |= set(factory.keys_read(cfg))
+    for key, (read, _) in _conditional_keys(cfg).items():
+        if not read:
+            keys.discard(key)
+    return keys
+
+
+def require_read(cfg: ExperimentConfig, keys: Iterable[str], source: str = "set") -> None:
+    """Raise ConfigError naming the first of ``keys`` (dotted, e.g. from a sweep's search space)
+    that nothing in ``cfg``'s model, trainer or loop reads."""
+    read = keys_read(cfg)
+    why = _conditional_keys(cfg)
+    for key in keys:
+        if key in read:
+            continue
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__":
+            raise ConfigError(f"config key {key!r} ({source}) does not exist")
+        reason = why[key][1] if key in why else f"it is not read by model {cfg.model.name!r} " \
+                 f"(trainer reads {', '.join(k for k in sorted(read) if k.startswith(('optim.', 'loss.')))})"
+        raise ConfigError(f"config key {key!r} ({source}) would do nothing: {reason}; remove it")
+
+
+def dump(cfg: ExperimentConfig) -> str:
+    """YAML of the keys ``cfg``'s model, trainer and loop read: ``load_config(path)`` of it
+    gives the same configuration (run folders and a sweep's best.yaml are written this way)."""
+    read = keys_read(cfg)
+    tree: dict[str, Any] = {}
+    for key in sorted(read):
+        section, name = key.split(".", 1)
+        value = OmegaConf.select(cfg, key)
+        if value is not None:
+            tree.setdefault(section, {})[name] = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+    return OmegaConf.to_yaml(OmegaConf.create(tree))

@@ -1,34 +1,37 @@
 """The main job: train any model of the zoo as PyTorch DDP on a Ray cluster.
 
-    python -m ssagan_dist.train --config tiny_cpu [key=value ...]
+    python -m ssagan_dist.train --config tiny_cpu data.train_urls=... data.val_urls=... [key=value ...]
     ray job submit --address http://HEAD:8265 --working-dir . -- python -m ssagan_dist.train --config ssagan_sky128
 
 Without a cluster this starts a local Ray; under ``ray job submit`` it joins the job's cluster.
 Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the latest checkpoint.
 The loop is the same for every model: the trainer (``ssagan_dist/trainers``) supplies the phases.
+Driver side: ``prepare`` (no Ray) -> ``build_ray_trainer`` -> ``fit``. Worker side:
+``train_loop_per_worker`` reads top to bottom: set up, resume, loop, validate and checkpoint, finish.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, storage, visualize
+from ssagan_dist import checkpointing, factory, storage, telemetry
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
 from ssagan_dist.data import ClipLoader, read_index, resolve_urls
 from ssagan_dist.evaluate import score
-from ssagan_dist.models import registry
-from ssagan_dist.trainers import GANTrainer, Stats
+from ssagan_dist.runlog import RunLog
+from ssagan_dist.trainers import GANTrainer, Stats, unwrap
 
 VAL_METRIC_PREFIX = "val/"
 
@@ -37,10 +40,6 @@ VAL_METRIC_PREFIX = "val/"
 # Driver side: configuration, data, the Ray Train run
 # ---------------------------------------------------------------------------------------------
 
-def endpoint(cfg: ExperimentConfig) -> Optional[str]:
-    return cfg.run.s3_endpoint
-
-
 def _absolute(url: str) -> str:
     """Ray workers and ``ray job submit`` run in other working dirs: make local paths absolute."""
     if not url or "://" in url:
@@ -48,39 +47,26 @@ def _absolute(url: str) -> str:
     return ",".join(str(Path(u).expanduser().resolve()) if not u.startswith("{") else u for u in url.split(","))
 
 
-def prepare_data(cfg: ExperimentConfig) -> ExperimentConfig:
-    """Absolute paths, and the synthetic sky shards generated on first use when no data is named."""
-    if not cfg.data.train_urls:
-        from data_tools import synth
-
-        root = Path(cfg.data.synth_dir).expanduser().resolve()
-        shape = clip_shape_of_model(cfg)
-        size, frames = (shape[2], shape[1]) if shape else (32, 8)
-        for split, clips, seed in (("train", cfg.data.synth_clips, 0), ("val", cfg.data.synth_val_clips, 1)):
-            out = root / f"{size}px-{frames}f-{clips}" / split
-            if not (out / "index.json").exists():
-                print(f"[ssagan_dist] generating {clips} synthetic sky clips ({size}x{size}, {frames} frames) "
-                      f"in {out}", flush=True)
-                synth.generate(str(out), clips=clips, size=size, frames=frames, seed=seed)
-            setattr(cfg.data, f"{split}_urls", str(out))
-    cfg.data.train_urls = _absolute(cfg.data.train_urls)
-    cfg.data.val_urls = _absolute(cfg.data.val_urls)
-    if "://" not in cfg.run.storage_path:
-        cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
-    return cfg
-
-
 def clip_shape_of_model(cfg: ExperimentConfig) -> Optional[list[int]]:
     """(C, T, H, W) that the model produces, when its constructor arguments say so."""
-    args = registry.constructor_args(cfg.model.name, cfg.model.preset, dict(cfg.model.args))
+    args = factory.model_args(cfg)
     if "size" in args and "frames" in args:
         return [args.get("channels", 3), args["frames"], args["size"], args["size"]]
     return None
 
 
-def check_data(cfg: ExperimentConfig) -> list[int]:
-    """The training data's clip shape; fails naming the key when data and model disagree."""
-    ep = endpoint(cfg)
+def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
+    """Absolute local paths, and the training data's clip shape checked against the model's.
+    Raises ConfigError naming the key; starts nothing."""
+    if not cfg.data.train_urls:
+        raise ConfigError("config key 'data.train_urls' is empty: name a sharded dataset "
+                          "(python -m data_tools.shard) or generate synthetic skies first "
+                          "(python -m data_tools.synth --out data/synth_sky/train --clips 512 --size 32 --frames 8)")
+    cfg.data.train_urls = _absolute(cfg.data.train_urls)
+    cfg.data.val_urls = _absolute(cfg.data.val_urls)
+    if "://" not in cfg.run.storage_path:
+        cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
+    ep = cfg.run.s3_endpoint
     index = read_index(cfg.data.train_urls, endpoint_url=ep)
     if index is None:
         raise ConfigError(f"config key 'data.train_urls' = {cfg.data.train_urls!r}: no index.json found "
@@ -88,14 +74,14 @@ def check_data(cfg: ExperimentConfig) -> list[int]:
     shape = list(index["clip_shape"])
     want = clip_shape_of_model(cfg)
     if want is not None and want != shape:
-        raise ConfigError(f"config key 'model.args': model {cfg.model.name!r} ({cfg.model.preset}) makes clips "
-                          f"{want} (C,T,H,W) but data.train_urls holds {shape}; set model.args.size/frames")
+        raise ConfigError(f"config key 'model.args': model {cfg.model.name!r} makes clips of {want} (C,T,H,W) "
+                          f"but data.train_urls holds {shape}; set model.args.size/frames")
     if cfg.data.val_urls:
         val = read_index(cfg.data.val_urls, endpoint_url=ep)
         if val is None or list(val["clip_shape"]) != shape:
             problem = "no index.json found" if val is None else f"clip shape {list(val['clip_shape'])} != {shape}"
             raise ConfigError(f"config key 'data.val_urls' = {cfg.data.val_urls!r}: {problem}")
-    return shape
+    return cfg, shape
 
 
 def storage_for_ray(cfg: ExperimentConfig) -> tuple[str, Any]:
@@ -109,7 +95,7 @@ def storage_for_ray(cfg: ExperimentConfig) -> tuple[str, Any]:
         return path, None
     import pyarrow.fs
 
-    ep = storage.s3_endpoint(endpoint(cfg))
+    ep = storage.s3_endpoint(cfg.run.s3_endpoint)
     kwargs: dict[str, Any] = {}
     if ep:
         kwargs["endpoint_override"] = ep
@@ -121,20 +107,29 @@ def run_url(cfg: ExperimentConfig) -> str:
     return storage.join(cfg.run.storage_path, cfg.run.name)
 
 
-def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int]):
+def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks: Sequence[Any] = (),
+                      start_from: Optional[str] = None, trial: Optional[str] = None,
+                      tensorboard_url: Optional[str] = None):
+    """The Ray Train ``TorchTrainer`` of a run (``cfg.run.name`` under ``cfg.run.storage_path``).
+
+    ``start_from``: a checkpoint directory URI to initialise from when the run has no checkpoint of
+    its own (a sweep's exploit); ``trial``: the label metrics carry under Tune;
+    ``tensorboard_url``: where rank 0 writes TensorBoard files (default: the run folder's).
+    """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
     storage_path, storage_fs = storage_for_ray(cfg)
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": OmegaConf.to_container(cfg), "clip_shape": clip_shape},
+        train_loop_config={"cfg": OmegaConf.to_container(cfg), "clip_shape": clip_shape, "start_from": start_from,
+                           "trial": trial, "tensorboard_url": tensorboard_url},
         torch_config=TorchConfig(backend="nccl" if cfg.trainer.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.trainer.num_workers, use_gpu=cfg.trainer.use_gpu,
             resources_per_worker={"CPU": cfg.trainer.cpus_per_worker, **({"GPU": 1} if cfg.trainer.use_gpu else {})}),
         run_config=ray.train.RunConfig(
-            name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs,
+            name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             logging_config=ray.train.LoggingConfig(log_level=cfg.run.ray_train_log_level),
             checkpoint_config=ray.train.CheckpointConfig(
@@ -144,11 +139,10 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int]):
 
 
 def fit(cfg: ExperimentConfig):
-    """Prepare data, start or join Ray, run training; returns Ray's Result."""
+    """Prepare and check the data, start or join Ray, run training; returns Ray's Result."""
     import ray
 
-    cfg = prepare_data(cfg)
-    clip_shape = check_data(cfg)
+    cfg, clip_shape = prepare(cfg)
     if not ray.is_initialized():
         ray.init(address=cfg.run.ray_address)
     return build_ray_trainer(cfg, clip_shape).fit()
@@ -157,6 +151,166 @@ def fit(cfg: ExperimentConfig):
 # ---------------------------------------------------------------------------------------------
 # Worker side: the training loop (runs on every rank)
 # ---------------------------------------------------------------------------------------------
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    w = set_up(config)
+    step = resume(w, config.get("start_from"))
+    w.trainer.wrap(_wrap_for_ddp(w.cfg))
+    check_ranks_agree(w, "after resuming" if step else "at start")
+    if w.rank == 0:
+        w.runlog = RunLog(w.cfg, run_url(w.cfg), step, config.get("tensorboard_url"))
+        say(f"[train] {w.cfg.model.name} ({w.cfg.model.preset}) on {w.world} worker(s), {w.device}; "
+            f"{'resuming at' if step else 'starting at'} step {step}/{w.cfg.trainer.max_steps}; "
+            f"{len(w.batches.loader)} batches/epoch/worker")
+    meter = Meter(w.cfg.trainer.max_steps, w.clips_per_step, step)
+    while step < w.cfg.trainer.max_steps:
+        step_start, wait_start = time.perf_counter(), w.batches.wait_s
+        stats = w.trainer.run_step(w.batches)
+        step += 1
+        w.telemetry.step(w.clips_per_step // w.world, time.perf_counter() - step_start, w.batches.wait_s - wait_start)
+        last = step == w.cfg.trainer.max_steps
+        record = log_step(w, meter, step, stats) if step % w.cfg.trainer.log_every == 0 or last else None
+        if step % w.cfg.trainer.val_every == 0 or last:
+            with meter.paused():
+                validate_and_checkpoint(w, step, record or {})
+        elif record is not None and w.rank == 0:
+            w.runlog.append(record)  # not reported to Ray between checkpoints: ray.train.report is a barrier
+    finish(w, step, meter)
+
+
+@dataclass
+class Worker:
+    """What one rank's loop works with."""
+
+    cfg: ExperimentConfig
+    clip_shape: list[int]
+    rank: int
+    world: int
+    device: torch.device
+    trainer: GANTrainer
+    batches: "BatchStream"
+    val_loader: Optional[ClipLoader]
+    telemetry: telemetry.TrainingTelemetry
+    clips_per_step: int  # over all ranks
+    runlog: Optional[RunLog] = None  # rank 0 only
+
+
+def set_up(config: dict[str, Any]) -> Worker:
+    import ray.train
+    import ray.train.torch
+
+    cfg: ExperimentConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    _set_determinism(cfg)  # identical initial weights on every rank
+    trainer = factory.build_trainer(cfg, ray.train.torch.get_device())
+    ep = cfg.run.s3_endpoint
+    loader_kwargs = dict(batch_size=cfg.trainer.batch_size, rank=rank, world_size=world, seed=cfg.trainer.seed,
+                         num_workers=cfg.data.loader_workers, endpoint_url=ep, skip_bad=cfg.data.skip_bad,
+                         prefetch=cfg.data.prefetch)
+    train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, **loader_kwargs)
+    val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, **loader_kwargs)
+                  if cfg.data.val_urls else None)
+    tm = telemetry.TrainingTelemetry(cfg.metrics, run=cfg.run.name, trial=config.get("trial") or "", rank=rank,
+                                     world=world, model=cfg.model.name)
+    tm.start()
+    clips_per_step = sum(p.repeats for p in trainer.phases()) * cfg.trainer.batch_size * world
+    return Worker(cfg, config["clip_shape"], rank, world, trainer.device, trainer, BatchStream(train_loader),
+                  val_loader, tm, clips_per_step)
+
+
+def resume(w: Worker, start_from: Optional[str]) -> int:
+    """Load this run's latest checkpoint (else ``start_from``, else the Stage-I generator of a
+    refine model); returns the step to continue from. Learning rates stay the config's."""
+    import ray.train
+
+    model_state = worker_state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            model_state = checkpointing.read_model(Path(d), expect_model=w.cfg.model.name)
+            worker_state = checkpointing.read_worker(Path(d), w.rank)
+    elif start_from:
+        model_state, worker_state = checkpointing.load_for_worker(start_from, w.rank, w.cfg.model.name,
+                                                                  w.cfg.run.s3_endpoint)
+    if model_state is None:
+        if w.cfg.run.stage1_checkpoint:
+            w.trainer.load_stage1(checkpointing.load_stage1_generator(w.cfg.run.stage1_checkpoint,
+                                                                      w.cfg.run.s3_endpoint))
+        torch.manual_seed(w.cfg.trainer.seed * 1_000_003 + w.rank + 1)  # each rank its own noise
+        return 0
+    w.trainer.load_state_dict(model_state["trainer"])
+    if worker_state is not None:
+        w.batches.loader.load_state_dict(worker_state["loader"])
+        checkpointing.set_rng_state(worker_state["rng"])
+    else:  # a checkpoint from fewer ranks: this rank starts its own noise and epoch position afresh
+        torch.manual_seed(w.cfg.trainer.seed * 1_000_003 + w.rank + 1 + model_state["step"])
+    w.telemetry.resumed(model_state["step"])
+    return model_state["step"]
+
+
+def log_step(w: Worker, meter: "Meter", step: int, stats: Stats) -> dict[str, Any]:
+    """Stats averaged over ranks (the only device sync of a log step), a progress line on rank 0."""
+    values = {**all_reduce_mean(stats, w.device), **w.trainer.learning_rates()}
+    rate, eta, wait_share = meter.window(step, w.batches.wait_s)
+    w.telemetry.stats(step, values)
+    if w.rank == 0:
+        losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
+        say(f"[train] step {step}/{w.cfg.trainer.max_steps} | {rate:.1f} clips/s | {losses} | "
+            f"data wait {100 * wait_share:.0f}% | ETA {_hms(eta)}")
+    return {"step": step, "clips_per_s": rate, "data_wait_share": wait_share,
+            **{f"train/{k}": v for k, v in values.items()}}
+
+
+def validate_and_checkpoint(w: Worker, step: int, record: dict[str, Any]) -> None:
+    """Score the held-out clips with rank 0's BatchNorm statistics, then write a checkpoint that
+    every rank agrees on and report it to Ray (a barrier)."""
+    broadcast_buffers(w.trainer)
+    report = {**record, "step": step}
+    if w.val_loader is not None:
+        val, first = score(w.trainer, w.val_loader, w.clip_shape[1], w.device, max_batches=w.cfg.trainer.val_batches)
+        scalars = {k: v for k, v in val.items() if not isinstance(v, list)}
+        report.update({f"{VAL_METRIC_PREFIX}{k}": v for k, v in scalars.items()})
+        w.telemetry.validation(step, scalars)
+        if w.rank == 0 and first is not None:
+            w.runlog.samples(step, first[0][:4], first[1][:4],
+                             {"model": val["psnr_curve"], "copy frame 0": val["baseline_psnr_curve"]})
+            say(f"[val] step {step}: PSNR {val['psnr']:.2f} dB (copy-frame baseline {val['baseline_psnr']:.2f}) "
+                f"SSIM {val['ssim']:.4f} (baseline {val['baseline_ssim']:.4f}) on {val['count']} clips")
+    else:
+        report[w.cfg.run.best_metric] = float(step)  # no validation data: "best" = latest
+    check_ranks_agree(w, f"at the step-{step} checkpoint")
+    if w.rank == 0:
+        w.runlog.append(report)
+        w.runlog.flush()
+    save_start = time.perf_counter()
+    nbytes = report_with_checkpoint(w, step, report)
+    w.telemetry.checkpoint(time.perf_counter() - save_start, nbytes)
+
+
+def report_with_checkpoint(w: Worker, step: int, report: dict[str, Any]) -> int:
+    """Every rank writes its part of the checkpoint; Ray merges them. Returns this rank's bytes."""
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        worker_state = {"rng": checkpointing.rng_state(), "loader": w.batches.loader.state_dict(),
+                        "state_digest": checkpointing.state_digest(w.trainer)}
+        checkpointing.write(Path(tmp), rank=w.rank, worker_state=worker_state,
+                            trainer=w.trainer if w.rank == 0 else None, step=step, clip_shape=w.clip_shape, cfg=w.cfg)
+        nbytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=checkpointing.checkpoint_dir_name(step))
+    return nbytes
+
+
+def finish(w: Worker, step: int, meter: "Meter") -> None:
+    w.telemetry.close()
+    if w.rank == 0:
+        w.runlog.close()
+        say(f"[train] done: {step} steps in {_hms(meter.elapsed())}; run folder {run_url(w.cfg)}")
+
+
+# -- the loop's parts ----------------------------------------------------------------------------
 
 class BatchStream:
     """Endless batches across epochs, timing how long the loop waits for data."""
@@ -177,45 +331,67 @@ class BatchStream:
         return batch
 
 
+class Meter:
+    """Training throughput over the steps since the last log line, excluding paused time."""
+
+    def __init__(self, max_steps: int, clips_per_step: int, first_step: int):
+        self.max_steps, self.clips_per_step = max_steps, clips_per_step
+        self.start = self.window_start = time.perf_counter()
+        self.window_step, self.window_wait = first_step, 0.0
+
+    def window(self, step: int, wait_s: float) -> tuple[float, float, float]:
+        """(clips/s, seconds to go, share of time waiting for data) since the last call."""
+        now = time.perf_counter()
+        steps, elapsed = step - self.window_step, max(now - self.window_start, 1e-9)
+        out = (steps * self.clips_per_step / elapsed, (self.max_steps - step) * elapsed / max(steps, 1),
+               (wait_s - self.window_wait) / elapsed)
+        self.window_start, self.window_step, self.window_wait = now, step, wait_s
+        return out
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        start = time.perf_counter()
+        yield
+        self.window_start += time.perf_counter() - start  # rates count training only
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+
 def all_reduce_mean(stats: Stats, device: torch.device) -> dict[str, float]:
     """Mean of each statistic over ranks (every rank passes the same keys), as floats."""
     keys = sorted(stats)
     t = torch.stack([stats[k].to(device, torch.float64) for k in keys])
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed():
         dist.all_reduce(t)
         t /= dist.get_world_size()
     return dict(zip(keys, t.tolist()))
 
 
-class RunFiles:
-    """Rank 0's human-facing outputs in the run folder: metrics.jsonl, sample strips, GIFs."""
+def broadcast_buffers(trainer: GANTrainer) -> None:
+    """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP runs with
+    broadcast_buffers=False (two D forwards per backward, SPEC §8), so without SyncBatchNorm each
+    rank's statistics drift apart; validation and checkpoints use rank 0's, the saved model's."""
+    if not _distributed():
+        return
+    for name in trainer.trained:
+        for buf in unwrap(trainer.nets[name]).buffers():
+            dist.broadcast(buf, src=0)
 
-    def __init__(self, cfg: ExperimentConfig, resumed_step: int):
-        self.url, self.endpoint = run_url(cfg), endpoint(cfg)
-        self.metrics_url = storage.join(self.url, "metrics.jsonl")
-        self.lines: list[str] = []
-        if resumed_step and storage.exists(self.metrics_url, self.endpoint):
-            self.lines = [ln for ln in storage.read_bytes(self.metrics_url, self.endpoint).decode().splitlines()
-                          if ln.strip() and json.loads(ln).get("step", 0) <= resumed_step]
-        storage.write_bytes_atomic(storage.join(self.url, "config.yaml"), OmegaConf.to_yaml(cfg).encode(), self.endpoint)
 
-    def append_metrics(self, record: dict[str, Any], flush: bool) -> None:
-        """Add a line; ``flush`` rewrites metrics.jsonl (object stores cannot append), at checkpoints."""
-        self.lines.append(json.dumps(record, sort_keys=True))
-        if flush:
-            storage.write_bytes_atomic(self.metrics_url, ("\n".join(self.lines) + "\n").encode(), self.endpoint)
+def check_ranks_agree(w: Worker, when: str) -> None:
+    """Every rank must hold the same weights and buffers; a mismatch is a bug, stop loudly."""
+    if not _distributed():
+        return
+    digests: list[Optional[str]] = [None] * w.world
+    dist.all_gather_object(digests, checkpointing.state_digest(w.trainer))
+    if len(set(digests)) > 1:
+        raise RuntimeError(f"ranks hold different model states {when}: state digests "
+                           f"{', '.join(f'rank {r}: {d[:12]}' for r, d in enumerate(digests))}")
 
-    def samples(self, step: int, real: torch.Tensor, pred: torch.Tensor, psnr_curves: dict[str, list[float]]) -> None:
-        with tempfile.TemporaryDirectory() as tmp:
-            outputs = {
-                f"samples/step_{step:09d}.png": lambda p: visualize.sample_strip(real[:, :, 0], pred, real).save(p),
-                f"samples/step_{step:09d}.gif": lambda p: visualize.save_gif(pred[0], p, real=real[0]),
-                "samples/psnr_per_frame.png": lambda p: visualize.psnr_curve_png(psnr_curves, p),
-            }
-            for rel, write in outputs.items():
-                local = Path(tmp) / rel.replace("/", "_")
-                write(str(local))
-                storage.write_bytes_atomic(storage.join(self.url, rel), local.read_bytes(), self.endpoint)
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 def _set_determinism(cfg: ExperimentConfig) -> None:
@@ -238,109 +414,6 @@ def _wrap_for_ddp(cfg: ExperimentConfig) -> Callable[[torch.nn.Module], torch.nn
     return wrap
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
-
-    cfg: ExperimentConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), config["cfg"])
-    clip_shape = config["clip_shape"]
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    ep = endpoint(cfg)
-
-    _set_determinism(cfg)  # identical initial weights on every rank
-    trainer = checkpointing.build_trainer_from_config(cfg, device)
-    step, worker_state = 0, None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            model_state = checkpointing.read_model(Path(d))
-            worker_state = checkpointing.read_worker(Path(d), rank)
-        trainer.load_state_dict(model_state["trainer"])
-        step = model_state["step"]
-    elif cfg.run.stage1_checkpoint:
-        trainer.load_stage1(checkpointing.load_stage1_generator(cfg.run.stage1_checkpoint, ep))
-    trainer.wrap(_wrap_for_ddp(cfg))
-
-    loader_kwargs = dict(batch_size=cfg.trainer.batch_size, rank=rank, world_size=world, seed=cfg.trainer.seed,
-                         num_workers=cfg.data.loader_workers, endpoint_url=ep, skip_bad=cfg.data.skip_bad,
-                         prefetch=cfg.data.prefetch)
-    train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, **loader_kwargs)
-    val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, **loader_kwargs)
-                  if cfg.data.val_urls else None)
-    if worker_state is not None:
-        train_loader.load_state_dict(worker_state["loader"])
-        checkpointing.set_rng_state(worker_state["rng"])
-    else:
-        torch.manual_seed(cfg.trainer.seed * 1_000_003 + rank + 1)  # each rank its own noise
-    batches = BatchStream(train_loader)
-    files = RunFiles(cfg, step) if rank == 0 else None
-
-    clips_per_step = sum(p.repeats for p in trainer.phases()) * cfg.trainer.batch_size * world
-    if rank == 0:
-        say(f"[train] {cfg.model.name} ({cfg.model.preset}) on {world} worker(s), {device}; "
-            f"{'resuming at' if step else 'starting at'} step {step}/{cfg.trainer.max_steps}; "
-            f"{len(train_loader)} batches/epoch/worker")
-    window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
-    run_start = time.perf_counter()
-    while step < cfg.trainer.max_steps:
-        stats = trainer.run_step(batches)
-        step += 1
-        window_steps += 1
-        last = step == cfg.trainer.max_steps
-        if step % cfg.trainer.log_every == 0 or last:
-            stats = all_reduce_mean(stats, device)
-            elapsed = time.perf_counter() - window_start
-            waited = batches.wait_s - window_wait
-            rate = window_steps * clips_per_step / max(elapsed, 1e-9)
-            eta = (cfg.trainer.max_steps - step) * elapsed / window_steps
-            record = {"step": step, "clips_per_s": rate, "data_wait_share": waited / max(elapsed, 1e-9),
-                      **{f"train/{k}": v for k, v in stats.items()}}
-            if rank == 0:
-                losses = " ".join(f"{k}={v:.4f}" for k, v in sorted(stats.items()))
-                say(f"[train] step {step}/{cfg.trainer.max_steps} | {rate:.1f} clips/s | {losses} | "
-                    f"data wait {100 * record['data_wait_share']:.0f}% | ETA {_hms(eta)}")
-            window_start, window_wait, window_steps = time.perf_counter(), batches.wait_s, 0
-        else:
-            record = None
-        if step % cfg.trainer.val_every == 0 or last:
-            val_start = time.perf_counter()
-            report = {"step": step, **(record or {})}
-            if val_loader is not None:
-                val, first = score(trainer, val_loader, clip_shape[1], device, max_batches=cfg.trainer.val_batches)
-                report.update({f"{VAL_METRIC_PREFIX}{k}": v for k, v in val.items() if not isinstance(v, list)})
-                if rank == 0 and first is not None:
-                    files.samples(step, first[0][:4], first[1][:4],
-                                  {"model": val["psnr_curve"], "copy frame 0": val["baseline_psnr_curve"]})
-                    say(f"[val] step {step}: PSNR {val['psnr']:.2f} dB (copy-frame baseline "
-                        f"{val['baseline_psnr']:.2f}) SSIM {val['ssim']:.4f} (baseline {val['baseline_ssim']:.4f})")
-            else:
-                report[cfg.run.best_metric] = float(step)  # no validation data: "best" = latest
-            if rank == 0:
-                files.append_metrics(report, flush=True)
-            _report_with_checkpoint(report, trainer, batches.loader, cfg, step, rank, clip_shape)
-            window_start += time.perf_counter() - val_start  # progress rates count training only
-        elif record is not None and rank == 0:
-            # Not reported to Ray between checkpoints: ray.train.report is a barrier across ranks.
-            files.append_metrics(record, flush=False)
-    if rank == 0:
-        say(f"[train] done: {step} steps in {_hms(time.perf_counter() - run_start)}; run folder {run_url(cfg)}")
-
-
-def _report_with_checkpoint(report: dict[str, Any], trainer: GANTrainer, loader: ClipLoader,
-                            cfg: ExperimentConfig, step: int, rank: int, clip_shape: list[int]) -> None:
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        worker_state = {"rng": checkpointing.rng_state(), "loader": loader.state_dict(),
-                        "param_digest": checkpointing.param_digest(trainer)}
-        checkpointing.write(Path(tmp), rank=rank, worker_state=worker_state,
-                            trainer=trainer if rank == 0 else None, step=step, clip_shape=clip_shape, cfg=cfg)
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=checkpointing.checkpoint_dir_name(step))
-
-
 def say(line: str) -> None:
     """A progress line on the worker's stdout (Ray Train's print patch would log it twice)."""
     sys.stdout.write(line + "\n")
@@ -359,7 +432,8 @@ def _hms(seconds: float) -> str:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ssagan_dist.train", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="tiny_cpu", help=f"preset ({', '.join(preset_names())}) or a YAML file")
+    p.add_argument("--config", default="tiny_cpu",
+                   help=f"preset ({', '.join(preset_names())}) or a YAML file, e.g. a run's config.yaml")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. trainer.max_steps=200 optim.lr_g=1e-4")
     return p.parse_args(argv)
@@ -379,7 +453,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     if result.error:
         print(f"error: training failed: {result.error}", file=sys.stderr)
         return 1
-    print(f"[train] checkpoint: {result.checkpoint.path if result.checkpoint else None}")
+    checkpoint = result.checkpoint.path if result.checkpoint else None
+    if checkpoint and cfg.run.storage_path.startswith("s3://"):
+        checkpoint = f"s3://{checkpoint}"  # pyarrow's paths drop the scheme
+    print(f"[train] checkpoint: {checkpoint}")
     print(f"[train] metrics:    {storage.join(run_url(cfg), 'metrics.jsonl')}")
     print(f"[train] samples:    {storage.join(run_url(cfg), 'samples')}/")
     return 0

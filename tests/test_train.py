@@ -69,31 +69,39 @@ def test_refine_model_needs_stage1_checkpoint():
         load_config("tiny_cpu", ["model.name=mdgan_stage2"])
 
 
-def test_every_preset_loads():
-    for name in ("tiny_cpu", "ssagan_sky128", "mdgan_stage1", "ssagan_a", "ssagan_beach64", "hrvgan",
-                 "mdgan_stage2", "ssagan_b"):
+def test_every_preset_loads_and_every_key_in_it_is_read():
+    import yaml
+
+    from ssagan_dist.config import PRESET_DIR, _leaf_keys, keys_read, preset_names
+
+    assert {"tiny_cpu", "ssagan_sky128", "mdgan_stage1", "mdgan_stage2", "ssagan_a", "ssagan_b", "ssagan_beach64",
+            "hrvgan", "pix2pix_video", "defaults"} <= set(preset_names())
+    for name in preset_names():
         cfg = load_config(name)
         assert cfg.model.name in registry.names()
+        unread = set(_leaf_keys(yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {})) - keys_read(cfg)
+        assert not unread, f"preset {name} sets keys its model does not read: {unread}"
 
 
 def test_data_model_shape_mismatch_is_caught(sky, tmp_path):
     cfg = load_config("tiny_cpu", [*FAST, *data_args(sky), "model.args.frames=16",
                                    f"run.storage_path={tmp_path}"])
     with pytest.raises(ConfigError, match="model.args"):
-        train.check_data(train.prepare_data(cfg))
+        train.prepare(cfg)
 
 
 # -- distributed training ------------------------------------------------------------------------
 
 def test_two_workers_stay_in_sync_and_resume_bit_identically(ray_cluster, sky, tmp_path):
-    two = [*FAST, *data_args(sky), "trainer.num_workers=2", "trainer.max_steps=4", f"run.storage_path={tmp_path}"]
+    two = [*FAST, *data_args(sky), "trainer.num_workers=2", "trainer.max_steps=4", f"run.storage_path={tmp_path}",
+           "trainer.val_batches=0"]
     assert train.main(["--config", "tiny_cpu", *two, "run.name=straight"]) == 0
     # The same run stopped after 2 steps, then re-run under its name to 4.
     assert train.main(["--config", "tiny_cpu", *two, "run.name=resumed", "trainer.max_steps=2"]) == 0
     assert train.main(["--config", "tiny_cpu", *two, "run.name=resumed"]) == 0
 
     ckpt = latest(tmp_path / "straight")
-    digests = {checkpointing.read_worker(ckpt, r)["param_digest"] for r in (0, 1)}
+    digests = {checkpointing.read_worker(ckpt, r)["state_digest"] for r in (0, 1)}
     assert len(digests) == 1, "ranks hold different G/D weights"
 
     straight, resumed = nets_state(tmp_path / "straight"), nets_state(tmp_path / "resumed")
@@ -107,6 +115,14 @@ def test_two_workers_stay_in_sync_and_resume_bit_identically(ray_cluster, sky, t
     assert {"val/psnr", "val/ssim", "val/mse", "val/baseline_psnr"} <= lines[-1].keys()
     # every validation scores the same held-out clips (not an exhausted loader: NaN means)
     assert all(r["val/count"] == lines[-1]["val/count"] > 0 for r in lines if "val/psnr" in r)
+    # Validation used the checkpointed model's BatchNorm statistics (rank 0's, on every rank): the
+    # held-out PSNR in training is what evaluate finds for the saved checkpoint on the same clips.
+    from ssagan_dist import evaluate
+
+    scored = evaluate.evaluate(str(tmp_path / "resumed"), str(sky / "val"), batch_size=2, progress=False)
+    assert scored["count"] == lines[-1]["val/count"] == 8
+    assert scored["psnr"] == pytest.approx(lines[-1]["val/psnr"], rel=1e-9)
+    assert scored["ssim"] == pytest.approx(lines[-1]["val/ssim"], rel=1e-9)
     samples = tmp_path / "straight" / "samples"
     assert (samples / "step_000000004.png").stat().st_size > 0
     assert (samples / "step_000000004.gif").stat().st_size > 0
@@ -137,10 +153,13 @@ def test_data_and_checkpoints_on_s3_and_resume_from_there(ray_cluster, s3_bucket
 @pytest.mark.parametrize("model", ["ssagan", "mdgan_stage1", "hrvgan", "convlstm_gan", "pix2pix_video",
                                    "video3d_gan", "dcgan", "ssagan_a"])
 def test_every_trainer_runs_through_the_entry_point(ray_cluster, model, tmp_path):
-    """Synthetic data is generated at the model's own clip shape (train.prepare_data)."""
-    args = [*FAST, f"model.name={model}", f"run.storage_path={tmp_path}", f"run.name={model}",
-            f"data.synth_dir={tmp_path / 'data'}", "data.synth_clips=4", "data.synth_val_clips=2"]
-    assert train.main(["--config", "tiny_cpu", *args]) == 0
+    from data_tools import synth
+
+    args = [*FAST, f"model.name={model}", f"run.storage_path={tmp_path}", f"run.name={model}"]
+    _, frames, size, _ = train.clip_shape_of_model(load_config("defaults", args)) or [3, 8, 32, 32]
+    for split, clips in (("train", 4), ("val", 2)):
+        synth.generate(str(tmp_path / split), clips=clips, size=size, frames=frames, seed=0, progress=False)
+    assert train.main(["--config", "defaults", *args, *data_args(tmp_path)]) == 0
     assert checkpointing.read_model(latest(tmp_path / model))["step"] == 2
 
 

@@ -10,7 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ssagan_dist.config import LossConfig, OptimConfig
 from ssagan_dist.models import registry
 from ssagan_dist.models.attention import SpatialSelfAttention
-from ssagan_dist.trainers import build_trainer
+from ssagan_dist.trainers import TRAINERS
 from ssagan_dist.trainers.onestage import OneStageTrainer
 from ssagan_dist.trainers.refine import RefineTrainer
 
@@ -28,7 +28,7 @@ def fixed_batch() -> dict[str, torch.Tensor]:
 def make_trainer(name: str, lr: float = 2e-3, **args):
     torch.manual_seed(0)
     nets = registry.build_networks(name, "tiny", **args)
-    return build_trainer(registry.get(name).trainer, nets, OptimConfig(lr_g=lr, lr_d=lr, n_critic=1),
+    return TRAINERS[registry.get(name).trainer](nets, OptimConfig(lr_g=lr, lr_d=lr, n_critic=1),
                          LossConfig(lambda_con=10.0, lambda_rank=1.0))
 
 
@@ -94,14 +94,20 @@ def test_state_dict_round_trip(name):
     buffer = io.BytesIO()  # through bytes, as a checkpoint travels (in memory, Adam would share moments)
     torch.save(a.state_dict(), buffer)
     buffer.seek(0)
-    b = make_trainer(name, lr=1.0)  # the lr is overwritten by the checkpoint's...
-    b.load_state_dict(torch.load(buffer, weights_only=True))
+    saved = torch.load(buffer, weights_only=True)
+    b = make_trainer(name)
+    b.load_state_dict(saved)
     torch.testing.assert_close(b.predict(batch), a.predict(batch), rtol=0, atol=0)
-    a.run_step(lambda: batch)  # ...and both continue identically (optimizer moments and lr included)
+    a.run_step(lambda: batch)  # both continue identically (optimizer moments included)
     b.run_step(lambda: batch)
     for role in a.trained:
         for (k, pa), pb in zip(a.nets[role].state_dict().items(), b.nets[role].state_dict().values()):
             torch.testing.assert_close(pb, pa, rtol=0, atol=0, msg=f"{role}.{k}")
+    # A trainer configured with other learning rates (a PBT explore) keeps its own after loading.
+    c = make_trainer(name, lr=1e-3)
+    c.load_state_dict(saved)
+    assert c.learning_rates() == {"lr_g": 1e-3, "lr_d": 1e-3}
+    assert all(g["lr"] == 1e-3 for opt in c.optimizers.values() for g in opt.param_groups)
 
 
 def test_load_stage1():

@@ -10,7 +10,7 @@ import torch
 from ssagan_dist import losses
 from ssagan_dist.config import LossConfig, OptimConfig
 from ssagan_dist.models import registry
-from ssagan_dist.trainers import build_trainer
+from ssagan_dist.trainers import TRAINERS
 
 MODELS = ["hrvgan", "video3d_gan", "convlstm_gan", "pix2pix_video", "dcgan"]
 
@@ -37,7 +37,7 @@ def make_trainer(name: str, seed: int = 0, optim: OptimConfig | None = None, los
                  **model_args):
     torch.manual_seed(seed)
     nets = registry.build_networks(name, "tiny", **model_args)
-    return build_trainer(registry.get(name).trainer, nets, optim or OptimConfig(n_critic=1), loss or LossConfig())
+    return TRAINERS[registry.get(name).trainer](nets, optim or OptimConfig(n_critic=1), loss or LossConfig())
 
 
 def assert_grads_reach_every_parameter(trainer):

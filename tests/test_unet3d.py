@@ -4,8 +4,8 @@ from torch import nn
 
 from ssagan_dist.models import registry
 from ssagan_dist.models.attention import SpatialSelfAttention
-from ssagan_dist.models.unet3d import (UNet3DDiscriminator, UNet3DGenerator, drop_outer_skips, encoder_plan,
-                                       repeat_frame)
+from ssagan_dist.models.layers import repeat_frame
+from ssagan_dist.models.unet3d import UNet3DDiscriminator, UNet3DGenerator, drop_outer_skips, encoder_plan
 
 UNET_MODELS = ["ssagan", "ssagan_a", "mdgan_stage1", "mdgan_stage2", "ssagan_b"]
 

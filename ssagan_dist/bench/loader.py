@@ -88,7 +88,7 @@ def _best_of(make, clips: int, repeats: int) -> float:
 def export_copies(shards: str, trees: dict[Path, tuple[int, int] | None], npy_out: str, quality: int = 95) -> None:
     """The shards' clips as Sky-Timelapse-style JPEG trees (frames optionally resized to a size)
     and as shards of raw uint8 frames."""
-    from data_tools.common import ShardWriter
+    from ssagan_dist.data.writer import ShardWriter
     from ssagan_dist.data import encode_clip
 
     index = read_index(shards)
@@ -140,8 +140,6 @@ def run(clips: int = 96, size: int = 128, frames: int = 32, batch_size: int = 8,
 
 def _run(clips: int, size: int, frames: int, batch_size: int, workers: int, repeats: int, json_out: bool,
          write_docs: bool, cores: int) -> dict:
-    from data_tools.synth import generate
-
     results: dict = {"load_average": round(os.getloadavg()[0], 1), "clips": clips, "clip_shape": [3, frames, size, size], "batch_size": batch_size,
                      "cores": cores, "cpu": platform.processor() or platform.machine(), "rows": []}
 
@@ -152,7 +150,10 @@ def _run(clips: int, size: int, frames: int, batch_size: int, workers: int, repe
 
     with tempfile.TemporaryDirectory() as tmp:
         shards = os.path.join(tmp, "shards")
-        generate(shards, clips, size=size, frames=frames, seed=0, shard_clips=max(1, clips // 4), progress=False)
+        # The dataset is made the way a user makes one, by the explicit data_tools step.
+        subprocess.run([sys.executable, "-m", "data_tools.synth", "--out", shards, "--clips", str(clips), "--size",
+                        str(size), "--frames", str(frames), "--seed", "0", "--shard-clips", str(max(1, clips // 4))],
+                       check=True, stdout=subprocess.DEVNULL)
         index = read_index(shards)
         results["shard_mib"] = round(index["total_bytes"] / 2**20, 1)
         trees = {"frame folders, frames at training size": (Path(tmp) / "tree", None),

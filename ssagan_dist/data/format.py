@@ -26,7 +26,6 @@ from PIL import Image
 
 FRAME_EXTS = ("jpg", "jpeg", "png")
 _FRAME_MEMBER = re.compile(r"^(\d+)\.(jpg|jpeg|png)$")
-TAR_BLOCK = 512
 
 
 class BadSampleError(ValueError):
@@ -144,3 +143,21 @@ def decode_label(members: dict[str, bytes]) -> int | None:
         return int(members["cls"].decode().strip())
     except ValueError:
         raise ValueError(f"bad .cls member {members['cls'][:32]!r}") from None
+
+
+def decode_sample(blob: bytes, key: str, shape: tuple[int, int, int, int] | None, labelled: bool,
+                  num_classes: int | None = None) -> tuple[np.ndarray, int | None]:
+    """(uint8 (T, H, W, C) clip, label or None) from the tar bytes of sample ``key``, as the index
+    locates it. Raises ValueError with the reason (the caller adds the shard)."""
+    members = parse_members(blob)
+    found = {k for k, _, _ in members}
+    if found != {key}:
+        raise ValueError(f"bytes at the indexed offset hold keys {sorted(found)} (shard changed since indexing?)")
+    fields = {ext: data for _, ext, data in members}
+    clip = decode_clip(fields, shape)
+    label = decode_label(fields)
+    if labelled and label is None:
+        raise ValueError("no .cls label in a labelled dataset")
+    if label is not None and num_classes and not 0 <= label < num_classes:
+        raise ValueError(f"label {label} outside the {num_classes} classes")
+    return clip, label

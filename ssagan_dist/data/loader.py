@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssagan_dist import storage
-from ssagan_dist.data.format import BadSampleError, decode_clip, decode_label, parse_members
+from ssagan_dist.data.format import BadSampleError, decode_sample
 from ssagan_dist.data.index import Shard, load_shards, resolve_urls
 
 log = logging.getLogger(__name__)
@@ -119,18 +119,9 @@ class _Batches(Dataset):
     def _decode(self, shard: int, index: int, blob: bytes) -> tuple[np.ndarray, int | None]:
         url, key = self.urls[shard], self.keys[shard][index]
         try:
-            members = parse_members(blob)
-            found = {k for k, _, _ in members}
-            if found != {key}:
-                raise ValueError(f"bytes at the indexed offset hold keys {sorted(found)} (shard changed since indexing?)")
-            fields = {ext: data for _, ext, data in members}
-            clip = decode_clip(fields, self.clip_shape)
-            label = decode_label(fields)
-            if self.labels and label is None:
-                raise ValueError("no .cls label in a labelled dataset")
+            return decode_sample(blob, key, self.clip_shape, self.labels)
         except Exception as e:
             raise BadSampleError(f"shard {url}: sample {key!r}: {e}") from None
-        return clip, label
 
     def __getitem__(self, b: int) -> dict[str, Any]:
         ids = self.batches[b]

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
 from ssagan_dist.models.video3d import VideoDiscriminator, log2_exact
-from ssagan_dist.trainers.base import init_weights
+from ssagan_dist.models.layers import init_weights
 
 
 class ConvLSTMCell(nn.Module):

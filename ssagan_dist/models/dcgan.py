@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
-from ssagan_dist.trainers.base import init_weights
+from ssagan_dist.models.layers import init_weights
 
 
 class DCGANGenerator(nn.Module):

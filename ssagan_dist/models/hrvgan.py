@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
 from ssagan_dist.models.video3d import conv3d, log2_exact, time_strides
-from ssagan_dist.trainers.base import init_weights
+from ssagan_dist.models.layers import init_weights
 
 
 def _plan(size: int, frames: int, base_channels: int, max_channels: int) -> tuple[int, int, list[int], list[int]]:

@@ -37,14 +37,9 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.attention import SpatialSelfAttention
 from ssagan_dist.models.registry import register
-from ssagan_dist.trainers.base import init_weights
+from ssagan_dist.models.layers import init_weights, repeat_frame
 
 Triple = tuple[int, int, int]
-
-
-def repeat_frame(frame: Tensor, frames: int) -> Tensor:
-    """(N, C, H, W) photo -> (N, C, frames, H, W) static clip, the Stage-I input."""
-    return frame.unsqueeze(2).expand(-1, -1, frames, -1, -1).contiguous()
 
 
 @dataclass(frozen=True)

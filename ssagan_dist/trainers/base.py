@@ -14,7 +14,7 @@ photo for image-conditioned models; ``"label"`` (N,) int64 when the data has cla
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Callable, ClassVar, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -42,27 +42,27 @@ def unwrap(module: nn.Module) -> nn.Module:
     return getattr(module, "module", module)
 
 
-def init_weights(module: nn.Module) -> None:
-    """MD-GAN's public init: conv weights ~ N(0, 0.02), BN weights ~ N(1, 0.02), BN bias 0."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Linear)):
-            nn.init.normal_(m.weight, 0.0, 0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)):
-            nn.init.normal_(m.weight, 1.0, 0.02)
-            nn.init.zeros_(m.bias)
-
-
 class GANTrainer:
-    """Base class. Subclasses set ``trained`` and implement ``phases`` and ``predict``.
+    """Base class. Subclasses implement ``d_loss``, ``g_loss`` and ``predict``, and name the
+    loss weights they read in ``loss_keys``.
 
     ``nets`` holds every network by role ("G", "D", and e.g. "G_stage1" for a frozen one);
     ``trained`` names those with an optimizer. Optimizers are Adam with the papers' defaults
-    (lr 2e-4, betas (0.5, 0.9)) unless ``optim`` says otherwise.
+    (lr 2e-4, betas (0.5, 0.9)) unless ``optim`` says otherwise. The default step is
+    ``optim.n_critic`` D updates, then one G update.
     """
 
     trained: tuple[str, ...] = ("G", "D")
+    # The config keys this trainer reads. A key the user sets that neither the trainer nor the
+    # training loop reads is refused by config validation (ssagan_dist.config.keys_read).
+    optim_keys: ClassVar[tuple[str, ...]] = ("optim.lr_g", "optim.lr_d", "optim.beta1", "optim.beta2",
+                                             "optim.n_critic")
+    loss_keys: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def keys_read(cls, nets: Mapping[str, nn.Module]) -> tuple[str, ...]:
+        """Config keys read by this trainer for these networks (built on the meta device, say)."""
+        return cls.optim_keys + cls.loss_keys
 
     def __init__(self, nets: dict[str, nn.Module], optim: OptimConfig, loss: LossConfig,
                  device: torch.device | str = "cpu"):
@@ -70,18 +70,23 @@ class GANTrainer:
         self.optim_cfg, self.loss_cfg = optim, loss
         self.nets = {k: v.to(self.device) for k, v in nets.items()}
         self.wrapped: dict[str, nn.Module] = dict(self.nets)  # DDP-wrapped after wrap()
-        lrs = {"G": optim.lr_g, "D": optim.lr_d}
         self.optimizers = {
-            k: torch.optim.Adam(self.nets[k].parameters(), lr=lrs[k], betas=(optim.beta1, optim.beta2))
-            for k in self.trained
+            k: torch.optim.Adam(self.nets[k].parameters(), betas=(optim.beta1, optim.beta2)) for k in self.trained
         }
+        self.set_learning_rates()
         for k, net in self.nets.items():
             if k not in self.trained:
                 net.eval().requires_grad_(False)
 
     # -- what subclasses define -------------------------------------------------------------
-    def phases(self) -> list[Phase]:
+    def d_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         raise NotImplementedError
+
+    def g_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
+        raise NotImplementedError
+
+    def phases(self) -> list[Phase]:
+        return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
     @torch.no_grad()
     def predict(self, batch: Batch) -> torch.Tensor:
@@ -121,7 +126,19 @@ class GANTrainer:
         }
 
     def load_state_dict(self, state: dict) -> None:
+        """Networks and optimizers; the learning rates are then the config's, not the saved ones
+        (a resumed or PBT-exploited run continues with the rates it was started with)."""
         for k, sd in state["nets"].items():
             self.nets[k].load_state_dict(sd)
         for k, sd in state.get("optimizers", {}).items():
             self.optimizers[k].load_state_dict(sd)
+        self.set_learning_rates()
+
+    def set_learning_rates(self) -> None:
+        lrs = {"G": self.optim_cfg.lr_g, "D": self.optim_cfg.lr_d}
+        for k, opt in self.optimizers.items():
+            for group in opt.param_groups:
+                group["lr"] = lrs[k]
+
+    def learning_rates(self) -> dict[str, float]:
+        return {f"lr_{k.lower()}": opt.param_groups[0]["lr"] for k, opt in self.optimizers.items()}

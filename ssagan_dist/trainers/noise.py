@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
+from ssagan_dist.trainers.base import Batch, GANTrainer, Stats
 
 
 def check_clip(video: Tensor, generator: nn.Module, *, frames: bool = True) -> None:
@@ -34,7 +34,10 @@ def check_clip(video: Tensor, generator: nn.Module, *, frames: bool = True) -> N
 
 
 class NoiseGANTrainer(GANTrainer):
-    trained = ("G", "D")
+    @classmethod
+    def keys_read(cls, nets):
+        conditioned = getattr(nets["G"], "conditioning", "none") == "image"
+        return cls.optim_keys + (("loss.lambda_con",) if conditioned else ())
 
     def __init__(self, nets, optim, loss, device="cpu"):
         super().__init__(nets, optim, loss, device)
@@ -55,9 +58,6 @@ class NoiseGANTrainer(GANTrainer):
         return (z, video[:, :, 0]) if self.image_conditioned else (z,)
 
     # -- phases ------------------------------------------------------------------------------
-    def phases(self) -> list[Phase]:
-        return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
-
     def d_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         real = self.real_clip(batch)
         with torch.no_grad():

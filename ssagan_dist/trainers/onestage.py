@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ssagan_dist import losses
-from ssagan_dist.models.unet3d import repeat_frame
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
+from ssagan_dist.models.layers import repeat_frame
+from ssagan_dist.trainers.base import Batch, GANTrainer, Stats
 
 
 def static_input(batch: Batch) -> torch.Tensor:
@@ -21,10 +21,7 @@ def static_input(batch: Batch) -> torch.Tensor:
 
 
 class OneStageTrainer(GANTrainer):
-    trained = ("G", "D")
-
-    def phases(self) -> list[Phase]:
-        return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
+    loss_keys = ("loss.lambda_con",)
 
     def d_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         y = batch["video"]

@@ -14,12 +14,12 @@ import torch
 from torch import Tensor
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
+from ssagan_dist.trainers.base import Batch, GANTrainer, Stats
 from ssagan_dist.trainers.noise import check_clip
 
 
 class Pix2PixTrainer(GANTrainer):
-    trained = ("G", "D")
+    loss_keys = ("loss.lambda_con",)
 
     def pairs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         video = batch["video"]
@@ -30,9 +30,6 @@ class Pix2PixTrainer(GANTrainer):
         t = torch.randint(frames - 1, (n,), device=video.device)
         rows = torch.arange(n, device=video.device)
         return video[rows, :, t], video[rows, :, t + 1]
-
-    def phases(self) -> list[Phase]:
-        return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
     def d_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         frame, next_frame = self.pairs(batch)

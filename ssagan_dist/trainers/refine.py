@@ -15,12 +15,12 @@ import torch
 from torch import nn
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
+from ssagan_dist.trainers.base import Batch, GANTrainer, Stats
 from ssagan_dist.trainers.onestage import static_input
 
 
 class RefineTrainer(GANTrainer):
-    trained = ("G", "D")
+    loss_keys = ("loss.lambda_con", "loss.lambda_rank")
 
     def __init__(self, nets: dict[str, nn.Module], *args, **kwargs):
         if "G_stage1" not in nets:
@@ -40,9 +40,6 @@ class RefineTrainer(GANTrainer):
     def stage1(self, batch: Batch) -> torch.Tensor:
         """Y1: the frozen Stage-I output (BatchNorm in eval mode, with its running statistics)."""
         return self.nets["G_stage1"].eval()(static_input(batch))
-
-    def phases(self) -> list[Phase]:
-        return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
     def d_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         y, y1 = batch["video"], self.stage1(batch)

@@ -16,12 +16,12 @@ import torch
 from torch import Tensor, nn
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats
+from ssagan_dist.trainers.base import Batch, GANTrainer, Stats
 from ssagan_dist.trainers.noise import check_clip
 
 
 class WGANGPTrainer(GANTrainer):
-    trained = ("G", "D")
+    loss_keys = ("loss.lambda_gp", "loss.lambda_mse")
 
     def labels(self, batch: Batch) -> Tensor:
         video = batch["video"]
@@ -40,9 +40,6 @@ class WGANGPTrainer(GANTrainer):
     def generate(self, generator: nn.Module, labels: Tensor) -> Tensor:
         z = torch.randn(labels.shape[0], self.nets["G"].z_dim, device=labels.device)
         return generator(z, labels)
-
-    def phases(self) -> list[Phase]:
-        return [Phase("D", "D", self.optim_cfg.n_critic, self.d_loss), Phase("G", "G", 1, self.g_loss)]
 
     def d_loss(self, batch: Batch) -> tuple[Tensor, Stats]:
         real, labels = batch["video"], self.labels(batch)

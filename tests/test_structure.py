@@ -1,0 +1,166 @@
+"""The shape of the code: modules import alone, no cycle between the zoo and the trainers, one
+factory, and every config key that is set is read by something."""
+
+from __future__ import annotations
+
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import ssagan_dist
+from ssagan_dist import checkpointing, factory
+from ssagan_dist.config import ConfigError, load_config
+from ssagan_dist.models import registry
+from ssagan_dist.trainers import TRAINERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules() -> list[str]:
+    names = [m.name for m in pkgutil.walk_packages(ssagan_dist.__path__, "ssagan_dist.")]
+    return sorted(n for n in names if not n.endswith("__main__"))
+
+
+def test_every_module_imports_in_a_fresh_interpreter():
+    script = ("import importlib, sys\n"
+              "for name in sys.argv[1:]:\n"
+              "    importlib.import_module(name)\n"
+              "    for m in [m for m in sys.modules if m.startswith('ssagan_dist')]:\n"
+              "        del sys.modules[m]\n")
+    out = subprocess.run([sys.executable, "-c", script, *_modules()], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+@pytest.mark.parametrize("package, blocked", [("ssagan_dist.models", "ssagan_dist.trainers"),
+                                              ("ssagan_dist", "data_tools")])
+def test_no_import_of_the_other_side(package, blocked):
+    """The model zoo imports without the trainers, and the library without data_tools: importing
+    every module of ``package`` with ``blocked`` made unimportable succeeds."""
+    script = ("import importlib, pkgutil, sys\n"
+              "class Block:\n"
+              "    def find_spec(self, name, path=None, target=None):\n"
+              f"        if name == {blocked!r} or name.startswith({blocked!r} + '.'):\n"
+              "            raise ImportError('blocked: ' + name)\n"
+              "sys.meta_path.insert(0, Block())\n"
+              f"pkg = importlib.import_module({package!r})\n"
+              "for m in pkgutil.walk_packages(pkg.__path__, pkg.__name__ + '.'):\n"
+              f"    if m.name.endswith('__main__') or m.name.startswith({blocked!r}):\n"
+              "        continue\n"
+              "    importlib.import_module(m.name)\n")
+    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def test_one_registry_every_model_has_a_trainer():
+    for name in registry.names():
+        assert registry.get(name).trainer in TRAINERS, name
+        assert factory.trainer_class(name) is TRAINERS[registry.get(name).trainer]
+
+
+@pytest.mark.parametrize("model, unread", [
+    ("ssagan", "loss.lambda_rank"), ("ssagan", "loss.lambda_gp"), ("ssagan", "loss.lambda_mse"),
+    ("mdgan_stage2", "loss.lambda_gp"),
+    ("hrvgan", "loss.lambda_con"), ("hrvgan", "loss.lambda_rank"),
+    ("video3d_gan", "loss.lambda_con"), ("dcgan", "loss.lambda_con"),
+    ("pix2pix_video", "loss.lambda_rank"),
+    ("ssagan", "run.stage1_checkpoint"),
+])
+def test_a_key_the_model_does_not_read_is_refused_naming_it(model, unread, tmp_path):
+    import ray
+
+    extra = ["run.stage1_checkpoint=runs/stage1"] if factory.model_entry(model).trainer == "refine" else []
+    with pytest.raises(ConfigError, match=rf"{unread.replace('.', '[.]')}.*{model}|{model}.*{unread}|"
+                                          rf"{unread.replace('.', '[.]')}.*Stage-I"):
+        load_config("defaults", [f"model.name={model}", *extra, f"{unread}=2"])
+    # and through the command line: exit 2 before any Ray or data exists
+    from ssagan_dist import train
+
+    assert train.main(["--config", "defaults", f"model.name={model}", *extra, f"{unread}=2",
+                       f"run.storage_path={tmp_path}"]) == 2
+    assert not ray.is_initialized() and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["trainer.sync_batchnorm=false"], "trainer.sync_batchnorm"),  # one worker, no GPU: inert
+    (["data.loader_workers=0", "data.prefetch=4"], "data.prefetch"),
+])
+def test_keys_inert_in_this_setup_are_refused(overrides, key):
+    with pytest.raises(ConfigError, match=key.replace(".", "[.]")):
+        load_config("defaults", overrides)
+
+
+def test_keys_each_family_reads():
+    def read(model, *extra):
+        return set(factory.keys_read(load_config("defaults", [f"model.name={model}", *extra])))
+
+    assert {"loss.lambda_con"} == {k for k in read("ssagan") if k.startswith("loss.")}
+    assert {"loss.lambda_con", "loss.lambda_rank"} == {
+        k for k in read("mdgan_stage2", "run.stage1_checkpoint=x") if k.startswith("loss.")}
+    assert {"loss.lambda_gp", "loss.lambda_mse"} == {k for k in read("hrvgan") if k.startswith("loss.")}
+    assert {"loss.lambda_con"} == {k for k in read("convlstm_gan") if k.startswith("loss.")}  # image-conditioned
+    assert not {k for k in read("video3d_gan") if k.startswith("loss.")}
+    assert "optim.n_critic" in read("pix2pix_video")
+
+
+def test_a_dumped_config_loads_back_to_the_same_values(tmp_path):
+    from omegaconf import OmegaConf
+
+    from ssagan_dist.config import dump
+
+    cfg = load_config("mdgan_stage2", ["optim.lr_g=3e-4"])
+    (tmp_path / "c.yaml").write_text(dump(cfg))
+    again = load_config(str(tmp_path / "c.yaml"))
+    assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)
+
+
+def test_model_shapes_are_checked_before_anything_starts():
+    with pytest.raises(ConfigError, match="model.args.*size = 33"):
+        load_config("tiny_cpu", ["model.args.size=33"])
+    with pytest.raises(ConfigError, match="model.args.*frames = 7"):
+        load_config("tiny_cpu", ["model.args.frames=7"])
+
+
+def test_unsafe_run_names_are_refused():
+    for name in ("..", ".", "a/b", "", ".hidden"):
+        with pytest.raises(ConfigError, match="run.name"):
+            load_config("tiny_cpu", [f"run.name={name}"])
+
+
+def _save(tmp_path: Path, cfg, **extra) -> Path:
+    trainer = factory.build_trainer(cfg)
+    d = tmp_path / "checkpoint_000000001"
+    d.mkdir()
+    checkpointing.write(d, rank=0, worker_state={}, trainer=trainer, step=1, clip_shape=[3, 8, 32, 32], cfg=cfg)
+    if extra:
+        state = torch.load(d / checkpointing.MODEL_FILE, weights_only=True)
+        for k, v in extra.items():
+            if v is None:
+                state.pop(k)
+            else:
+                state[k] = v
+        torch.save(state, d / checkpointing.MODEL_FILE)
+    return d
+
+
+def test_checkpoints_carry_format_and_model_and_old_ones_still_load(tmp_path):
+    cfg = load_config("tiny_cpu")
+    new = checkpointing.read_model(_save(tmp_path / "a", cfg) if (tmp_path / "a").mkdir() is None else None)
+    assert new["format_version"] == checkpointing.FORMAT_VERSION and new["model"] == "ssagan"
+    (tmp_path / "v1").mkdir()
+    old = _save(tmp_path / "v1", cfg, format_version=None, model=None)  # as the first release wrote them
+    trainer, loaded_cfg, state = checkpointing.load_trainer(str(old))
+    assert loaded_cfg.model.name == "ssagan" and state["step"] == 1
+
+
+def test_a_checkpoint_of_another_model_is_named_as_such(tmp_path):
+    cfg = load_config("tiny_cpu")
+    d = _save(tmp_path, cfg)
+    with pytest.raises(checkpointing.CheckpointError, match="model 'ssagan', the config says 'mdgan_stage1'"):
+        checkpointing.read_model(d, expect_model="mdgan_stage1")
+    (d / checkpointing.MODEL_FILE).write_bytes((d / checkpointing.MODEL_FILE).read_bytes()[:100])
+    with pytest.raises(checkpointing.CheckpointError, match=f"{d / checkpointing.MODEL_FILE}.*damaged"):
+        checkpointing.read_model(d)
