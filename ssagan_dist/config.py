@@ -90,7 +90,9 @@ class RunConfig:
     best_metric: str = "val/psnr"  # kept besides the last K; higher is better
     stage1_checkpoint: Optional[str] = None  # refine models: the Stage-I run's checkpoint URI
     ray_address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
-    max_failures: int = 0  # restarts of the worker group after a failure, each from the latest checkpoint
+    # restarts of the worker group after a failure (a lost worker or node), each from the latest
+    # checkpoint; -1 = unlimited. A diverged run (non-finite loss) is not restarted.
+    max_failures: int = 3
     ray_train_log_level: str = "WARNING"  # Ray Train's own console logs (INFO: every report and checkpoint)
 
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
 import os
 import sys
 import tempfile
@@ -34,6 +36,11 @@ from ssagan_dist.runlog import RunLog
 from ssagan_dist.trainers import GANTrainer, Stats, unwrap
 
 VAL_METRIC_PREFIX = "val/"
+DIVERGED_FILE = "diverged.json"  # written by rank 0 when a loss goes non-finite; the driver reads it
+
+
+class Diverged(Exception):
+    """A loss went non-finite: a fault of the run's settings, not of a worker (never retried)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -143,9 +150,15 @@ def fit(cfg: ExperimentConfig):
     import ray
 
     cfg, clip_shape = prepare(cfg)
+    marker = storage.join(run_url(cfg), DIVERGED_FILE)
+    if storage.exists(marker, cfg.run.s3_endpoint):
+        storage.remove(marker, cfg.run.s3_endpoint)  # a re-run (new settings) tries again
     if not ray.is_initialized():
         ray.init(address=cfg.run.ray_address)
-    return build_ray_trainer(cfg, clip_shape).fit()
+    result = build_ray_trainer(cfg, clip_shape).fit()
+    if storage.exists(marker, cfg.run.s3_endpoint):
+        raise Diverged(json.loads(storage.read_bytes(marker, cfg.run.s3_endpoint))["error"])
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,8 +182,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         step += 1
         w.telemetry.step(w.clips_per_step // w.world, time.perf_counter() - step_start, w.batches.wait_s - wait_start)
         last = step == w.cfg.trainer.max_steps
-        record = log_step(w, meter, step, stats) if step % w.cfg.trainer.log_every == 0 or last else None
-        if step % w.cfg.trainer.val_every == 0 or last:
+        validate = step % w.cfg.trainer.val_every == 0 or last
+        record = log_step(w, meter, step, stats) if step % w.cfg.trainer.log_every == 0 or validate else None
+        if record is not None and not all_finite(record):
+            stop_diverged(w, step, record)
+            return
+        if validate:
             with meter.paused():
                 validate_and_checkpoint(w, step, record or {})
         elif record is not None and w.rank == 0:
@@ -260,6 +277,27 @@ def log_step(w: Worker, meter: "Meter", step: int, stats: Stats) -> dict[str, An
             f"data wait {100 * wait_share:.0f}% | ETA {_hms(eta)}")
     return {"step": step, "clips_per_s": rate, "data_wait_share": wait_share,
             **{f"train/{k}": v for k, v in values.items()}}
+
+
+def all_finite(record: dict[str, Any]) -> bool:
+    return all(math.isfinite(v) for k, v in record.items() if k.startswith("train/") and isinstance(v, float))
+
+
+def stop_diverged(w: Worker, step: int, record: dict[str, Any]) -> None:
+    """A non-finite loss ends the run without a checkpoint (every rank sees the same all-reduced
+    stats, so all stop together); rank 0 records why for the driver and in metrics.jsonl."""
+    bad = {k[len("train/"):]: v for k, v in record.items() if k.startswith("train/") and not math.isfinite(v)}
+    lrs = w.trainer.learning_rates()
+    error = (f"training diverged at step {step}: {', '.join(f'{k}={v}' for k, v in sorted(bad.items()))} "
+             f"(lr_g={lrs.get('lr_g')}, lr_d={lrs.get('lr_d')}); no checkpoint was written past the last "
+             f"finite one; lower optim.lr_g / optim.lr_d or the loss weights")
+    w.telemetry.close()
+    if w.rank == 0:
+        w.runlog.append({**record, "error": error})
+        w.runlog.close()
+        storage.write_bytes_atomic(storage.join(run_url(w.cfg), DIVERGED_FILE), json.dumps({"error": error}).encode(),
+                                   w.cfg.run.s3_endpoint)
+        say(f"[train] {error}")
 
 
 def validate_and_checkpoint(w: Worker, step: int, record: dict[str, Any]) -> None:
@@ -440,7 +478,10 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    import ray
+
     args = parse_args(argv)
+    started_ray, cfg = not ray.is_initialized(), None
     try:
         cfg = load_config(args.config, args.overrides)
         if args.print_config:
@@ -450,6 +491,17 @@ def main(argv: Optional[list[str]] = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Diverged as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        where = f" in {run_url(cfg)}" if cfg is not None else ""
+        print(f"\ninterrupted: the run keeps its checkpoints{where}; the same command resumes from the newest",
+              file=sys.stderr)
+        return 130
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()  # no Ray processes of ours outlive the command
     if result.error:
         print(f"error: training failed: {result.error}", file=sys.stderr)
         return 1

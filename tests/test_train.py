@@ -176,6 +176,17 @@ def test_refine_trainers_start_from_a_stage1_checkpoint(ray_cluster, model, sky,
         assert torch.equal(g1[k], frozen[k]), f"G_stage1.{k} is not the Stage-I generator"
 
 
+def test_a_diverged_run_stops_with_an_error_and_saves_no_nan_checkpoint(ray_cluster, sky, tmp_path, capsys):
+    args = [*FAST, *data_args(sky), f"run.storage_path={tmp_path}", "run.name=nan", "optim.lr_g=1e30",
+            "optim.lr_d=1e30", "trainer.max_steps=6", "trainer.val_every=6"]
+    assert train.main(["--config", "tiny_cpu", *args]) == 1
+    err = capsys.readouterr().err
+    assert "diverged at step" in err and "lr_g=1e+30" in err
+    lines = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]  # valid JSON
+    assert "diverged" in lines[-1]["error"]
+    assert not list((tmp_path / "nan").glob("checkpoint_*")), "a checkpoint was saved from a diverged run"
+
+
 def test_evaluate_and_predict_from_a_checkpoint(ray_cluster, sky, tmp_path):
     from ssagan_dist import evaluate, predict
 
