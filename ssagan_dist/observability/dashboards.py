@@ -22,6 +22,7 @@ HERE = Path(__file__).resolve().parent
 K8S = HERE.parents[1] / "k8s" / "monitoring"
 ALERTS = HERE / "alerts.yml"
 STALL_SECONDS = 600  # the SsaganRankStalled threshold, drawn on the heartbeat panel
+K8S_NAMESPACE = "ssagan"  # k8s/00-namespace.yaml: the run's namespace, where the PodMonitor lives too
 K8S_LABELS = {"app.kubernetes.io/name": "ssagan-dist", "app.kubernetes.io/component": "monitoring",
               # kube-prometheus-stack selects rules and monitors by its Helm release name
               "release": "kube-prometheus-stack"}
@@ -284,12 +285,13 @@ def generated_files() -> dict[Path, str]:
     files = {HERE / f"{name}.json": _dashboard_json(board) for name, board in boards.items()}
     configmap = {
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "ssagan-dist-dashboards", "labels": {**K8S_LABELS, "grafana_dashboard": "1"},
+        "metadata": {"name": "ssagan-dist-dashboards", "namespace": K8S_NAMESPACE,
+                     "labels": {**K8S_LABELS, "grafana_dashboard": "1"},
                      "annotations": {"grafana_folder": "ssagan-dist"}},
         "data": {f"ssagan-{name}.json": _dashboard_json(board) for name, board in boards.items()},
     }
     rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
-            "metadata": {"name": "ssagan-dist-alerts", "labels": K8S_LABELS},
+            "metadata": {"name": "ssagan-dist-alerts", "namespace": K8S_NAMESPACE, "labels": K8S_LABELS},
             "spec": {"groups": alert_rules()}}
     files[K8S / "grafana-dashboards.yaml"] = _k8s_yaml(
         configmap, "Grafana's dashboard sidecar loads ConfigMaps labelled grafana_dashboard: \"1\".")
