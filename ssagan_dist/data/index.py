@@ -33,6 +33,7 @@ class Shard:
     labels: bool = False
     clip_shape: tuple[int, int, int, int] | None = None  # (C, T, H, W)
     meta: dict = field(default_factory=dict)
+    size: int | None = None  # bytes the index recorded (None: scanned shard)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -44,6 +45,7 @@ def read_index(url: str, endpoint_url: str | None = None) -> dict | None:
     try:
         raw = storage.read_bytes(index_url, endpoint_url)
     except FileNotFoundError:
+        _require_bucket(index_url, endpoint_url)
         return None
     try:
         index = json.loads(raw)
@@ -54,6 +56,18 @@ def read_index(url: str, endpoint_url: str | None = None) -> dict | None:
     if index.get("version", 0) > VERSION:
         raise ValueError(f"{index_url}: index version {index['version']} is newer than this reader ({VERSION})")
     return index
+
+
+def _require_bucket(url: str, endpoint_url: str | None) -> None:
+    """A missing S3 bucket is named as such (not reported as a missing file inside it)."""
+    if not storage.is_s3(url):
+        return
+    fs, path = storage.filesystem(url, endpoint_url)
+    bucket = path.split("/", 1)[0]
+    if not fs.exists(bucket):
+        endpoint = storage.s3_endpoint(endpoint_url) or "AWS"
+        raise FileNotFoundError(f"{url}: bucket {bucket!r} does not exist at S3 endpoint {endpoint} "
+                                "(create it, or fix the bucket name / endpoint)")
 
 
 def _expand(part: str) -> list[str]:
@@ -128,6 +142,62 @@ def load_shards(urls: list[str], endpoint_url: str | None = None) -> list[Shard]
                 labels=bool(index.get("labels")),
                 clip_shape=tuple(index["clip_shape"]),
                 meta={"classes": index.get("classes"), "fps": index.get("fps"), "split": index.get("split")},
+                size=entry.get("bytes"),
             )
         )
     return shards
+
+
+@dataclass
+class DatasetInfo:
+    """What a driver checks before training: clip shape (C, T, H, W), clip count, the shards."""
+
+    spec: str
+    clip_shape: list[int]
+    clips: int
+    shards: list[Shard]
+
+
+def inspect_dataset(spec: str, endpoint_url: str | None = None, what: str = "data") -> DatasetInfo:
+    """Check a dataset as named in a config (folder/URL with index.json, brace pattern of shards,
+    or a comma list of these) and return its clip shape and size. Raises ValueError or
+    FileNotFoundError naming ``what`` (e.g. a config key), the shard and the cause:
+
+    - each indexed shard is present and of the size the index recorded (a truncated or replaced
+      shard is named; one metadata request per shard, no data read);
+    - the first clip of the first shard decodes to the index's clip shape (an index that lies
+      about the shape); shards without an index take their shape from that clip;
+    - every shard has the same clip shape as the first (as the indexes say).
+    """
+    from ssagan_dist.data.format import decode_sample
+
+    shards = load_shards(resolve_urls(spec, endpoint_url), endpoint_url)
+    for shard in shards:
+        if shard.size is None:
+            continue
+        fs, path = storage.filesystem(shard.url, endpoint_url)
+        try:
+            actual = fs.size(path)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{what}: shard {shard.url} is listed in its {INDEX_NAME} but missing") from None
+        if actual != shard.size:
+            raise ValueError(f"{what}: shard {shard.url} has {actual} bytes, its {INDEX_NAME} recorded {shard.size} "
+                             "(truncated or rewritten since indexing); re-shard or re-upload it")
+    shapes = {s.clip_shape for s in shards if s.clip_shape is not None}
+    if len(shapes) > 1:
+        raise ValueError(f"{what}: shards have different clip shapes {sorted(shapes)}")
+    first = next((s for s in shards if len(s)), None)
+    if first is None:
+        raise ValueError(f"{what}: {spec!r} holds no clips")
+    fs, path = storage.filesystem(first.url, endpoint_url)
+    blob = fs.cat_file(path, start=first.offsets[0], end=first.offsets[1])
+    try:
+        frames, _ = decode_sample(blob, first.keys[0], None, False)  # (T, H, W, C) as stored
+    except ValueError as e:
+        raise ValueError(f"{what}: first clip {first.keys[0]!r} of shard {first.url} cannot be decoded: {e}") from None
+    channels = first.clip_shape[0] if first.clip_shape is not None else frames.shape[3]
+    stored = [channels, frames.shape[0], frames.shape[1], frames.shape[2]]
+    if first.clip_shape is not None and list(first.clip_shape) != stored:
+        raise ValueError(f"{what}: {INDEX_NAME} beside {first.url} says clips are {list(first.clip_shape)} (C,T,H,W) "
+                         f"but clip {first.keys[0]!r} holds {stored}; the index does not match its shards: re-shard")
+    return DatasetInfo(spec, stored, sum(len(s) for s in shards), shards)
