@@ -7,7 +7,7 @@ types cannot express, that the model can be built with its arguments, and that e
 user set (in the YAML or an override) is read by the chosen model, its trainer or the loop.
 All of it raises ``ConfigError`` naming the key, before any Ray resource exists.
 
-Who reads what: the training loop reads the ``data``, ``trainer``, ``run`` and ``metrics``
+Who reads what: the training loop reads the ``data``, ``trainer``, ``run``, ``metrics`` and ``perf``
 sections (a few keys only under conditions, see ``_conditional_keys``); the trainer declares
 the ``optim`` and ``loss`` keys it reads (``GANTrainer.keys_read``); the model reads ``model``.
 """
@@ -113,6 +113,18 @@ class MetricsConfig:
 
 
 @dataclass
+class PerfConfig:
+    """Speed switches (ssagan_dist/perf.py, docs/performance.md); the defaults change nothing."""
+
+    autocast: str = "none"  # "none", "bf16" (CPU or GPU) or "fp16" (GPU only, with a gradient scaler)
+    channels_last: bool = False  # networks and 5-D inputs in channels_last_3d memory format
+    compile: bool = False  # torch.compile every network (in place: state_dict keys unchanged)
+    ddp_bucket_cap_mb: int = 25  # DDP gradient bucket size (torch's default 25 MB)
+    ddp_gradient_as_bucket_view: bool = False  # gradients alias DDP's buckets (no copy, less memory)
+    pin_memory: bool = False  # page-locked batches for asynchronous host-to-GPU copies (GPU only)
+
+
+@dataclass
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -121,6 +133,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     run: RunConfig = field(default_factory=RunConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    perf: PerfConfig = field(default_factory=PerfConfig)
 
 
 def preset_names() -> list[str]:
@@ -211,6 +224,12 @@ def validate(cfg: ExperimentConfig) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise ConfigError(f"config key {key!r} = {value!r}: must be {want}")
+    if cfg.perf.autocast not in ("none", "bf16", "fp16"):
+        raise ConfigError(f"config key 'perf.autocast' = {cfg.perf.autocast!r}: must be 'none', 'bf16' or 'fp16'")
+    if cfg.perf.autocast == "fp16" and not cfg.trainer.use_gpu:
+        raise ConfigError("config key 'perf.autocast' = 'fp16' needs trainer.use_gpu=true (on CPU use 'bf16')")
+    if cfg.perf.ddp_bucket_cap_mb < 1:
+        raise ConfigError(f"config key 'perf.ddp_bucket_cap_mb' = {cfg.perf.ddp_bucket_cap_mb!r}: must be >= 1")
     if cfg.trainer.sync_batchnorm and not cfg.trainer.use_gpu:
         raise ConfigError("config key 'trainer.sync_batchnorm' = True needs trainer.use_gpu=true "
                           "(torch's SyncBatchNorm runs on GPUs only)")
@@ -233,6 +252,10 @@ def _conditional_keys(cfg: ExperimentConfig) -> dict[str, tuple[bool, str]]:
         "trainer.sync_batchnorm": (cfg.trainer.use_gpu and cfg.trainer.num_workers > 1,
                                    "it only acts with trainer.use_gpu=true and trainer.num_workers > 1"),
         "data.prefetch": (cfg.data.loader_workers > 0, "it only acts with data.loader_workers >= 1"),
+        "perf.ddp_bucket_cap_mb": (cfg.trainer.num_workers > 1, "DDP buckets exist only with trainer.num_workers > 1"),
+        "perf.ddp_gradient_as_bucket_view": (cfg.trainer.num_workers > 1,
+                                             "DDP buckets exist only with trainer.num_workers > 1"),
+        "perf.pin_memory": (cfg.trainer.use_gpu, "pinned memory only speeds host-to-GPU copies (trainer.use_gpu=true)"),
         "run.stage1_checkpoint": (refine, f"model {cfg.model.name!r} has no Stage-I generator to load"),
     }
 
@@ -241,7 +264,7 @@ def keys_read(cfg: ExperimentConfig) -> set[str]:
     """Every config key that ``cfg``'s model, trainer and the training loop read."""
     from ssagan_dist import factory
 
-    loop_sections = ("data", "trainer", "run", "metrics")
+    loop_sections = ("data", "trainer", "run", "metrics", "perf")
     keys = {f"{section}.{k}" for section in loop_sections for k in OmegaConf.to_container(cfg[section])}
     keys |= {"model.name", "model.preset", "model.args"}
     keys |= set(factory.keys_read(cfg))

@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, factory, storage, telemetry
+from ssagan_dist import checkpointing, factory, perf, storage, telemetry
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
 from ssagan_dist.data import ClipLoader, read_index, resolve_urls
 from ssagan_dist.evaluate import score
@@ -220,11 +220,11 @@ def set_up(config: dict[str, Any]) -> Worker:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _set_determinism(cfg)  # identical initial weights on every rank
-    trainer = factory.build_trainer(cfg, ray.train.torch.get_device())
+    trainer = perf.apply(factory.build_trainer(cfg, ray.train.torch.get_device()), cfg.perf)
     ep = cfg.run.s3_endpoint
     loader_kwargs = dict(batch_size=cfg.trainer.batch_size, rank=rank, world_size=world, seed=cfg.trainer.seed,
                          num_workers=cfg.data.loader_workers, endpoint_url=ep, skip_bad=cfg.data.skip_bad,
-                         prefetch=cfg.data.prefetch)
+                         prefetch=cfg.data.prefetch, pin_memory=perf.pin_memory(cfg))
     train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, **loader_kwargs)
     val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, **loader_kwargs)
                   if cfg.data.val_urls else None)
@@ -448,7 +448,8 @@ def _wrap_for_ddp(cfg: ExperimentConfig) -> Callable[[torch.nn.Module], torch.nn
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
         # Two D forwards (real, fake) before one backward need broadcast_buffers=False (SPEC §8).
         return ray.train.torch.prepare_model(module, move_to_device=False,
-                                             parallel_strategy_kwargs={"broadcast_buffers": False})
+                                             parallel_strategy_kwargs={"broadcast_buffers": False,
+                                                                       **perf.ddp_kwargs(cfg.perf)})
     return wrap
 
 

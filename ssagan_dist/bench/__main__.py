@@ -12,6 +12,7 @@ BENCHMARKS = {
     "attention": "SSA fused vs literal attention: forward+backward peak memory",
     "loader": "ClipLoader clips/s from local shards and S3 vs a frame-folder JPEG loader",
     "telemetry": "Prometheus export: per-step hook cost vs the tiny_cpu step time (target < 2%)",
+    "step": "training step clips/s and FLOP utilisation, tiny_cpu and medium, each speed switch on/off",
 }
 
 

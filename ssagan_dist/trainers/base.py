@@ -13,6 +13,7 @@ photo for image-conditioned models; ``"label"`` (N,) int64 when the data has cla
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Iterator, Mapping
 
@@ -74,6 +75,10 @@ class GANTrainer:
             k: torch.optim.Adam(self.nets[k].parameters(), betas=(optim.beta1, optim.beta2)) for k in self.trained
         }
         self.set_learning_rates()
+        # Speed switches, set by ssagan_dist.perf.apply; these defaults run float32 as built.
+        self.autocast_dtype: torch.dtype | None = None
+        self.input_memory_format = torch.preserve_format  # of 5-D batch tensors
+        self.grad_scalers: dict[str, torch.amp.GradScaler] = {}  # fp16 only, by network
         for k, net in self.nets.items():
             if k not in self.trained:
                 net.eval().requires_grad_(False)
@@ -109,20 +114,37 @@ class GANTrainer:
                 self.nets[k].requires_grad_(k == phase.network)
             opt = self.optimizers[phase.network]
             for _ in range(phase.repeats):
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in draw().items() if torch.is_tensor(v)}
+                batch = {k: self._to_device(v) for k, v in draw().items() if torch.is_tensor(v)}
                 opt.zero_grad(set_to_none=True)
-                loss, phase_stats = phase.loss(batch)
-                loss.backward()
-                opt.step()
+                with self._autocast():
+                    loss, phase_stats = phase.loss(batch)
+                scaler = self.grad_scalers.get(phase.network)
+                if scaler is None:
+                    loss.backward()
+                    opt.step()
+                else:  # fp16: its step reads found-inf on the host, one sync per update
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.update()
             stats.update(phase_stats)  # the last repeat's numbers
         for k in self.trained:
             self.nets[k].requires_grad_(True)
         return stats
 
+    def _to_device(self, v: torch.Tensor) -> torch.Tensor:
+        fmt = self.input_memory_format if v.dim() == 5 else torch.preserve_format
+        return v.to(self.device, non_blocking=True, memory_format=fmt)
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
     def state_dict(self) -> dict:
         return {
             "nets": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            **({"grad_scalers": {k: s.state_dict() for k, s in self.grad_scalers.items()}} if self.grad_scalers else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -132,6 +154,9 @@ class GANTrainer:
             self.nets[k].load_state_dict(sd)
         for k, sd in state.get("optimizers", {}).items():
             self.optimizers[k].load_state_dict(sd)
+        for k, sd in state.get("grad_scalers", {}).items():
+            if k in self.grad_scalers:
+                self.grad_scalers[k].load_state_dict(sd)
         self.set_learning_rates()
 
     def set_learning_rates(self) -> None:

@@ -1,0 +1,157 @@
+"""Training-step throughput and model FLOP utilisation, each speed switch on and off, side by side.
+
+    python -m ssagan_dist.bench step [--json]
+
+For ``tiny_cpu`` and a medium model (SSA-GAN at 64x64x16, base width 16, batch 4), in one
+process with one intra-op thread (what a Ray worker with cpus_per_worker=1 gets), the step is
+``trainer.run_step`` on random clips of the model's shape (data loading is not in it; see the
+``overhead`` benchmark for the loader), with deterministic algorithms on as in training.
+
+- Variants are built up front and timed round-robin, one step each per round, so a change in
+  the machine's load (it is shared) hits every variant alike; the number is the median step.
+- FLOPs per step are counted once, on the switch-off variant, by ``torch.utils.flop_counter``
+  over a whole ``run_step`` (forwards, backwards, gradient penalty: everything the step does;
+  ``models/flops.py`` for what counts). They do not depend on the switches.
+- Peak: the best rate of a 2048x2048 float32 matmul on the same one thread (and, for reference,
+  bfloat16). MFU = counted FLOPs per step / step time / float32 peak.
+- ``compile``: torch.compile (inductor, C++ on CPU); its compile time is reported, not timed.
+- The 1-minute load average is recorded beside every row.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from typing import Any, Callable
+
+import torch
+
+from ssagan_dist import factory, perf
+from ssagan_dist.config import load_config
+from ssagan_dist.models.flops import flop_counter
+
+MODELS = {  # name -> (preset, overrides)
+    "tiny_cpu": ("tiny_cpu", []),
+    "medium": ("tiny_cpu", ["model.args={size: 64, frames: 16, base_width: 16}", "trainer.batch_size=4"]),
+}
+VARIANTS = {  # name -> perf overrides; "off" first: every speed-up is relative to it
+    "off": [],
+    "channels_last": ["perf.channels_last=true"],
+    "bf16": ["perf.autocast=bf16"],
+    "bf16+channels_last": ["perf.autocast=bf16", "perf.channels_last=true"],
+    "compile": ["perf.compile=true"],
+}
+THREADS = 1
+
+
+def load_average() -> float:
+    return round(os.getloadavg()[0], 2)
+
+
+def matmul_peak_flops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> float:
+    """Best FLOP/s of an n x n matmul on the current thread count."""
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    torch.mm(a, b)  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n ** 3 / best
+
+
+def clip_batch(cfg: Any) -> Callable[[], dict[str, torch.Tensor]]:
+    """A fixed random batch of the model's clip shape in [-1, 1]."""
+    args = factory.model_args(cfg)
+    shape = (cfg.trainer.batch_size, args.get("channels", 3), args["frames"], args["size"], args["size"])
+    gen = torch.Generator().manual_seed(0)
+    video = torch.rand(shape, generator=gen) * 2 - 1
+    return lambda: {"video": video}
+
+
+def build(preset: str, overrides: list[str]):
+    """(cfg, trainer with its perf switches) built as training builds it (seeded, deterministic)."""
+    cfg = load_config(preset, overrides)
+    torch.manual_seed(cfg.trainer.seed)
+    torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
+    return cfg, perf.apply(factory.build_trainer(cfg, "cpu"), cfg.perf)
+
+
+def count_step_flops(trainer, batch: Callable[[], dict[str, torch.Tensor]]) -> int:
+    with flop_counter() as counter:
+        trainer.run_step(batch)
+    return counter.get_total_flops()
+
+
+def clips_per_step(cfg: Any, trainer) -> int:
+    return sum(p.repeats for p in trainer.phases()) * cfg.trainer.batch_size
+
+
+def measure_model(name: str, preset: str, overrides: list[str], peak: float, rounds: int, warmup: int = 2,
+                  variants: dict[str, list[str]] = VARIANTS) -> list[dict[str, Any]]:
+    built, compile_s = {}, {}
+    for variant, switches in variants.items():
+        cfg, trainer = build(preset, overrides + switches)
+        batch = clip_batch(cfg)
+        start = time.perf_counter()
+        for _ in range(warmup):  # lazy init; for compile, the compilation
+            stats = trainer.run_step(batch)
+        if "perf.compile=true" in switches:
+            compile_s[variant] = time.perf_counter() - start
+        finite = all(torch.isfinite(v).item() for v in stats.values())
+        built[variant] = (cfg, trainer, batch, finite)
+    cfg, trainer, batch, _ = built["off"]
+    flops = count_step_flops(trainer, batch)
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for _ in range(rounds):
+        for variant, (_, trainer, batch, _) in built.items():
+            start = time.perf_counter()
+            trainer.run_step(batch)
+            times[variant].append(time.perf_counter() - start)
+    load = load_average()
+    rows, base = [], statistics.median(times["off"])
+    for variant, (cfg, trainer, _, finite) in built.items():
+        step_s = statistics.median(times[variant])
+        rows.append({
+            "model": name, "variant": variant, "step_ms": round(step_s * 1e3, 2),
+            "step_ms_min": round(min(times[variant]) * 1e3, 2),
+            "clips_per_s": round(clips_per_step(cfg, trainer) / step_s, 2),
+            "gflop_per_step": round(flops / 1e9, 3), "gflop_per_s": round(flops / step_s / 1e9, 2),
+            "mfu_percent": round(100 * flops / step_s / peak, 2), "speedup": round(base / step_s, 3),
+            "finite_losses": finite, "load_avg_1m": load, "timed_steps": rounds,
+            **({"compile_s": round(compile_s[variant], 1)} if variant in compile_s else {}),
+        })
+    return rows
+
+
+def run(rounds: int = 12) -> dict[str, Any]:
+    torch.set_num_threads(THREADS)
+    peak32, peak16 = matmul_peak_flops(torch.float32), matmul_peak_flops(torch.bfloat16)
+    results: dict[str, Any] = {
+        "threads": THREADS, "peak_fp32_gflop_per_s": round(peak32 / 1e9, 1),
+        "peak_bf16_gflop_per_s": round(peak16 / 1e9, 1), "load_avg_1m_start": load_average(),
+        "device": "cpu (no GPU on this machine: GPU rows not measured)" if not torch.cuda.is_available() else "cpu",
+        "rows": [],
+    }
+    print(f"peak (2048^2 matmul, {THREADS} thread): fp32 {results['peak_fp32_gflop_per_s']} GFLOP/s, "
+          f"bf16 {results['peak_bf16_gflop_per_s']} GFLOP/s; load {results['load_avg_1m_start']}")
+    print(f"{'model':9s} {'variant':19s} {'step ms':>9s} {'clips/s':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
+          f"{'MFU %':>6s} {'speedup':>7s} {'load':>5s}")
+    for name, (preset, overrides) in MODELS.items():
+        for row in measure_model(name, preset, overrides, peak32, rounds):
+            results["rows"].append(row)
+            extra = f"  (compile {row['compile_s']} s)" if "compile_s" in row else ""
+            print(f"{row['model']:9s} {row['variant']:19s} {row['step_ms']:9.1f} {row['clips_per_s']:8.1f} "
+                  f"{row['gflop_per_step']:10.3f} {row['gflop_per_s']:8.2f} {row['mfu_percent']:6.1f} "
+                  f"{row['speedup']:7.2f} {row['load_avg_1m']:5.2f}{extra}", flush=True)
+    return results
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    out = run()
+    if "--json" in sys.argv[1:]:
+        print(json.dumps(out, indent=2))

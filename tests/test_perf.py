@@ -1,0 +1,143 @@
+"""The speed switches (ssagan_dist/perf.py): the GPU code path run on CPU where it applies
+(bf16 autocast, channels_last_3d, the fp16 gradient scaler, DDP bucket options on a real gloo
+group, torch.compile), and switches off = exactly the trainer as built before them.
+
+Not runnable here (no GPU): fp16 autocast on CUDA, pinned-memory copies; config validation
+refuses those without trainer.use_gpu, tested below."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from ssagan_dist import checkpointing, factory, perf
+from ssagan_dist.config import ConfigError, PerfConfig, dump, load_config
+from ssagan_dist.models.registry import constructor_args
+
+# One model per trainer kind, at tiny size; refine models need a (never read here) Stage-I URI.
+MODELS = {"ssagan": [], "mdgan_stage2": ["run.stage1_checkpoint=unused"], "hrvgan": [], "pix2pix_video": [],
+          "video3d_gan": []}
+
+
+def _build(model: str, *overrides: str):
+    extra = MODELS.get(model, [])
+    cfg = load_config(None, [f"model.name={model}", "model.preset=tiny", "trainer.batch_size=2",
+                             "optim.n_critic=1", *extra, *overrides])
+    torch.manual_seed(0)
+    return cfg, perf.apply(factory.build_trainer(cfg, "cpu"), cfg.perf)
+
+
+def _batches(cfg, n: int):
+    args = constructor_args(cfg.model.name, cfg.model.preset, dict(cfg.model.args))
+    gen = torch.Generator().manual_seed(1)
+    shape = (cfg.trainer.batch_size, 3, args["frames"], args["size"], args["size"])
+    batches = [{"video": torch.rand(shape, generator=gen) * 2 - 1,
+                "label": torch.zeros(cfg.trainer.batch_size, dtype=torch.int64)} for _ in range(n)]
+    return iter(batches)
+
+
+def _first_conv(net):
+    return next(m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Conv3d)) and max(m.kernel_size) > 1)
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_bf16_channels_last_step_on_cpu_has_finite_losses(model):
+    cfg, trainer = _build(model, "perf.autocast=bf16", "perf.channels_last=true")
+    seen = {}
+    conv = _first_conv(trainer.nets["D"])  # D sees the batch's clips (or frames of them)
+    fmt = perf.channels_last_format(conv.weight.dim())
+    conv.register_forward_hook(lambda m, inputs, out: seen.update(
+        out_dtype=out.dtype, input_channels_last=inputs[0].is_contiguous(memory_format=fmt)))
+    before = checkpointing.state_digest(trainer)
+    batches = _batches(cfg, 8)
+    for _ in range(2):
+        stats = trainer.run_step(batches)
+    assert stats and all(torch.isfinite(v).all() for v in stats.values()), stats
+    assert seen["out_dtype"] == torch.bfloat16  # autocast really ran the convs in bf16
+    assert seen["input_channels_last"]
+    assert conv.weight.is_contiguous(memory_format=fmt) and not conv.weight.is_contiguous()
+    assert all(p.dtype == torch.float32 for net in trainer.nets.values() for p in net.parameters())  # master weights
+    assert checkpointing.state_digest(trainer) != before  # it trained
+
+
+def test_switches_off_is_the_trainer_as_built():
+    """Default switches: the same weights, statistics and optimizer state, bit for bit, as a
+    trainer that never went through perf.apply."""
+    cfg = load_config("tiny_cpu", ["trainer.batch_size=2"])
+    assert cfg.perf == PerfConfig() and dump(cfg).count("perf:") == 1
+    results = []
+    for use_perf in (False, True):
+        torch.manual_seed(0)
+        trainer = factory.build_trainer(cfg, "cpu")
+        if use_perf:
+            perf.apply(trainer, cfg.perf)
+        batches = _batches(cfg, 6)
+        stats = [trainer.run_step(batches) for _ in range(3)]
+        results.append((checkpointing.state_digest(trainer), [{k: v.item() for k, v in s.items()} for s in stats]))
+        assert trainer.autocast_dtype is None and not trainer.grad_scalers
+    assert results[0] == results[1]
+
+
+def test_fp16_gradient_scaler_path_runs_and_round_trips():
+    """fp16 needs a GPU in training (refused otherwise); its code path in run_step, the gradient
+    scaler, runs here with CPU fp16 autocast and CPU scalers."""
+    cfg, trainer = _build("ssagan")
+    trainer.autocast_dtype = torch.float16
+    trainer.grad_scalers = {k: torch.amp.GradScaler("cpu", init_scale=2.0 ** 8) for k in trainer.trained}
+    batches = _batches(cfg, 4)
+    stats = [trainer.run_step(batches) for _ in range(2)][-1]
+    assert all(torch.isfinite(v).all() for v in stats.values()), stats
+    state = trainer.state_dict()
+    assert set(state["grad_scalers"]) == set(trainer.trained)
+    _, other = _build("ssagan")
+    other.grad_scalers = {k: torch.amp.GradScaler("cpu") for k in other.trained}
+    other.load_state_dict(state)
+    assert {k: s.get_scale() for k, s in other.grad_scalers.items()} == \
+           {k: s.get_scale() for k, s in trainer.grad_scalers.items()}
+
+
+def test_ddp_options_reach_a_real_ddp(tmp_path):
+    cfg = load_config("tiny_cpu", ["perf.ddp_bucket_cap_mb=1", "perf.ddp_gradient_as_bucket_view=true"])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        torch.manual_seed(0)
+        net = factory.build_networks(cfg)["D"]
+        ddp = DistributedDataParallel(net, **perf.ddp_kwargs(cfg.perf))
+        assert ddp.bucket_bytes_cap == 1 * 1024 * 1024
+        assert ddp.gradient_as_bucket_view
+        ddp(torch.rand(2, 3, 8, 32, 32))[0].sum().backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("overrides, key", [
+    (["perf.autocast=fp32"], "perf.autocast"),
+    (["perf.autocast=fp16"], "perf.autocast"),  # no GPU
+    (["perf.ddp_bucket_cap_mb=0"], "perf.ddp_bucket_cap_mb"),
+    (["trainer.num_workers=1", "perf.ddp_gradient_as_bucket_view=true"], "perf.ddp_gradient_as_bucket_view"),
+    (["perf.pin_memory=true"], "perf.pin_memory"),  # no GPU to copy to
+    (["perf.channel_last=true"], "perf.channel_last"),
+])
+def test_bad_or_idle_switch_is_refused_naming_the_key(overrides, key):
+    with pytest.raises(ConfigError, match=f"'{key}'"):
+        load_config("tiny_cpu", overrides)
+
+
+def test_gpu_only_switches_accepted_with_a_gpu_config():
+    cfg = load_config("tiny_cpu", ["trainer.use_gpu=true", "perf.autocast=fp16", "perf.pin_memory=true"])
+    assert perf.pin_memory(cfg) and cfg.perf.autocast == "fp16"
+    assert not perf.pin_memory(load_config("tiny_cpu"))
+
+
+@pytest.mark.slow  # inductor compiles C++ for every graph: about 2 minutes on 2 shared cores
+def test_compile_step_on_cpu_matches_eager_closely():
+    cfg, eager = _build("ssagan")
+    _, compiled = _build("ssagan", "perf.compile=true")
+    a = eager.run_step(_batches(cfg, 2))
+    b = compiled.run_step(_batches(cfg, 2))
+    assert set(compiled.nets["G"].state_dict()) == set(eager.nets["G"].state_dict())  # checkpoints unchanged
+    for k in a:
+        assert torch.isfinite(b[k]) and torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, a[k], b[k])
