@@ -13,24 +13,63 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ssagan_dist import checkpointing, visualize
+from ssagan_dist import checkpointing, cli, visualize
 from ssagan_dist.data import ClipLoader, resolve_urls
+
+MAX_PIXELS = 64 * 2**20  # larger photos are refused before decoding (decompression bombs)
+SMALL_FACTOR = 4  # warn when the photo's shorter side is this many times below the model's frame size
+
+
+def _to_rgb(img: Image.Image) -> np.ndarray:
+    """float32 (H, W, 3) in [0, 1] from any PIL mode: 8/16/32-bit and float grey, palette,
+    alpha (composited over white, as viewers show it), CMYK, bilevel."""
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):  # high bit depth, one channel
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if arr.max(initial=0.0) <= 1.0 else arr.max()
+        else:  # 16-bit PNG/TIFF (PIL keeps these as I;16 or 32-bit I holding 0..65535)
+            top = 65535.0 if arr.max(initial=0.0) > 255 or img.mode.startswith("I;16") else 255.0
+        grey = np.clip(arr / top, 0.0, 1.0).astype(np.float32)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or (img.mode in ("P", "L", "RGB") and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return np.asarray(img.convert("RGB"), dtype=np.float32) / 255.0
 
 
 def load_photo(path: str, size: int) -> torch.Tensor:
-    """(3, size, size) float in [-1, 1]."""
+    """(3, size, size) float in [-1, 1]; raises ValueError naming the file when it cannot be used."""
     try:
-        img = Image.open(path).convert("RGB").resize((size, size), Image.BICUBIC)
-    except (FileNotFoundError, UnidentifiedImageError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    return torch.from_numpy(np.array(img)).permute(2, 0, 1).float().div(127.5).sub(1.0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:  # reads the header only
+                w, h = img.size
+                if w * h > MAX_PIXELS:
+                    raise ValueError(f"image {path} is {w}x{h} = {w * h / 2**20:.0f} megapixels, more than the "
+                                     f"{MAX_PIXELS // 2**20}-megapixel limit (a decompression bomb?): downscale it "
+                                     "first, e.g. to a few times the model's frame size")
+                img = ImageOps.exif_transpose(img)  # phone photos store their rotation in EXIF
+                rgb = _to_rgb(img)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"--image {path}: no such file") from None
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
+            SyntaxError) as e:  # PIL raises SyntaxError for some malformed headers
+        raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+    if min(w, h) * SMALL_FACTOR <= size:
+        print(f"warning: image {path} is {w}x{h}, far below the model's {size}x{size} frames: it is upscaled "
+              "and the prediction will be blurry", file=sys.stderr)
+    resized = Image.fromarray((rgb * 255.0 + 0.5).astype(np.uint8))
+    frame = np.asarray(resized.resize((size, size), Image.BICUBIC), dtype=np.float32)
+    return torch.from_numpy(frame.copy()).permute(2, 0, 1).div(127.5).sub(1.0)
 
 
 def held_out_clip(data: str, index: int, endpoint_url: Optional[str] = None) -> dict[str, torch.Tensor]:
@@ -67,6 +106,7 @@ def predict(checkpoint: str, out: str, *, image: Optional[str] = None, data: Opt
     return pred
 
 
+@cli.command
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ssagan_dist.predict", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -80,16 +120,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="noise seed for noise-driven models")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--s3-endpoint", default=None)
+    cli.add_debug_flag(p)
     a = p.parse_args(argv)
     if Path(a.out).suffix.lower() not in (".gif", ".mp4"):
-        print(f"error: --out {a.out}: use a .gif or .mp4 file name", file=sys.stderr)
-        return 2
-    try:
-        pred = predict(a.checkpoint, a.out, image=a.image, data=a.from_data, index=a.index, fps=a.fps,
-                       device=a.device, endpoint_url=a.s3_endpoint, seed=a.seed)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        raise ValueError(f"--out {a.out}: use a .gif or .mp4 file name")
+    pred = predict(a.checkpoint, a.out, image=a.image, data=a.from_data, index=a.index, fps=a.fps,
+                   device=a.device, endpoint_url=a.s3_endpoint, seed=a.seed)
     print(f"wrote {a.out}: {pred.shape[1]} frames of {pred.shape[2]}x{pred.shape[3]}")
     return 0
 
