@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
 from ssagan_dist.models.video3d import VideoDiscriminator, log2_exact
-from ssagan_dist.models.layers import init_weights
+from ssagan_dist.models.layers import apply_change, check_output, init_weights, repeat_frame, zero_output_layer
 
 
 class ConvLSTMCell(nn.Module):
@@ -73,9 +73,11 @@ class ConvLSTMGenerator(nn.Module):
     conditioning = "image"
 
     def __init__(self, z_dim: int = 100, frames: int = 16, size: int = 128, channels: int = 3,
-                 base_channels: int = 64, lstm_channels: int = 64, lstm_layers: int = 5, lstm_size: int = 16):
+                 base_channels: int = 64, lstm_channels: int = 64, lstm_layers: int = 5, lstm_size: int = 16,
+                 output: str = "direct"):
         super().__init__()
         self.z_dim, self.frames, self.size, self.channels = z_dim, frames, size, channels
+        self.output = check_output(output)  # residual: the Tanh is the change from the repeated image
         if size % lstm_size:
             raise ValueError(f"size = {size} must be a multiple of lstm_size = {lstm_size}")
         n_scale = log2_exact(size // lstm_size, "size / lstm_size")
@@ -105,7 +107,13 @@ class ConvLSTMGenerator(nn.Module):
 
     def forward(self, z: Tensor, image: Tensor) -> Tensor:
         x = torch.cat([self.encode_image(image), self.project_noise(z)], dim=1)
-        return self.decode(self.lstm(x, self.frames))
+        out = self.decode(self.lstm(x, self.frames))
+        return apply_change(repeat_frame(image, self.frames), out) if self.output == "residual" else out
+
+    def start_unchanged(self) -> None:
+        """Residual output: zero the last deconv, so G starts by repeating its image."""
+        if self.output == "residual":
+            zero_output_layer(self.decode[-2])
 
     def example_inputs(self, n: int = 1) -> tuple[Tensor, ...]:
         return torch.randn(n, self.z_dim), torch.rand(n, self.channels, self.size, self.size) * 2 - 1
@@ -124,13 +132,15 @@ class ConvLSTMGenerator(nn.Module):
 )
 def build_convlstm_gan(z_dim: int = 100, frames: int = 16, size: int = 128, channels: int = 3,
                        base_channels: int = 64, lstm_channels: int = 64, lstm_layers: int = 5, lstm_size: int = 16,
-                       d_channels: int = 64) -> dict[str, nn.Module]:
+                       d_channels: int = 64, output: str = "direct") -> dict[str, nn.Module]:
     nets = {
-        "G": ConvLSTMGenerator(z_dim, frames, size, channels, base_channels, lstm_channels, lstm_layers, lstm_size),
+        "G": ConvLSTMGenerator(z_dim, frames, size, channels, base_channels, lstm_channels, lstm_layers, lstm_size,
+                               output),
         "D": VideoDiscriminator(frames, size, channels, [min(512, d_channels * 2**i) for i in range(5)]),
     }
     for net in nets.values():
         init_weights(net)
     for cell in nets["G"].lstm.cells:
         cell.reset_parameters()  # the LSTM gates keep their own init, not DCGAN's N(0, 0.02)
+    nets["G"].start_unchanged()
     return nets

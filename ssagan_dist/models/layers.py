@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 
@@ -20,3 +21,28 @@ def init_weights(module: nn.Module) -> None:
 def repeat_frame(frame: Tensor, frames: int) -> Tensor:
     """(N, C, H, W) photo -> (N, C, frames, H, W) static clip, the Stage-I input."""
     return frame.unsqueeze(2).expand(-1, -1, frames, -1, -1).contiguous()
+
+
+OUTPUTS = ("direct", "residual")
+
+
+def check_output(output: str) -> str:
+    if output not in OUTPUTS:
+        raise ValueError(f"output = {output!r}: must be one of {list(OUTPUTS)}")
+    return output
+
+
+def apply_change(base: Tensor, change: Tensor) -> Tensor:
+    """The frame(s) ``base`` moved by ``change`` in (-1, 1), staying in [-1, 1] (residual output).
+
+    A positive change moves each pixel that fraction of the way towards +1, a negative one towards
+    -1: ``change = 0`` gives ``base`` exactly, and no clamp cuts the gradient.
+    """
+    return base + change * torch.where(change > 0, 1 - base, 1 + base)
+
+
+def zero_output_layer(layer: nn.Module) -> None:
+    """Zero a generator's last (de)conv so a residual generator starts as 'no change'."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)

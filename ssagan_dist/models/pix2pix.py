@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
 from ssagan_dist.models.video3d import log2_exact
-from ssagan_dist.models.layers import init_weights
+from ssagan_dist.models.layers import apply_change, check_output, init_weights, zero_output_layer
 
 
 class UNet2d(nn.Module):
@@ -31,9 +31,10 @@ class UNet2d(nn.Module):
     conditioning = "frame"
 
     def __init__(self, size: int = 256, channels: int = 3, base_channels: int = 64, frames: int = 32,
-                 dropout: float = 0.5):
+                 dropout: float = 0.5, output: str = "direct"):
         super().__init__()
         self.size, self.channels = size, channels
+        self.output = check_output(output)  # residual: the Tanh is the change from the input frame
         self.frames = frames  # the clip length a rollout makes by default (one input + frames-1 predictions)
         levels = log2_exact(size, "size")
         widths = [base_channels * min(2**i, 8) for i in range(levels)]
@@ -67,7 +68,12 @@ class UNet2d(nn.Module):
         x = self.up[-1](skips[-1])
         for i in range(len(self.up) - 2, -1, -1):
             x = self.up[i](torch.cat([x, skips[i]], dim=1))
-        return x
+        return apply_change(frame, x) if self.output == "residual" else x
+
+    def start_unchanged(self) -> None:
+        """Residual output: zero the last deconv, so G starts by copying its frame."""
+        if self.output == "residual":
+            zero_output_layer(self.up[0][1])
 
     def rollout(self, first_frame: Tensor, frames: int | None = None) -> Tensor:
         """(N, C, H, W) -> (N, C, frames, H, W): frame 0 is the input, each next frame G(previous)."""
@@ -112,8 +118,10 @@ class PatchDiscriminator(nn.Module):
     description="Seed 004 §IV: pix2pix U-Net G (frame t -> t+1) + PatchGAN D on frame pairs; autoregressive rollout",
 )
 def build_pix2pix_video(size: int = 256, channels: int = 3, frames: int = 32, g_channels: int = 64,
-                        d_channels: int = 64) -> dict[str, nn.Module]:
-    nets = {"G": UNet2d(size, channels, g_channels, frames), "D": PatchDiscriminator(size, channels, d_channels)}
+                        d_channels: int = 64, output: str = "direct") -> dict[str, nn.Module]:
+    nets = {"G": UNet2d(size, channels, g_channels, frames, output=output),
+            "D": PatchDiscriminator(size, channels, d_channels)}
     for net in nets.values():
         init_weights(net)
+    nets["G"].start_unchanged()
     return nets

@@ -24,6 +24,11 @@ whose last deconv then outputs the 3 colour channels).
 
 Inputs: every generator here maps a clip (N, C, T, H, W) to a clip of the same shape. Stage I
 gets the input photo repeated T times (``repeat_frame``); Stage II gets the Stage-I output Y1.
+
+Output (``output``): ``direct`` is the papers' Tanh image; ``residual`` reads the same Tanh as a
+change applied to the input clip (``layers.apply_change``), with the last deconv zeroed at
+initialisation, so an untrained G predicts "nothing moves" (copy-frame for Stage I, Y1 for
+Stage II) and learns only what changes (docs/quality.md has the measurements).
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.attention import SpatialSelfAttention
 from ssagan_dist.models.registry import register
-from ssagan_dist.models.layers import init_weights, repeat_frame
+from ssagan_dist.models.layers import apply_change, check_output, init_weights, repeat_frame, zero_output_layer
 
 Triple = tuple[int, int, int]
 
@@ -103,13 +108,15 @@ class UNet3DGenerator(nn.Module):
     ``skips``: encoder layers (1 = outermost) whose output is added to the mirrored decoder
     block's output; None = all but the innermost. MD-GAN Stage II drops the two outermost
     (``drop_outer_skips(...)``).
+    ``output``: "direct" (the papers) or "residual" (the change from the input clip).
     """
 
     def __init__(self, size: int = 128, frames: int = 32, base_width: int = 32, in_channels: int = 3,
                  ssa: bool = False, reduced_channels: int | None = None, skips: Sequence[int] | None = None,
-                 stem: bool | None = None):
+                 stem: bool | None = None, output: str = "direct"):
         super().__init__()
         self.size, self.frames, self.in_channels = size, frames, in_channels
+        self.output = check_output(output)
         plan = encoder_plan(size, frames, base_width, in_channels, stem)
         depth = len(plan)
         self.skips = tuple(sorted(range(1, depth) if skips is None else skips))
@@ -127,10 +134,16 @@ class UNet3DGenerator(nn.Module):
                                   act=nn.ReLU(inplace=True), ssa=ssa, reduced_channels=reduced_channels))
         self.up.append(nn.Sequential(_conv(plan[0], transpose=True), nn.Tanh()))
 
+    def start_unchanged(self) -> None:
+        """Residual output: zero the last deconv, so G starts by predicting its input."""
+        if self.output == "residual":
+            zero_output_layer(self.up[-1][0])
+
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 5 or x.shape[1:] != (self.in_channels, self.frames, self.size, self.size):
             raise ValueError(f"generator expects (N, {self.in_channels}, {self.frames}, {self.size}, {self.size}) "
                              f"clips, got {tuple(x.shape)}")
+        given = x
         features = []
         for block in self.down:
             x = block(x)
@@ -140,7 +153,7 @@ class UNet3DGenerator(nn.Module):
             x = block(x)
             if depth - k in self.skips:  # up_k = down_{depth-k} + up_k
                 x = x + features[depth - k - 1]
-        return x
+        return apply_change(given, x) if self.output == "residual" else x
 
     def example_inputs(self, n: int = 1) -> tuple[Tensor, ...]:
         """A static clip (the repeated photo), as Stage I sees it."""
@@ -191,68 +204,74 @@ PRESETS = {"paper": PAPER, "tiny": TINY}
 
 
 def _generator(size: int, frames: int, base_width: int, ssa: bool, stage: int, reduced_channels: int | None,
-               stem: bool | None) -> UNet3DGenerator:
+               stem: bool | None, output: str = "direct") -> UNet3DGenerator:
     skips = drop_outer_skips(size, frames, 2, stem) if stage == 2 else None
     return UNet3DGenerator(size, frames, base_width, ssa=ssa, reduced_channels=reduced_channels, skips=skips,
-                           stem=stem)
+                           stem=stem, output=output)
 
 
 def _initialised(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
     for net in nets.values():
         init_weights(net)
+        if isinstance(net, UNet3DGenerator):
+            net.start_unchanged()
     return nets
 
 
 def build_one_stage(size: int = 128, frames: int = 32, base_width: int = 32, ssa: bool = False,
-                    reduced_channels: int | None = None, stem: bool | None = None) -> dict[str, nn.Module]:
+                    reduced_channels: int | None = None, stem: bool | None = None,
+                    output: str = "direct") -> dict[str, nn.Module]:
     return _initialised({
-        "G": _generator(size, frames, base_width, ssa, 1, reduced_channels, stem),
+        "G": _generator(size, frames, base_width, ssa, 1, reduced_channels, stem, output),
         "D": UNet3DDiscriminator(size, frames, base_width, stem=stem),
     })
 
 
 def build_refine(size: int = 128, frames: int = 32, base_width: int = 32, ssa: bool = False,
                  stage1_ssa: bool = False, reduced_channels: int | None = None,
-                 stem: bool | None = None) -> dict[str, nn.Module]:
+                 stem: bool | None = None, output: str = "direct",
+                 stage1_output: str = "direct") -> dict[str, nn.Module]:
     return _initialised({
-        "G": _generator(size, frames, base_width, ssa, 2, reduced_channels, stem),
+        "G": _generator(size, frames, base_width, ssa, 2, reduced_channels, stem, output),
         "D": UNet3DDiscriminator(size, frames, base_width, stem=stem),
-        "G_stage1": _generator(size, frames, base_width, stage1_ssa, 1, reduced_channels, stem),
+        "G_stage1": _generator(size, frames, base_width, stage1_ssa, 1, reduced_channels, stem, stage1_output),
     })
 
 
 @register("ssagan", trainer="onestage", presets=PRESETS,
           description="SSA-GAN (seed 000): 3D U-Net G with spatial self-attention after every conv/deconv, one stage")
 def ssagan(size: int = 128, frames: int = 32, base_width: int = 32, reduced_channels: int | None = None,
-           stem: bool | None = None) -> dict[str, nn.Module]:
-    return build_one_stage(size, frames, base_width, True, reduced_channels, stem)
+           stem: bool | None = None, output: str = "direct") -> dict[str, nn.Module]:
+    return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output)
 
 
 @register("ssagan_a", trainer="onestage", presets=PRESETS,
           description="SSA-GAN (a) (seed 000 Table 2): SSA added to MD-GAN Stage I (the same network as ssagan)")
 def ssagan_a(size: int = 128, frames: int = 32, base_width: int = 32, reduced_channels: int | None = None,
-             stem: bool | None = None) -> dict[str, nn.Module]:
-    return build_one_stage(size, frames, base_width, True, reduced_channels, stem)
+             stem: bool | None = None, output: str = "direct") -> dict[str, nn.Module]:
+    return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output)
 
 
 @register("mdgan_stage1", trainer="onestage", presets=PRESETS,
           description="MD-GAN Stage I / Base-Net (seed 002): the 3D U-Net G without SSA, 39,072,576 params at paper size")
 def mdgan_stage1(size: int = 128, frames: int = 32, base_width: int = 32,
-                 stem: bool | None = None) -> dict[str, nn.Module]:
-    return build_one_stage(size, frames, base_width, False, None, stem)
+                 stem: bool | None = None, output: str = "direct") -> dict[str, nn.Module]:
+    return build_one_stage(size, frames, base_width, False, None, stem, output)
 
 
 @register("mdgan_stage2", trainer="refine", presets=PRESETS,
           description="MD-GAN Stage II / Refine-Net (seed 002): G2 without the two outermost skips refines the "
                       "frozen Stage-I output; D2 with the Gram-matrix ranking loss")
 def mdgan_stage2(size: int = 128, frames: int = 32, base_width: int = 32,
-                 stem: bool | None = None) -> dict[str, nn.Module]:
-    return build_refine(size, frames, base_width, False, False, None, stem)
+                 stem: bool | None = None, output: str = "direct",
+                 stage1_output: str = "direct") -> dict[str, nn.Module]:
+    return build_refine(size, frames, base_width, False, False, None, stem, output, stage1_output)
 
 
 @register("ssagan_b", trainer="refine", presets=PRESETS,
           description="SSA-GAN (b) (seed 000 Table 2): SSA added to MD-GAN Stage II (G2); the frozen Stage-I G "
                       "is MD-GAN's (stage1_ssa=True for an SSA Stage I)")
 def ssagan_b(size: int = 128, frames: int = 32, base_width: int = 32, stage1_ssa: bool = False,
-             reduced_channels: int | None = None, stem: bool | None = None) -> dict[str, nn.Module]:
-    return build_refine(size, frames, base_width, True, stage1_ssa, reduced_channels, stem)
+             reduced_channels: int | None = None, stem: bool | None = None, output: str = "direct",
+             stage1_output: str = "direct") -> dict[str, nn.Module]:
+    return build_refine(size, frames, base_width, True, stage1_ssa, reduced_channels, stem, output, stage1_output)
