@@ -1,0 +1,221 @@
+"""The sweep driver: Ray Tune over function trials, progress lines, the winner and best.yaml."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+from ray.tune import Callback
+
+from ssagan_dist import storage
+from ssagan_dist.config import ConfigError, ExperimentConfig, load_config
+from ssagan_dist.tune import sweep as sweeps
+from ssagan_dist.tune.trainable import SweepContext, SweepTrial, trial_config
+
+SWEEP_FILE = "sweep.json"
+
+
+def baseline_key(metric: str) -> Optional[str]:
+    """val/psnr -> val/baseline_psnr: the copy-frame baseline scored on the same clips."""
+    head, _, tail = metric.rpartition("/")
+    return f"{head}/baseline_{tail}" if head == "val" and not tail.startswith("baseline_") else None
+
+
+def per_trial_resources(cfg: ExperimentConfig, driver_cpus: float) -> dict[str, float]:
+    """What one trial occupies: its Train workers plus the driver function's small CPU share."""
+    need = {"CPU": cfg.trainer.num_workers * cfg.trainer.cpus_per_worker + driver_cpus}
+    if cfg.trainer.use_gpu:
+        need["GPU"] = float(cfg.trainer.num_workers)
+    return need
+
+
+def concurrent_trials(cluster: dict[str, float], need: dict[str, float]) -> int:
+    """How many trials fit side by side: Train V2 reserves each trial's workers outside Tune's
+    view, so Tune must be told the limit or it starts trials whose workers wait for resources."""
+    return min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+
+
+class ProgressLines(Callback):
+    """A Tune callback printing one line per change: trials running/finished/stopped early/
+    errored, and the best value so far with its copy-frame baseline."""
+
+    def __init__(self, metric: str, mode: str, max_steps: int, every_s: float = 30.0):
+        self.metric, self.mode, self.max_steps, self.every_s = metric, mode, max_steps, every_s
+        self.baseline = baseline_key(metric)
+        self.best: Optional[tuple[float, str, Any]] = None
+        self.last_line, self.last_time = "", 0.0
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        value = result.get(self.metric)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
+            if better:
+                self.best = (float(value), trial.trial_id, result.get(self.baseline) if self.baseline else None)
+        self._print(trials)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._print(trials, force=True)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        print(f"[tune] trial {trial.trial_id} failed (retries exhausted): {trial.error_file or ''}", flush=True)
+        self._print(trials, force=True)
+
+    def on_step_end(self, iteration, trials, **info):
+        self._print(trials)
+
+    def _print(self, trials, force: bool = False) -> None:
+        counts = {"running": 0, "pending": 0, "paused": 0, "finished": 0, "stopped early": 0, "errored": 0}
+        for t in trials:
+            status = t.status
+            if status == "TERMINATED":
+                step = (t.last_result or {}).get("step", 0)
+                counts["finished" if step >= self.max_steps else "stopped early"] += 1
+            elif status == "ERROR":
+                counts["errored"] += 1
+            elif status.lower() in counts:
+                counts[status.lower()] += 1
+        line = " | ".join(f"{k} {v}" for k, v in counts.items() if v or k in ("running", "finished"))
+        if self.best is not None:
+            value, trial_id, base = self.best
+            line += f" | best {self.metric} {value:.4g} (trial {trial_id}"
+            line += f", copy-frame {base:.4g})" if isinstance(base, (int, float)) else ")"
+        now = time.monotonic()
+        if force or (line != self.last_line and now - self.last_time >= 5.0) or now - self.last_time >= self.every_s:
+            print(f"[tune] {time.strftime('%H:%M:%S')} {line}", flush=True)
+            self.last_line, self.last_time = line, now
+
+
+@dataclass
+class Best:
+    trial_id: str
+    value: float
+    baseline: Optional[float]
+    checkpoint: str
+    step: int
+    values: dict[str, Any]
+
+
+def find_best(sweep_url: str, metric: str, mode: str, keys: list[str], endpoint: Optional[str]) -> Optional[Best]:
+    """The best validation of any trial whose checkpoint still exists (Train keeps the best K)."""
+    from ssagan_dist.tune.report import load_trials
+
+    rows = [(r, t) for t in load_trials(sweep_url, endpoint) for r in t.results
+            if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]) and r.get("checkpoint_uri")]
+    rows.sort(key=lambda rt: rt[0][metric], reverse=mode == "max")
+    base = baseline_key(metric)
+    for r, t in rows:
+        if storage.exists(storage.join(r["checkpoint_uri"], "model.pt"), endpoint):
+            return Best(t.trial_id, float(r[metric]), r.get(base) if base else None, r["checkpoint_uri"],
+                        int(r.get("step", 0)), {k: r.get(f"hp/{k}") for k in keys})
+    return None
+
+
+def write_best_yaml(ctx: SweepContext, best: Best, name: str, storage_path: str) -> str:
+    """A full configuration with the winner's values: ``python -m ssagan_dist.train --config best.yaml``."""
+    from ssagan_dist import config as config_module
+
+    cfg = trial_config(ctx, best.values)
+    cfg.run.name, cfg.run.storage_path = f"{name}-best", storage_path
+    dump = getattr(config_module, "dump", OmegaConf.to_yaml)  # only the keys the model reads, where available
+    text = (f"# Sweep {name}: best {best.value:.6g} at step {best.step} of trial {best.trial_id}\n"
+            f"# checkpoint: {best.checkpoint}\n# retrain: python -m ssagan_dist.train --config best.yaml\n" + dump(cfg))
+    url = ctx.url("best.yaml")
+    storage.write_bytes_atomic(url, text.encode(), ctx.endpoint)
+    return url
+
+
+def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optional[str] = None,
+              num_cpus: Optional[float] = None, retry_errored: bool = False, write_report: bool = True) -> int:
+    """Run (or resume) a sweep; returns a process exit code."""
+    import ray
+    from ray import tune
+
+    from ssagan_dist import train
+
+    sweep = sweeps.load_sweep(sweep_name)
+    sweeps.check_against_config(sweep, config, overrides)
+    cfg = load_config(config, [*sweep.overrides, *overrides])
+    if sweep.mode == "max":
+        cfg.run.best_metric = sweep.metric  # Train keeps the best checkpoints by the swept metric
+    prepare = getattr(train, "prepare", None)
+    if prepare is not None:
+        cfg, clip_shape = prepare(cfg)
+    else:  # before the structure change: the same steps under their old names
+        cfg = train.prepare_data(cfg)
+        clip_shape = train.check_data(cfg)
+    name = name or sweep.name
+    sweep_url = storage.join(cfg.run.storage_path, name)
+    endpoint = cfg.run.s3_endpoint
+    ctx = SweepContext(base=OmegaConf.to_container(cfg), clip_shape=list(clip_shape), sweep_url=sweep_url,
+                       keys=sweep.keys, report_timeout_s=sweep.report_timeout_s)
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        ray.init(address=cfg.run.ray_address, **({"num_cpus": num_cpus} if num_cpus else {}))
+    try:
+        need = per_trial_resources(cfg, sweep.driver_cpus)
+        fit = concurrent_trials(ray.cluster_resources(), need)
+        limit = sweep.max_concurrent_trials or fit
+        if limit < 1:
+            raise ConfigError(f"one trial needs {need} but the cluster has {ray.cluster_resources()}: lower "
+                              "trainer.num_workers / trainer.cpus_per_worker, or set max_concurrent_trials in the "
+                              "sweep file (an autoscaling cluster grows when trials wait)")
+        print(f"[tune] sweep {name}: {sweep.num_samples} sample(s) of {', '.join(sweep.keys)}; "
+              f"{sweep.algorithm} search, scheduler {sweep.scheduler['name']}; metric {sweep.metric} ({sweep.mode}); "
+              f"each trial {need}, up to {limit} at once; folder {sweep_url}", flush=True)
+        meta = {**sweep.to_json(), "experiment": name, "config": config, "cli_overrides": overrides,
+                "max_steps": cfg.trainer.max_steps, "val_every": cfg.trainer.val_every,
+                "per_trial": need, "max_concurrent_trials": limit}
+        storage.write_bytes_atomic(storage.join(sweep_url, SWEEP_FILE), json.dumps(meta, indent=1).encode(), endpoint)
+
+        trainable = tune.with_resources(tune.with_parameters(SweepTrial, ctx=ctx), {"cpu": sweep.driver_cpus})
+        storage_path, storage_fs = train.storage_for_ray(cfg)
+        experiment_path = sweep_url if storage_fs is None else storage.join(storage_path, name)
+        if tune.Tuner.can_restore(experiment_path, storage_filesystem=storage_fs):
+            print(f"[tune] resuming sweep {name}: finished trials are kept, unfinished ones continue "
+                  "from their latest checkpoint", flush=True)
+            tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=retry_errored, storage_filesystem=storage_fs)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=sweeps.param_space(sweep),
+                tune_config=tune.TuneConfig(
+                    metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
+                    search_alg=sweeps.search_algorithm(sweep, limit),
+                    scheduler=sweeps.scheduler(sweep, cfg.trainer.max_steps),
+                    # Tune applies this to Searchers only; the variant generator takes it itself
+                    max_concurrent_trials=limit if sweep.algorithm == "optuna" else None),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=storage_path, storage_filesystem=storage_fs,
+                    failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
+                    callbacks=[ProgressLines(sweep.metric, sweep.mode, cfg.trainer.max_steps)],
+                    verbose=0))
+        results = tuner.fit()
+        errored = [r for r in results if r.error is not None]
+        for r in errored:
+            print(f"[tune] failed trial: {r.path}: {type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}",
+                  flush=True)
+        best = find_best(sweep_url, sweep.metric, sweep.mode, sweep.keys, endpoint)
+        if best is None:
+            print("[tune] no trial reported a checkpoint; nothing to pick", flush=True)
+            return 1
+        best_yaml = write_best_yaml(ctx, best, name, storage.join(cfg.run.storage_path))
+        base = f" (copy-frame baseline {best.baseline:.4g})" if isinstance(best.baseline, (int, float)) else ""
+        print(f"[tune] best {sweep.metric} = {best.value:.4g}{base} at step {best.step}, trial {best.trial_id}", flush=True)
+        print(f"[tune] best config: {json.dumps(best.values, sort_keys=True)}", flush=True)
+        print(f"[tune] best checkpoint: {best.checkpoint}", flush=True)
+        print(f"[tune] best.yaml: {best_yaml}  (retrain: python -m ssagan_dist.train --config {best_yaml})", flush=True)
+        if write_report:
+            from ssagan_dist.tune.report import write_report as make_report
+
+            out = make_report(sweep_url, endpoint=endpoint)
+            print(f"[tune] report: {out}", flush=True)
+        return 0 if len(errored) < len(results) else 1
+    finally:
+        if started_ray:
+            ray.shutdown()
