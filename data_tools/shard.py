@@ -2,7 +2,8 @@
 
     python -m data_tools.shard --source PATH --layout frames|videos|stacked --out URL \
         [--size 128 --frames 32 --crop squash|center --format jpg|npy --quality 95] \
-        [--split train | --test-fraction 0.1 --split-seed 0] [--shard-size-mb 256] [--workers N]
+        [--split train | --test-fraction 0.1 --split-seed 0] [--shard-size-mb 256] [--workers N] \
+        [--stride S] [--frame-step K | --timelapse-change D]
 
 Layouts:
   frames   Sky Timelapse trees ``<video_id>/<short_id>/*.jpg``: non-overlapping T-frame clips of each
@@ -11,6 +12,12 @@ Layouts:
            label is the parent folder's name when videos sit in class folders (UCF101).
   stacked  VGAN "tiny videos": one image per clip with its frames stacked vertically
            (square frames unless --frame-height says otherwise).
+
+Clip sampling (frames and videos layouts): every ``--frame-step`` K-th source frame is kept
+(K = 1: all), and a clip starts every ``--stride`` S kept frames (default S = T: non-overlapping
+clips; S < T overlaps them). ``--timelapse-change D`` picks K per video instead: the smallest step
+whose mean absolute change between kept frames (pixels in [0, 1], at the output size) reaches D,
+so ordinary footage moves per frame about as much as a time-lapse does.
 
 Splits: a source whose top-level folders are named like train/test/val (``sky_train``,
 ``sky_test`` ...) keeps that split and writes ``OUT/<split>/``; ``--test-fraction F`` holds out a
@@ -36,9 +43,9 @@ import numpy as np
 from PIL import Image
 
 from data_tools.common import MiB, Timer, clip_key, load_frame, progress, resize_frame, summary
-from ssagan_dist import storage
+from ssagan_dist import cli, storage
 from ssagan_dist.data.format import encode_clip
-from ssagan_dist.data.writer import ShardWriter
+from ssagan_dist.data.writer import ShardWriter, discard_unfinished
 
 log = logging.getLogger("data_tools.shard")
 
@@ -55,6 +62,44 @@ class Options:
     frame_format: str = "jpg"
     quality: int = 95
     frame_height: int | None = None  # stacked layout: pixels per frame (default: the image width)
+    stride: int | None = None  # kept frames between clip starts (default: frames, non-overlapping)
+    frame_step: int = 1  # keep every frame_step-th source frame
+    timelapse_change: float | None = None  # pick frame_step per source to reach this mean |change|
+
+
+def frame_change(frames: list[np.ndarray], step: int) -> float:
+    """Mean absolute difference (pixels in [0, 1]) between frames ``step`` apart."""
+    a = np.stack(frames[:-step]).astype(np.float32)
+    b = np.stack(frames[step:]).astype(np.float32)
+    return float(np.abs(a - b).mean() / 255)
+
+
+def timelapse_step(frames: list[np.ndarray], change: float, clip_frames: int) -> int:
+    """The smallest step whose frame-to-frame change reaches ``change``; at most the step that
+    still leaves one clip of ``clip_frames`` kept frames."""
+    longest = max(1, (len(frames) - 1) // max(1, clip_frames - 1))
+    for step in range(1, longest + 1):
+        if frame_change(frames, step) >= change:
+            return step
+    return longest
+
+
+def sampled_clips(frames: list, opts: Options, step: int) -> Iterator[tuple[int, list]]:
+    """(first source index, T items) of every clip: every ``step``-th item, a clip every stride."""
+    kept = frames[::step]
+    t, stride = opts.frames, opts.stride or opts.frames
+    for start in range(0, len(kept) - t + 1, stride):
+        yield start * step, kept[start : start + t]
+
+
+def _used_frames(n: int, opts: Options, step: int) -> int:
+    """Source frames that land in at least one clip."""
+    kept = (n + step - 1) // step
+    t, stride = opts.frames, opts.stride or opts.frames
+    if kept < t:
+        return 0
+    clips = (kept - t) // stride + 1
+    return min(kept, (clips - 1) * stride + t)
 
 
 @dataclass
@@ -124,35 +169,46 @@ def _clip(job: Job, opts: Options, frames: list[np.ndarray], first: int, fps: fl
 
 
 def _frames_job(job: Job, opts: Options) -> Result:
-    t = opts.frames
-    out = Result([], frames=len(job.files), dropped=len(job.files) % t)
-    for first in range(0, len(job.files) - t + 1, t):
-        decoded = [load_frame(f, opts.size, opts.crop) for f in job.files[first : first + t]]
+    if opts.timelapse_change is not None:
+        step = timelapse_step([load_frame(f, opts.size, opts.crop)[0] for f in job.files], opts.timelapse_change,
+                              opts.frames)
+    else:
+        step = opts.frame_step
+    n = len(job.files)
+    out = Result([], frames=n, dropped=n - _used_frames(n, opts, step))
+    for first, files in sampled_clips(job.files, opts, step):
+        decoded = [load_frame(f, opts.size, opts.crop) for f in files]
         frames = [d[0] for d in decoded]
         out.clips.append(_clip(job, opts, frames, first, None, decoded[0][1],
-                               first_file=os.path.basename(job.files[first])))
+                               first_file=os.path.basename(files[0]), frame_step=step))
     return out
 
 
-def _videos_job(job: Job, opts: Options) -> Result:
+def _decode_video(path: str, opts: Options) -> tuple[list[np.ndarray], float | None, tuple[int, int]]:
     import av
 
-    out = Result([])
-    buf: list[np.ndarray] = []
+    frames: list[np.ndarray] = []
     orig = (0, 0)
-    with av.open(job.path) as container:
+    with av.open(path) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         fps = float(stream.average_rate) if stream.average_rate else None
         for frame in container.decode(stream):
             img = frame.to_image()
             orig = img.size
-            buf.append(resize_frame(img, opts.size, opts.crop))
-            out.frames += 1
-            if len(buf) == opts.frames:
-                out.clips.append(_clip(job, opts, buf, out.frames - opts.frames, fps, orig))
-                buf = []
-    out.dropped = len(buf)
+            frames.append(resize_frame(img, opts.size, opts.crop))
+    return frames, fps, orig
+
+
+def _videos_job(job: Job, opts: Options) -> Result:
+    frames, fps, orig = _decode_video(job.path, opts)  # at the output size: small
+    if opts.timelapse_change is not None:
+        step = timelapse_step(frames, opts.timelapse_change, opts.frames)
+    else:
+        step = opts.frame_step
+    out = Result([], frames=len(frames), dropped=len(frames) - _used_frames(len(frames), opts, step))
+    for first, clip in sampled_clips(frames, opts, step):
+        out.clips.append(_clip(job, opts, clip, first, fps / step if fps else None, orig, frame_step=step))
     return out
 
 
@@ -226,6 +282,7 @@ def shard(
     split: str = "train",
     test_fraction: float = 0.0,
     split_seed: int = 0,
+    test_groups: list[str] | None = None,
     shard_size: int = 256 * MiB,
     shard_clips: int | None = None,
     workers: int | None = None,
@@ -233,6 +290,9 @@ def shard(
     overwrite: bool = False,
     labels: str = "auto",
     frame_height: int | None = None,
+    stride: int | None = None,
+    frame_step: int = 1,
+    timelapse_change: float | None = None,
     fps: float | None = None,
     skip_bad: bool = False,
     progress_bar: bool = True,
@@ -241,7 +301,15 @@ def shard(
     root = Path(source).expanduser().resolve()
     if not root.is_dir():
         raise FileNotFoundError(f"--source {source}: not a folder")
-    opts = Options(size, frames, crop, frame_format, quality, frame_height)
+    if stride is not None and stride < 1:
+        raise ValueError(f"--stride {stride}: must be >= 1")
+    if frame_step < 1:
+        raise ValueError(f"--frame-step {frame_step}: must be >= 1")
+    if timelapse_change is not None and not 0 < timelapse_change < 1:
+        raise ValueError(f"--timelapse-change {timelapse_change}: must be in (0, 1) (mean |change| of pixels in [0, 1])")
+    if layout == "stacked" and (stride or frame_step != 1 or timelapse_change is not None):
+        raise ValueError("--stride, --frame-step and --timelapse-change apply to the frames and videos layouts")
+    opts = Options(size, frames, crop, frame_format, quality, frame_height, stride, frame_step, timelapse_change)
     presplit = _split_dirs(root)
     if presplit:
         plan = {name: list_jobs(folder, layout, root) for name, folder in sorted(presplit.items())}
@@ -251,7 +319,18 @@ def shard(
     if not all_jobs:
         raise FileNotFoundError(f"--source {source}: no {layout} inputs found")
     classes = _assign_labels(all_jobs, labels)
-    if not presplit and test_fraction > 0:
+    if test_groups:
+        if presplit:
+            raise ValueError("--test-groups: the source is already split into folders")
+        groups = {j.group for j in all_jobs}
+        unknown = sorted(set(test_groups) - groups)
+        if unknown:
+            raise ValueError(f"--test-groups {unknown}: not among the source's groups {sorted(groups)}")
+        if set(test_groups) >= groups:
+            raise ValueError("--test-groups holds out every group: no training data")
+        test = set(test_groups)
+        plan = {"train": [j for j in all_jobs if j.group not in test], "test": [j for j in all_jobs if j.group in test]}
+    elif not presplit and test_fraction > 0:
         groups = sorted({j.group for j in all_jobs})
         n_test = max(1, round(test_fraction * len(groups)))
         if n_test >= len(groups):
@@ -266,7 +345,8 @@ def shard(
     try:
         for name, jobs in plan.items():
             url = storage.join(out, name) if multi else out
-            total = sum(len(j.files) // frames for j in jobs) if layout == "frames" else None
+            total = (sum(len(j.files) // frames for j in jobs)
+                     if layout == "frames" and stride is None and frame_step == 1 and timelapse_change is None else None)
             writer = ShardWriter(url, prefix=name, shard_bytes=shard_size, shard_clips=shard_clips,
                                  endpoint_url=endpoint_url, overwrite=overwrite)
             stats: Counter = Counter()
@@ -296,9 +376,12 @@ def shard(
                     source={
                         "tool": "data_tools.shard", "layout": layout, "path": str(root), "size": size,
                         "frames": frames, "crop": crop, "sources": stats["sources"],
+                        "stride": stride or frames, "frame_step": "timelapse" if timelapse_change else frame_step,
+                        "timelapse_change": timelapse_change,
                         "source_frames": stats["frames"], "dropped_frames": stats["dropped"],
                         "skipped_sources": bad, "split_by": "folders" if presplit else ("groups" if multi else None),
-                        "test_fraction": test_fraction if multi and not presplit else None, "split_seed": split_seed,
+                        "test_fraction": test_fraction if multi and not presplit and not test_groups else None,
+                        "split_seed": split_seed,
                         "groups": sorted({j.group for j in jobs}) if multi else None,
                     },
                 )
@@ -313,6 +396,7 @@ def shard(
     return indexes
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_tools.shard", description=__doc__.split("\n\n")[0],
                                  epilog=__doc__.split("\n\n", 2)[2], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -328,28 +412,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split", default="train", help="split name when the source is not split (default train)")
     ap.add_argument("--test-fraction", type=float, default=0.0, help="hold out this fraction of groups as test")
     ap.add_argument("--split-seed", type=int, default=0)
+    ap.add_argument("--test-groups", nargs="+", default=None, metavar="GROUP",
+                    help="hold out these groups (video files relative to --source, or long-video folders)")
     ap.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size (default 256 MiB)")
     ap.add_argument("--shard-clips", type=int, default=None, help="at most this many clips per shard")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
     ap.add_argument("--labels", choices=["auto", "parent", "none"], default="auto",
                     help="class label from the parent folder (auto: videos in class folders)")
     ap.add_argument("--frame-height", type=int, default=None, help="stacked layout: pixels per frame")
+    ap.add_argument("--stride", type=int, default=None,
+                    help="kept frames between clip starts (default: --frames, non-overlapping clips)")
+    ap.add_argument("--frame-step", type=int, default=1, help="keep every K-th source frame (default 1)")
+    ap.add_argument("--timelapse-change", type=float, default=None, metavar="D",
+                    help="per video, the smallest frame step whose mean |change| per kept frame reaches D "
+                         "(pixels in [0, 1]; e.g. 0.03): time-lapse-like motion from ordinary footage")
     ap.add_argument("--fps", type=float, default=None, help="frame rate to record when the source has none")
     ap.add_argument("--skip-bad", action="store_true", help="skip undecodable sources (counted) instead of failing")
     ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
     ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at the output")
     ap.add_argument("--no-progress", action="store_true")
+    cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         shard(args.source, args.layout, args.out, size=args.size, frames=args.frames, crop=args.crop,
               frame_format=args.format, quality=args.quality, split=args.split, test_fraction=args.test_fraction,
-              split_seed=args.split_seed, shard_size=int(args.shard_size_mb * MiB), shard_clips=args.shard_clips,
+              split_seed=args.split_seed, test_groups=args.test_groups, shard_size=int(args.shard_size_mb * MiB), shard_clips=args.shard_clips,
               workers=args.workers, endpoint_url=args.endpoint_url, overwrite=args.overwrite, labels=args.labels,
-              frame_height=args.frame_height, fps=args.fps, skip_bad=args.skip_bad, progress_bar=not args.no_progress)
-    except (FileNotFoundError, FileExistsError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+              frame_height=args.frame_height, stride=args.stride, frame_step=args.frame_step,
+              timelapse_change=args.timelapse_change, fps=args.fps, skip_bad=args.skip_bad, progress_bar=not args.no_progress)
+    except RuntimeError as e:  # an undecodable source (named in the message)
+        raise ValueError(str(e)) from e
+    finally:
+        discard_unfinished()  # a failed split leaves nothing in the output folder
     return 0
 
 

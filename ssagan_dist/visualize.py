@@ -225,11 +225,14 @@ def psnr_curve_png(
     path: str | os.PathLike,
     title: str = "PSNR per frame",
     size: tuple[int, int] = (640, 400),
+    unit: str = "dB",
+    first_frame: int = 0,
 ) -> None:
     """Line plot of PSNR (dB) against frame index, one line per entry (e.g. model and baseline).
 
     The y axis spans the finite values under the PSNR cap; capped values (identical frames, such
-    as the baseline's frame 0) are drawn on the top edge, and the plot says so.
+    as the baseline's frame 0) are drawn on the top edge, and the plot says so. ``unit`` labels
+    the y axis (any per-frame metric plots the same way); x labels start at ``first_frame``.
     """
     if not per_frame_psnr or not all(len(v) for v in per_frame_psnr.values()):
         raise ValueError("per_frame_psnr needs at least one non-empty curve")
@@ -261,10 +264,10 @@ def psnr_curve_png(
     for x in range(0, x1 + 1, x_step):
         px, _ = to_px(x, y0)
         draw.line([(px, top + ph), (px, top + ph + 4)], fill=TEXT)
-        draw.text((px, top + ph + 6), str(x), fill=TEXT, font=font, anchor="mt")
+        draw.text((px, top + ph + 6), str(x + first_frame), fill=TEXT, font=font, anchor="mt")
     draw.rectangle([left, top, left + pw, top + ph], outline=TEXT)
     draw.text((left + pw, height - 4), "frame", fill=TEXT, font=font, anchor="rd")
-    draw.text((4, top - 8), "dB", fill=TEXT, font=font, anchor="lm")
+    draw.text((4, top - 8), unit, fill=TEXT, font=font, anchor="lm")
     draw.text((width / 2, 4), title, fill=TEXT, font=_font(14), anchor="mt")
 
     any_capped = False
@@ -288,4 +291,27 @@ def psnr_curve_png(
     if any_capped:
         note = f"open circle on top edge: identical frames (PSNR capped at {PSNR_CAP:g} dB)"
         draw.text((left, height - 4), note, fill=TEXT, font=font, anchor="ld")
+    save_image(image, path)
+
+
+def quality_curves_png(curves: dict[str, dict[str, Sequence[float]]], path: str | os.PathLike,
+                       title: str = "", first_frame: int = 1) -> None:
+    """One panel per metric side by side (``{"PSNR (dB)": {"model": [...], "copy frame": [...]}, ...}``),
+    each curve starting at frame ``first_frame``."""
+    if not curves:
+        raise ValueError("curves needs at least one metric")
+    panels = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, (metric, series) in enumerate(curves.items()):
+            name = Path(tmp) / f"{i}.png"
+            unit = metric.split("(")[-1].rstrip(")") if "(" in metric else ""
+            psnr_curve_png(series, name, title=f"{title}: {metric} per future frame" if title else metric,
+                           unit=unit, first_frame=first_frame)
+            with Image.open(name) as panel:
+                panels.append(panel.copy())
+    image = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), BACKGROUND)
+    x = 0
+    for panel in panels:
+        image.paste(panel, (x, 0))
+        x += panel.width
     save_image(image, path)

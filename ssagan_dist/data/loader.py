@@ -7,7 +7,9 @@ How the order is made (a function of seed, epoch, world size and batch size only
    clips; with ``shuffle_window`` of the shards, then of clips inside windows of that many clips
    of each rank's slice (so a rank reads mostly whole shards of its own); none with shuffle=False.
 3. Every rank takes the same number of clips, ``N // (world_size * batch_size) * batch_size``,
-   as a contiguous slice of that order (the remainder is dropped), cut into batches.
+   as a contiguous slice of that order (the remainder is dropped), cut into batches. For scoring,
+   ``drop_last=False`` (or ``every_clip()``) rounds up instead: the order is padded with copies of
+   a real clip, and each batch carries ``"valid"`` (bool (B,)), False on the padding.
 
 A batch is one item of a map-style dataset: the DataLoader hands batch b to one worker and yields
 batches in index order, so the sequence does not depend on ``num_workers``, and resuming at batch
@@ -17,7 +19,9 @@ run of adjacent clips (``fs.cat_ranges``, concurrent on S3) using the offsets in
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import os
 from collections import defaultdict
 from typing import Any, Iterator
@@ -54,11 +58,20 @@ def epoch_order(
     return order.astype(np.int64)
 
 
+def _raise_first(results: list) -> list:
+    """cat_ranges(on_error="return") gives exceptions in place of bytes: raise the first, so the
+    whole fetch is retried (or fails naming the shard) as one operation."""
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+    return results
+
+
 class _Batches(Dataset):
     """Map-style dataset whose item b is batch b of one rank's epoch (decoded, as tensors)."""
 
     def __init__(self, shards: list[Shard], batches: np.ndarray, endpoint_url: str | None, skip_bad: bool,
-                 clip_shape: tuple[int, int, int, int] | None, labels: bool):
+                 clip_shape: tuple[int, int, int, int] | None, labels: bool, padded: bool = False):
         self.urls = [s.url for s in shards]
         self.paths = [storage.filesystem(u, endpoint_url)[1] for u in self.urls]
         self.keys = [s.keys for s in shards]
@@ -69,6 +82,7 @@ class _Batches(Dataset):
         self.skip_bad = skip_bad
         self.clip_shape = clip_shape
         self.labels = labels
+        self.padded = padded  # ids < 0 are padding: decoded as a real clip, marked invalid
         self._fs: dict[tuple[int, bool], Any] = {}
 
     def __len__(self) -> int:
@@ -107,10 +121,15 @@ class _Batches(Dataset):
             paths = [self.paths[s] for s, _, _ in fs_runs]
             starts = [int(self.offsets[s][lo]) for s, lo, _ in fs_runs]
             ends = [int(self.offsets[s][hi + 1]) for s, _, hi in fs_runs]
-            blobs = fs.cat_ranges(paths, starts, ends, on_error="return")
+            first = self.urls[fs_runs[0][0]]
+            try:
+                blobs = storage.retry("read_ranges", first,
+                                      lambda: _raise_first(fs.cat_ranges(paths, starts, ends, on_error="return")),
+                                      self.endpoint_url)
+            except Exception as e:
+                shards = sorted({self.urls[s] for s, _, _ in fs_runs})
+                raise OSError(f"cannot read clips from shard(s) {', '.join(shards)}: {e}") from e
             for (s, lo, hi), start, blob in zip(fs_runs, starts, blobs):
-                if isinstance(blob, BaseException):
-                    raise OSError(f"{self.urls[s]}: cannot read clips {self.keys[s][lo]}..{self.keys[s][hi]}: {blob}")
                 for i in range(lo, hi + 1):
                     a, b = self.offsets[s][i] - start, self.offsets[s][i + 1] - start
                     out[int(self.first_id[s] + i)] = (s, i, blob[a:b])
@@ -125,7 +144,10 @@ class _Batches(Dataset):
 
     def __getitem__(self, b: int) -> dict[str, Any]:
         ids = self.batches[b]
-        raw = self._fetch(ids)
+        valid = ids >= 0
+        if self.padded:
+            ids = np.where(valid, ids, ids[valid][0] if valid.any() else 0)
+        raw = self._fetch(np.unique(ids) if self.padded else ids)
         clips, labels, keys, skipped = [], [], [], []
         for gid in ids.tolist():
             s, i, blob = raw[gid]
@@ -150,6 +172,10 @@ class _Batches(Dataset):
         video = torch.empty(frames.shape[0], frames.shape[4], *frames.shape[1:4], dtype=torch.float32)
         video.copy_(frames.permute(0, 4, 1, 2, 3)).div_(127.5).sub_(1.0)
         batch: dict[str, Any] = {"video": video, "key": keys, "_skipped": skipped}
+        if self.padded:
+            if skipped:
+                raise BadSampleError(f"batch {b}: bad clips while scoring every clip: {skipped}")
+            batch["valid"] = torch.from_numpy(valid)
         if self.labels:
             batch["label"] = torch.tensor(labels, dtype=torch.int64)
         return batch
@@ -177,6 +203,7 @@ class ClipLoader:
         prefetch: int = 2,
         shuffle_window: int | None = None,
         pin_memory: bool = False,
+        drop_last: bool = True,
     ):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
@@ -193,7 +220,8 @@ class ClipLoader:
         self.shuffle, self.shuffle_window = shuffle, shuffle_window
         self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
         self.endpoint_url, self.skip_bad = endpoint_url, skip_bad
-        self.num_batches = self.num_clips // (world_size * batch_size)
+        self.drop_last = drop_last
+        self.num_batches = self._count_batches()
         if self.num_batches == 0:
             raise ValueError(
                 f"{self.num_clips} clips in {len(urls)} shard(s) cannot make one batch of {batch_size} "
@@ -212,6 +240,19 @@ class ClipLoader:
         self.consumed = 0  # batches yielded so far in this epoch
         self.skipped = 0  # clips skipped as bad (skip_bad=True), in total
 
+    def _count_batches(self) -> int:
+        per_step = self.world_size * self.batch_size
+        return self.num_clips // per_step if self.drop_last else math.ceil(self.num_clips / per_step)
+
+    def every_clip(self) -> "ClipLoader":
+        """This loader with ``drop_last=False``, at the start of epoch 0: every clip exactly once
+        across the ranks, in batches with a ``"valid"`` mask (for scoring)."""
+        view = copy.copy(self)
+        view.drop_last = False
+        view.num_batches = view._count_batches()
+        view.epoch, view.consumed = 0, 0
+        return view
+
     def __len__(self) -> int:
         return self.num_batches
 
@@ -225,12 +266,14 @@ class ClipLoader:
         per_rank = self.num_batches * self.batch_size
         order = epoch_order(self.counts, self.seed, epoch, self.shuffle, self.shuffle_window,
                             self.world_size, per_rank)
+        if not self.drop_last:  # -1 = padding, see _Batches
+            order = np.concatenate([order, np.full(self.world_size * per_rank - len(order), -1, np.int64)])
         mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
         return mine.reshape(self.num_batches, self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         dataset = _Batches(self.shards, self.rank_batches(self.epoch), self.endpoint_url, self.skip_bad,
-                           self.clip_shape, self.labels)
+                           self.clip_shape, self.labels, padded=not self.drop_last)
         loader = DataLoader(
             dataset,
             batch_size=None,
@@ -238,6 +281,9 @@ class ClipLoader:
             num_workers=self.num_workers,
             prefetch_factor=self.prefetch if self.num_workers > 0 else None,
             pin_memory=self.pin_memory,
+            # Its own generator: creating the iterator (at start, each epoch, on resume) must not
+            # draw from the global torch RNG that the trainers' noise comes from.
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 1009 + self.rank),
         )
         for batch in loader:
             for reason in batch.pop("_skipped"):
