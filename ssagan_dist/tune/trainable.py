@@ -273,6 +273,10 @@ class SweepTrial(Trainable):
 
     def step(self) -> dict[str, Any]:
         if self.run is None:
+            if self.restored is not None and self.restored["step"] >= self.cfg.trainer.max_steps:
+                # finished before the sweep was interrupted, but Tune's state had not recorded it
+                self.finished = True
+                return {**self.restored.get("metrics", {}), "done": True}
             self._start()
         item = self.run.next_report(self.ctx.report_timeout_s)
         if item is None:  # fit() ended without reaching max_steps: raise its error (Tune retries)
@@ -284,10 +288,12 @@ class SweepTrial(Trainable):
         step = int(metrics.get("step", 0))
         self.finished = step >= self.cfg.trainer.max_steps
         metrics.update({f"hp/{k}": v for k, v in self.values.items()}, generation=self.generation,
-                       train_run=self.cfg.run.name, checkpoint_uri=uri, done=self.finished)
+                       train_run=self.cfg.run.name, checkpoint_uri=uri)
         if uri:
-            self.pointer = {"uri": uri, "trial_id": self.trial_id, "step": step, "config": self.values}
+            self.pointer = {"uri": uri, "trial_id": self.trial_id, "step": step, "config": self.values,
+                            "metrics": metrics.copy()}
             metrics["should_checkpoint"] = True  # every report: PBT copies it, a resumed sweep starts from it
+        metrics["done"] = self.finished
         return metrics
 
     def cleanup(self) -> None:

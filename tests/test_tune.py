@@ -1,0 +1,282 @@
+"""Ray Tune sweeps end to end: real local Ray clusters (token auth), real Train V2 runs of the tiny
+SSA-GAN on synthetic skies, real headless Chromium for the report. Nothing is mocked.
+
+Each sweep runs as its own ``python -m ssagan_dist.tune`` process (the CLI users run), which
+starts and stops its own local Ray; the tests check what it leaves on disk and in the process table.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+
+from ssagan_dist import checkpointing
+from ssagan_dist.config import ConfigError
+from ssagan_dist.tune import report, sweep as sweeps
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def sweep_cmd(sky: Path, storage: Path, sweep: str, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "ssagan_dist.tune", "--config", "tiny_cpu", "--sweep", sweep, "--num-cpus", "2",
+            f"data.train_urls={sky / 'train'}", f"data.val_urls={sky / 'val'}", f"run.storage_path={storage}", *extra]
+
+
+def env(mark: str) -> dict[str, str]:
+    """The CLI's environment, with a marker every process it starts (Ray's included) inherits."""
+    return {**os.environ, "RAY_AUTH_MODE": "token", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1",
+            "SSAGAN_TUNE_TEST": mark}
+
+
+def processes_marked(mark: str) -> list[psutil.Process]:
+    """Live processes carrying the marker: Ray re-parents and re-sessions its daemons, so
+    ancestry cannot tell ours from the other Ray clusters that share this machine."""
+    found = []
+    for p in psutil.process_iter(["pid", "name"]):
+        try:
+            if p.pid != os.getpid() and p.environ().get("SSAGAN_TUNE_TEST") == mark and p.status() != "zombie":
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+def start_sweep(args: list[str], mark: str) -> subprocess.Popen:
+    return subprocess.Popen(args, cwd=REPO, env=env(mark), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+
+
+def assert_nothing_left(mark: str, grace_s: float = 30.0) -> None:
+    deadline = time.monotonic() + grace_s
+    while (left := processes_marked(mark)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, f"processes left behind: {[(p.pid, ' '.join(p.cmdline())[:100]) for p in left]}"
+
+
+def run_sweep(args: list[str], timeout: float = 420) -> subprocess.CompletedProcess:
+    """Run the CLI; afterwards no process it started may be alive (ray-project/ray#54305)."""
+    mark = uuid.uuid4().hex
+    assert not processes_marked(mark)
+    proc = start_sweep(args, mark)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            for p in processes_marked(mark):
+                p.kill()
+    assert_nothing_left(mark)
+    return subprocess.CompletedProcess(args, proc.returncode, out, "")
+
+
+def tune_statuses(sweep_dir: Path) -> dict[str, str]:
+    states = sorted(sweep_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    try:
+        data = json.loads(states[-1].read_text())
+    except json.JSONDecodeError:  # being rewritten
+        return {}
+    return {t["trial_id"]: t["status"] for t in (json.loads(pair[0]) for pair in data["trial_data"])}
+
+
+def trial_results(sweep_dir: Path) -> list[report.Trial]:
+    return report.load_trials(str(sweep_dir))
+
+
+# -- sweep files are checked before Ray starts ------------------------------------------------------
+
+def test_every_sweep_preset_parses():
+    names = sweeps.sweep_names()
+    assert {"tiny_asha", "tiny_pbt"} <= set(names)
+    for name in names:
+        s = sweeps.load_sweep(name)
+        assert s.keys and s.metric
+
+
+@pytest.mark.parametrize("text, field", [
+    ("metric: val/psnr\nspace: {optim.lr_g: {loguniform: [0, 1]}}", "space.optim.lr_g"),
+    ("metric: val/psnr\nspace: {optim.lr_g: {normal: [0, 1]}}", "space.optim.lr_g"),
+    ("metric: val/psnr\nspace: {optim.lr_g: {choice: [1e-4]}}\nscheduler: {name: pbt}", "perturbation_interval"),
+    ("metric: val/psnr\nspace: {optim.lr_g: {choice: [1e-4]}}\nsearch: {algorithm: bayes}", "search.algorithm"),
+    ("metric: val/psnr\nspace: {optim.lr_g: {grid: [1e-4]}}\nsearch: {algorithm: optuna}", "space.optim.lr_g"),
+    ("metric: val/psnr\nspace: {optim.lr_g: {choice: [1e-4]}}\nmax_concurrent: 2", "max_concurrent"),
+])
+def test_bad_sweep_file_names_the_field(tmp_path, text, field):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        sweeps.load_sweep(str(path))
+
+
+@pytest.mark.parametrize("space, key", [
+    ("{loss.lambda_rank: {uniform: [0.1, 2.0]}}", "loss.lambda_rank"),  # SSA-GAN has no ranking loss
+    ("{optim.n_critic: {choice: [0, 1]}}", "optim.n_critic"),  # 0 D updates is refused by the config
+    ("{optim.lr_gg: {choice: [1.0e-4]}}", "optim.lr_gg"),
+])
+def test_sweeping_a_key_the_model_does_not_read_is_refused(tmp_path, space, key):
+    path = tmp_path / "s.yaml"
+    path.write_text(f"metric: val/psnr\nspace: {space}\n")
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        sweeps.check_against_config(sweeps.load_sweep(str(path)), "tiny_cpu", [])
+
+
+# -- ASHA: early stopping, the winner, its checkpoint, best.yaml, the report ------------------------
+
+def test_asha_sweep_stops_trials_early_and_reports_the_winner(sky, tmp_path):
+    result = run_sweep(sweep_cmd(sky, tmp_path, "tiny_asha"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    out = result.stdout
+    assert "[tune]" in out and "best val/psnr" in out and "copy-frame baseline" in out
+    sweep_dir = tmp_path / "tiny_asha"
+    trials = trial_results(sweep_dir)
+    assert len(trials) == 4
+    max_steps = json.loads((sweep_dir / "sweep.json").read_text())["max_steps"]
+    stopped = [t for t in trials if t.last["step"] < max_steps]
+    assert stopped, "ASHA stopped no trial early"
+    assert all(not t.errored for t in trials)
+
+    # the printed checkpoint is the best report, and it loads with evaluate
+    best_line = next(ln for ln in out.splitlines() if ln.startswith("[tune] best checkpoint:"))
+    best_ckpt = best_line.split(":", 1)[1].strip()
+    best_psnr = max(r["val/psnr"] for t in trials for r in t.results)
+    from ssagan_dist.evaluate import evaluate
+
+    scored = evaluate(best_ckpt, str(sky / "val"), batch_size=2, max_batches=1, progress=False)
+    assert scored["step"] == int(best_ckpt.rsplit("_", 1)[1])
+    assert scored["psnr"] == pytest.approx(best_psnr, abs=1e-3)  # the same held-out clips as validation
+
+    # best.yaml is a full config with the winner's values that load_config accepts
+    from ssagan_dist.config import load_config
+
+    best_cfg = load_config(str(sweep_dir / "best.yaml"))
+    winner = next(t for t in trials if any(r["val/psnr"] == best_psnr for r in t.results))
+    assert best_cfg.optim.lr_g == pytest.approx(winner.last["hp/optim.lr_g"])
+    assert best_cfg.loss.lambda_con == pytest.approx(winner.last["hp/loss.lambda_con"])
+    assert best_cfg.data.train_urls == str(sky / "train")
+
+    # TensorBoard: one folder per trial
+    assert {p.name for p in (sweep_dir / "tensorboard").iterdir()} == {t.trial_id for t in trials}
+
+    # trials.csv: one row per trial with its values and final metric
+    rows = list(csv.DictReader((sweep_dir / "trials.csv").open()))
+    assert sorted(r["trial_id"] for r in rows) == sorted(t.trial_id for t in trials)
+    assert {"optim.lr_g", "loss.lambda_con", "final val/psnr", "status"} <= rows[0].keys()
+    assert sum(r["status"] == "stopped early" for r in rows) == len(stopped)
+    check_report_renders(sweep_dir, tmp_path)
+
+
+def check_report_renders(sweep_dir: Path, tmp_path: Path) -> None:
+    """Headless Chromium opens report.html offline: no console errors, a non-blank screenshot."""
+    import numpy as np
+    from PIL import Image
+
+    page = sweep_dir / "report.html"
+    text = page.read_text()
+    assert "<script src=" not in text  # plotly.js is inline: the file opens without a network
+    assert "data:image/png;base64," in text and "data:image/gif;base64," in text
+    shot = tmp_path / "report.png"
+    proc = subprocess.run(
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
+         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", f"--screenshot={shot}",
+         "--window-size=1400,2400", page.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    assert not console, console
+    assert shot.exists(), proc.stderr[-2000:]
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
+    assert pixels.var() > 100, "the report screenshot is blank"
+    assert (sweep_dir / "report_png" / "curves.png").stat().st_size > 5000
+
+
+# -- PBT: the weaker trial continues from the stronger one's checkpoint -----------------------------
+
+def test_pbt_exploit_copies_the_donor_checkpoint_and_applies_explored_learning_rates(sky, tmp_path):
+    result = run_sweep(sweep_cmd(sky, tmp_path, "tiny_pbt"))
+    assert result.returncode == 0, result.stdout[-3000:]
+    sweep_dir = tmp_path / "tiny_pbt"
+    trials = trial_results(sweep_dir)
+    exploits = [(t, h) for t in trials for h in t.history if h["event"] == "exploit"]
+    assert exploits, "PBT exploited nothing"
+    receiver, event = exploits[0]
+    donor_ckpt = Path(event["start_from"])
+    assert donor_ckpt.parent.name.startswith(event["donor_trial"])
+    donor_state = checkpointing.read_model(donor_ckpt)
+    assert donor_state["step"] == event["step"]
+
+    # the receiving generation's first checkpoint: its optimizers run with the explored rates
+    run = sweep_dir / "train_runs" / f"{receiver.trial_id}-g{event['generation']:03d}"
+    first = sorted(run.glob("checkpoint_*"))[0]
+    after = checkpointing.read_model(first)
+    assert after["step"] > event["step"]
+    lrs = {name: opt["param_groups"][0]["lr"] for name, opt in after["trainer"]["optimizers"].items()}
+    assert lrs["G"] == pytest.approx(event["config"]["optim.lr_g"])
+    assert lrs["D"] == pytest.approx(event["config"]["optim.lr_d"])
+
+    # ...and its weights are the donor's at the copy: replaying the same steps from the donor's
+    # checkpoint with the receiver's config (training is deterministic) gives the same weights
+    import ray
+
+    from ssagan_dist import train
+    from ssagan_dist.config import ExperimentConfig
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(first / "config.yaml"))
+    cfg.run.storage_path, cfg.run.name = str(tmp_path / "replay"), "replay"
+    cfg.trainer.max_steps = after["step"]
+    cfg.metrics.enabled = False
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        train.build_ray_trainer(cfg, [3, 8, 32, 32], start_from=str(donor_ckpt)).fit()
+    finally:
+        ray.shutdown()
+    replay = checkpointing.read_model(tmp_path / "replay" / "replay" / first.name)
+    for net, state in after["trainer"]["nets"].items():
+        for k, v in state.items():
+            assert torch.equal(v, replay["trainer"]["nets"][net][k]), f"{net}.{k} differs from the donor replay"
+
+
+# -- resume: a killed driver, the same name again ---------------------------------------------------
+
+def test_killed_sweep_resumes_without_rerunning_finished_trials(sky, tmp_path):
+    args = sweep_cmd(sky, tmp_path, "tiny_asha", "--name", "resumed", "--no-report")
+    sweep_dir = tmp_path / "resumed"
+    mark = uuid.uuid4().hex
+    proc = start_sweep(args, mark)
+    deadline = time.monotonic() + 300
+    try:  # kill the driver (and all it started) once Tune has recorded the first trial as finished
+        while "TERMINATED" not in tune_statuses(sweep_dir).values() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()[-3000:]
+            time.sleep(0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        for p in processes_marked(mark):
+            p.kill()
+        proc.wait()
+    assert_nothing_left(mark)
+    finished = [t for t in trial_results(sweep_dir) if tune_statuses(sweep_dir).get(t.trial_id) == "TERMINATED"]
+    assert finished, "no trial had finished when the driver was killed"
+    before = {t.trial_id: t for t in finished}
+
+    again = run_sweep(args)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "resuming sweep resumed" in again.stdout
+    after = {t.trial_id: t for t in trial_results(sweep_dir)}
+    assert len(after) == 4
+    assert set(tune_statuses(sweep_dir).values()) == {"TERMINATED"}
+    for trial_id, t in before.items():  # not re-run: no new Train run, no new results
+        assert len(after[trial_id].history) == len(t.history) == 1
+        assert len(after[trial_id].results) == len(t.results)
+        assert f"trial {trial_id}: " not in again.stdout
