@@ -22,8 +22,9 @@ import numpy as np
 
 from data_tools.common import MiB, Timer, summary
 from data_tools.common import progress as progress_bar
+from ssagan_dist import cli
 from ssagan_dist.data.format import encode_clip
-from ssagan_dist.data.writer import ShardWriter
+from ssagan_dist.data.writer import ShardWriter, discard_unfinished
 
 FPS = 8.0
 DRIFT = 0.25  # palette advance over one clip
@@ -175,6 +176,7 @@ def generate(
     return index
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_tools.synth", description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True, help="dataset folder or s3://bucket/prefix")
@@ -190,14 +192,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
     ap.add_argument("--overwrite", action="store_true", help="replace a dataset already at --out")
     ap.add_argument("--no-progress", action="store_true")
+    cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
     try:
         generate(args.out, args.clips, args.size, args.frames, args.seed, args.endpoint_url,
                  shard_clips=args.shard_clips, shard_size=int(args.shard_size_mb * MiB), frame_format=args.format,
                  quality=args.quality, split=args.split, overwrite=args.overwrite, progress=not args.no_progress)
-    except (FileExistsError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    finally:
+        discard_unfinished()  # a failed run leaves nothing in the output folder
     return 0
 
 

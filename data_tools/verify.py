@@ -18,7 +18,7 @@ import sys
 from functools import partial
 from typing import Any
 
-from ssagan_dist import storage
+from ssagan_dist import cli, storage
 from ssagan_dist.data.format import decode_sample
 from ssagan_dist.data.index import INDEX_NAME, read_index
 
@@ -82,12 +82,14 @@ def verify(url: str, endpoint_url: str | None = None, workers: int = 1) -> dict[
     }
 
 
+@cli.command  # S3 without credentials, an unreachable endpoint, a missing bucket: one error: line, exit 2
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m data_tools.verify", description=__doc__.split("\n\n")[0])
     ap.add_argument("url", help="dataset folder or s3://bucket/prefix holding index.json")
     ap.add_argument("--json", action="store_true", help="print the report as JSON")
     ap.add_argument("--workers", type=int, default=1, help="shards checked in parallel")
     ap.add_argument("--endpoint-url", default=None, help="S3 endpoint (default: AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL)")
+    cli.add_debug_flag(ap)
     args = ap.parse_args(argv)
     try:
         report = verify(args.url, args.endpoint_url, args.workers)

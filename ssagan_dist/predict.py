@@ -61,8 +61,10 @@ def load_photo(path: str, size: int) -> torch.Tensor:
                 rgb = _to_rgb(img)
     except FileNotFoundError:
         raise FileNotFoundError(f"--image {path}: no such file") from None
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning, OSError,
-            SyntaxError) as e:  # PIL raises SyntaxError for some malformed headers
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # PIL's own, larger limit
+        raise ValueError(f"image {path} is too large to decode safely ({e}); the limit here is "
+                         f"{MAX_PIXELS // 2**20} megapixels: downscale it first") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:  # PIL raises SyntaxError for some malformed headers
         raise ValueError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
     if min(w, h) * SMALL_FACTOR <= size:
         print(f"warning: image {path} is {w}x{h}, far below the model's {size}x{size} frames: it is upscaled "

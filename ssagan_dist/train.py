@@ -28,9 +28,10 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, factory, perf, storage, telemetry
+from ssagan_dist import checkpointing, cli, factory, perf, storage, telemetry
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
-from ssagan_dist.data import ClipLoader, read_index, resolve_urls
+from ssagan_dist.data import ClipLoader, resolve_urls
+from ssagan_dist.data.index import DatasetInfo, inspect_dataset
 from ssagan_dist.evaluate import score
 from ssagan_dist.runlog import RunLog
 from ssagan_dist.trainers import GANTrainer, Stats, unwrap
@@ -62,6 +63,103 @@ def clip_shape_of_model(cfg: ExperimentConfig) -> Optional[list[int]]:
     return None
 
 
+def _dataset(spec: str, endpoint_url: Optional[str], key: str) -> DatasetInfo:
+    """A dataset named by a config key, checked against its index (shard sizes, clip shape)."""
+    try:
+        return inspect_dataset(spec, endpoint_url, what=f"config key {key!r} = {spec!r}")
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def check_stage1_checkpoint(cfg: ExperimentConfig) -> None:
+    """run.stage1_checkpoint exists and its generator fits this refine model's Stage-I generator."""
+    uri, ep = cfg.run.stage1_checkpoint, cfg.run.s3_endpoint
+    try:
+        uri = checkpointing.resolve(uri, ep)
+    except FileNotFoundError as e:
+        raise ConfigError(f"config key 'run.stage1_checkpoint' = {cfg.run.stage1_checkpoint!r}: {e}") from None
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            state = checkpointing.read_model(checkpointing.fetch(uri, Path(tmp), ep))
+        except checkpointing.CheckpointError as e:  # it names the local copy: name the configured URI
+            raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r}: "
+                              f"{str(e).replace(tmp, uri)}") from None
+    wanted = factory.build_networks(cfg, "meta")["G_stage1"].state_dict()
+    got = state["trainer"].get("nets", {}).get("G", {})
+    differ = sorted(k for k in set(wanted) | set(got)
+                    if k not in wanted or k not in got or tuple(wanted[k].shape) != tuple(got[k].shape))
+    if differ:
+        raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r} is a checkpoint of model "
+                          f"{state.get('model', '?')!r} whose generator does not fit {cfg.model.name!r}'s Stage-I "
+                          f"generator ({len(differ)} tensors differ, first {differ[0]!r}); give a Stage-I "
+                          "(mdgan_stage1) checkpoint trained at the same model.args size/frames/base_width")
+
+
+def joins_cluster(cfg: ExperimentConfig) -> bool:
+    """Whether ray.init would join a running cluster (run.ray_address, RAY_ADDRESS, `ray start`)
+    rather than start a local Ray on this machine."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    try:
+        return canonicalize_bootstrap_address(cfg.run.ray_address) is not None
+    except Exception:  # an address that cannot be resolved: ray.init will say so
+        return True
+
+
+def _workers_that_fit(resources: dict[str, float], cfg: ExperimentConfig) -> int:
+    """Training workers one node can hold: each needs trainer.cpus_per_worker CPUs (+1 GPU)."""
+    fit = int(resources.get("CPU", 0) // cfg.trainer.cpus_per_worker + 1e-9)
+    return min(fit, int(resources.get("GPU", 0))) if cfg.trainer.use_gpu else fit
+
+
+def _resource_error(cfg: ExperimentConfig, where: str, fit: int) -> ConfigError:
+    t = cfg.trainer
+    gpu = " and 1 GPU" if t.use_gpu else ""
+    return ConfigError(f"config keys 'trainer.num_workers' = {t.num_workers}, 'trainer.cpus_per_worker' = "
+                       f"{t.cpus_per_worker}, 'trainer.use_gpu' = {str(t.use_gpu).lower()}: each worker needs "
+                       f"{t.cpus_per_worker} CPU{gpu} on one node, and {where} can place only {fit}; lower "
+                       "trainer.num_workers / trainer.cpus_per_worker"
+                       + (", set trainer.use_gpu=false" if t.use_gpu else "") + " or use a bigger cluster")
+
+
+def check_local_resources(cfg: ExperimentConfig) -> None:
+    """When this command will start its own Ray, this machine is the whole cluster: check it now,
+    before Ray starts (a GPU preset on a machine without GPUs would otherwise wait forever)."""
+    if joins_cluster(cfg):
+        return
+    from ray._private.utils import get_num_cpus  # the CPU count a local ray.init() registers
+
+    here = {"CPU": get_num_cpus(), "GPU": torch.cuda.device_count()}
+    fit = _workers_that_fit(here, cfg)
+    if fit < cfg.trainer.num_workers:
+        raise _resource_error(cfg, f"this machine ({here['CPU']:g} CPUs, {here['GPU']} GPUs; no Ray cluster "
+                                   "to join: run.ray_address / RAY_ADDRESS)", fit)
+
+
+RESOURCE_WAIT_ENV = "SSAGAN_RESOURCE_WAIT_S"  # how long to wait for an autoscaler to add nodes
+
+
+def wait_for_resources(cfg: ExperimentConfig, can_grow: bool) -> None:
+    """After ray.init: the cluster can place every worker, or raise naming the trainer.* keys.
+    A cluster that may grow (one we joined: it may have an autoscaler) gets a bounded wait."""
+    import ray
+
+    wait_s = float(os.environ.get(RESOURCE_WAIT_ENV, "600")) if can_grow else 0.0
+    deadline, said = time.monotonic() + wait_s, False
+    while True:
+        fit = sum(_workers_that_fit(n["Resources"], cfg) for n in ray.nodes() if n.get("Alive"))
+        if fit >= cfg.trainer.num_workers:
+            return
+        if time.monotonic() >= deadline:
+            waited = f" after waiting {wait_s:.0f} s ({RESOURCE_WAIT_ENV} sets the wait)" if can_grow else ""
+            raise _resource_error(cfg, f"the Ray cluster{waited}", fit)
+        if not said:
+            print(f"[train] the cluster can place {fit} of {cfg.trainer.num_workers} workers now; waiting up to "
+                  f"{wait_s:.0f} s for more nodes ({RESOURCE_WAIT_ENV})", file=sys.stderr, flush=True)
+            said = True
+        time.sleep(5)
+
+
 def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
     """Absolute local paths, and the training data's clip shape checked against the model's.
     Raises ConfigError naming the key; starts nothing."""
@@ -74,20 +172,29 @@ def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
     if "://" not in cfg.run.storage_path:
         cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
     ep = cfg.run.s3_endpoint
-    index = read_index(cfg.data.train_urls, endpoint_url=ep)
-    if index is None:
-        raise ConfigError(f"config key 'data.train_urls' = {cfg.data.train_urls!r}: no index.json found "
-                          "(shard datasets with `python -m data_tools.shard`)")
-    shape = list(index["clip_shape"])
+    train = _dataset(cfg.data.train_urls, ep, "data.train_urls")
+    shape = train.clip_shape
     want = clip_shape_of_model(cfg)
     if want is not None and want != shape:
         raise ConfigError(f"config key 'model.args': model {cfg.model.name!r} makes clips of {want} (C,T,H,W) "
                           f"but data.train_urls holds {shape}; set model.args.size/frames")
+    datasets = [("data.train_urls", train)]
     if cfg.data.val_urls:
-        val = read_index(cfg.data.val_urls, endpoint_url=ep)
-        if val is None or list(val["clip_shape"]) != shape:
-            problem = "no index.json found" if val is None else f"clip shape {list(val['clip_shape'])} != {shape}"
-            raise ConfigError(f"config key 'data.val_urls' = {cfg.data.val_urls!r}: {problem}")
+        val = _dataset(cfg.data.val_urls, ep, "data.val_urls")
+        if val.clip_shape != shape:
+            raise ConfigError(f"config key 'data.val_urls' = {cfg.data.val_urls!r}: clip shape {val.clip_shape} "
+                              f"!= {shape} of data.train_urls")
+        datasets.append(("data.val_urls", val))
+    per_step = cfg.trainer.num_workers * cfg.trainer.batch_size
+    for key, info in datasets:  # each rank needs one whole batch (the loader's rule)
+        if info.clips < per_step:
+            raise ConfigError(f"config key {key!r} = {info.spec!r} holds {info.clips} clips, fewer than one batch "
+                              f"on every worker (trainer.num_workers={cfg.trainer.num_workers} x "
+                              f"trainer.batch_size={cfg.trainer.batch_size} = {per_step}); lower "
+                              "trainer.batch_size or trainer.num_workers, or add clips")
+    if cfg.run.stage1_checkpoint and factory.registry.get(cfg.model.name).trainer == "refine":
+        check_stage1_checkpoint(cfg)
+    check_local_resources(cfg)
     return cfg, shape
 
 
@@ -478,6 +585,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+@cli.command  # expected failures (ConfigError, CheckpointError, missing files, S3): one error: line, exit 2
 def main(argv: Optional[list[str]] = None) -> int:
     import ray
 
@@ -488,10 +596,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.print_config:
             print(OmegaConf.to_yaml(cfg))
             return 0
+        cfg, _ = prepare(cfg)  # everything the driver can check, before Ray starts
+        if started_ray:
+            can_grow = joins_cluster(cfg)  # a cluster we join may autoscale; our own local Ray cannot
+            ray.init(address=cfg.run.ray_address)
+            wait_for_resources(cfg, can_grow)
         result = fit(cfg)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -97,6 +97,13 @@ def resolve_urls(spec: str, endpoint_url: str | None = None) -> list[str]:
 
 def scan_shard(url: str, endpoint_url: str | None = None) -> Shard:
     """Build a shard's sample table by reading its tar headers (for shards without an index)."""
+    try:
+        return _scan_tar(url, endpoint_url)
+    except (tarfile.TarError, EOFError) as e:
+        raise ValueError(f"shard {url} is not a readable tar file ({e}): truncated, or not a shard") from None
+
+
+def _scan_tar(url: str, endpoint_url: str | None) -> Shard:
     fs, path = storage.filesystem(url, endpoint_url)
     keys: list[str] = []
     offsets: list[int] = []
@@ -171,15 +178,23 @@ def inspect_dataset(spec: str, endpoint_url: str | None = None, what: str = "dat
     """
     from ssagan_dist.data.format import decode_sample
 
-    shards = load_shards(resolve_urls(spec, endpoint_url), endpoint_url)
+    try:
+        shards = load_shards(resolve_urls(spec, endpoint_url), endpoint_url)
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"{what}: {e}") from None
+    except ValueError as e:
+        raise ValueError(f"{what}: {e}") from None
+    listings: dict[str, dict[str, int]] = {}  # folder -> {name: bytes}: one listing per folder
     for shard in shards:
         if shard.size is None:
             continue
-        fs, path = storage.filesystem(shard.url, endpoint_url)
-        try:
-            actual = fs.size(path)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{what}: shard {shard.url} is listed in its {INDEX_NAME} but missing") from None
+        folder, name = posixpath.split(shard.url)
+        if folder not in listings:
+            fs, path = storage.filesystem(folder, endpoint_url)
+            listings[folder] = {posixpath.basename(e["name"]): e["size"] for e in fs.ls(path, detail=True)}
+        actual = listings[folder].get(name)
+        if actual is None:
+            raise FileNotFoundError(f"{what}: shard {shard.url} is listed in its {INDEX_NAME} but missing")
         if actual != shard.size:
             raise ValueError(f"{what}: shard {shard.url} has {actual} bytes, its {INDEX_NAME} recorded {shard.size} "
                              "(truncated or rewritten since indexing); re-shard or re-upload it")
