@@ -1,6 +1,6 @@
 # make demo   - set up and run the main job on embedded defaults (local Ray, synthetic data)
 # make test   - set up and run the default test suite (slow tests: make test-all)
-.PHONY: setup demo test test-all bench clean
+.PHONY: setup demo test test-all bench soak clean
 setup:
 	scripts/setup.sh
 demo:
@@ -9,6 +9,8 @@ test: setup
 	.venv/bin/python -m pytest -m "not slow" -q
 test-all: setup
 	.venv/bin/python -m pytest -q
+soak: setup  # fault soak: random worker kills, Ctrl-C/resume cycles, S3 faults (MINUTES=10)
+	RAY_AUTH_MODE=token .venv/bin/python -m tests.soak --minutes $${MINUTES:-10}
 bench: setup
 	.venv/bin/python -m ssagan_dist.bench
 clean:

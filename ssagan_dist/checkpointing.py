@@ -18,6 +18,7 @@ plain tensors and containers: ``torch.load(..., weights_only=True)`` reads it.
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import tempfile
 from pathlib import Path
@@ -30,12 +31,18 @@ from ssagan_dist import factory, storage
 from ssagan_dist.config import ExperimentConfig
 from ssagan_dist.trainers import GANTrainer, unwrap
 
+log = logging.getLogger(__name__)
+
 MODEL_FILE, CONFIG_FILE = "model.pt", "config.yaml"
 FORMAT_VERSION = 2
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used as asked; the message names it."""
+
+
+class DamagedCheckpoint(CheckpointError):
+    """A checkpoint whose files are missing, truncated or unreadable (e.g. a crash during a save)."""
 
 
 def worker_file(rank: int) -> str:
@@ -91,8 +98,8 @@ def read_model(directory: Path, expect_model: Optional[str] = None) -> dict[str,
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated files, foreign pickles: torch raises several types
-        raise CheckpointError(f"checkpoint file {path} cannot be read ({type(e).__name__}); "
-                              "it is damaged or not a ssagan-dist checkpoint") from None
+        raise DamagedCheckpoint(f"checkpoint file {path} cannot be read ({type(e).__name__}); "
+                                "it is damaged or not a ssagan-dist checkpoint") from None
     version = state.get("format_version", 1)
     if version > FORMAT_VERSION:
         raise CheckpointError(f"checkpoint {directory} has format {version}; this ssagan-dist reads up to "
@@ -107,7 +114,47 @@ def read_model(directory: Path, expect_model: Optional[str] = None) -> dict[str,
 
 def read_worker(directory: Path, rank: int) -> Optional[dict[str, Any]]:
     path = directory / worker_file(rank)
-    return torch.load(path, map_location="cpu", weights_only=True) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated or foreign file
+        raise DamagedCheckpoint(f"checkpoint file {path} cannot be read ({type(e).__name__})") from None
+
+
+def checkpoint_dirs(run_uri: str, endpoint_url: Optional[str] = None) -> list[str]:
+    """URIs of a run folder's checkpoint_* directories, newest first (none if no folder)."""
+    fs, path = storage.filesystem(run_uri, endpoint_url)
+    if not fs.isdir(path):
+        return []
+    names = sorted((p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
+                    if p.rsplit("/", 1)[-1].startswith("checkpoint_")), reverse=True)
+    return [storage.join(run_uri, n) for n in names]
+
+
+def load_newest_complete(run_uri: str, rank: int, expect_model: str, endpoint_url: Optional[str] = None,
+                         skipped: Optional[list[str]] = None,
+                         ) -> Optional[tuple[str, dict[str, Any], Optional[dict[str, Any]]]]:
+    """(uri, model state, this rank's worker state) of the newest checkpoint of a run whose files
+    all load, whatever Ray's own bookkeeping recorded; damaged ones are skipped with a warning
+    (and listed in ``skipped``). Every rank checks every file, so all ranks pick the same one."""
+    for uri in checkpoint_dirs(run_uri, endpoint_url):
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                fs, path = storage.filesystem(uri, endpoint_url)
+                for name in [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]:
+                    if name in (MODEL_FILE, CONFIG_FILE) or name.startswith("worker-"):
+                        fs.get(f"{path}/{name}", str(Path(tmp) / name))
+                if not (Path(tmp) / CONFIG_FILE).exists():
+                    raise DamagedCheckpoint(f"{uri}: no {CONFIG_FILE}")
+                model = read_model(Path(tmp), expect_model)
+                workers = {p.name: read_worker(Path(tmp), int(p.stem.split("-")[1])) for p in Path(tmp).glob("worker-*.pt")}
+                return uri, model, workers.get(worker_file(rank))
+        except (DamagedCheckpoint, FileNotFoundError) as e:  # storage faults propagate: never skip on them
+            log.warning("skipping damaged checkpoint %s: %s", uri, e)
+            if skipped is not None:
+                skipped.append(f"{uri}: {e}")
+    return None
 
 
 def resolve(uri: str, endpoint_url: Optional[str] = None) -> str:

@@ -5,18 +5,36 @@
 ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (else AWS itself); credentials come from the
 standard AWS variables, profile or instance role through botocore and are never logged here.
 Importing this module also teaches ``webdataset.gopen`` to open ``s3://`` URLs (SPEC §8).
+
+Transient S3 faults (5xx, throttling, timeouts, dropped connections) are retried here, with
+exponential backoff, and counted (``telemetry.count_s3_retry``); s3fs's and botocore's own
+silent retries are turned off so that every retry is visible. A fault that outlasts
+``S3_ATTEMPTS`` tries, or a permanent one (403, missing bucket), fails naming the URL and cause.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib
+import logging
 import os
+import random
+import socket
+import time
 import uuid
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable, TypeVar
 from urllib.parse import urlparse
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+S3_ATTEMPTS = int(os.environ.get("SSAGAN_S3_ATTEMPTS", "6"))  # tries per operation
+S3_BACKOFF_S = float(os.environ.get("SSAGAN_S3_BACKOFF_S", "0.2"))  # first wait; doubles, jittered, capped at 10 s
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
+                    "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 
 
 def is_s3(url: str) -> bool:
@@ -33,11 +51,14 @@ def filesystem(url: str, endpoint_url: str | None = None) -> tuple[fsspec.Abstra
     if is_s3(url):
         import s3fs
 
-        options: dict[str, Any] = {}
+        # No hidden retries below us (see the module doc): one attempt per call, retried in ``retry``.
+        options: dict[str, Any] = {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}}}
         endpoint = s3_endpoint(endpoint_url)
         if endpoint:
             options["endpoint_url"] = endpoint
-        return s3fs.S3FileSystem(**options), url[len("s3://") :].rstrip("/")
+        fs = s3fs.S3FileSystem(**options)
+        fs.retries = 1  # a class attribute in s3fs, not a constructor argument
+        return RetryingFileSystem(fs, endpoint), url[len("s3://") :].rstrip("/")
     parsed = urlparse(url)
     if parsed.scheme == "file":
         return LocalFileSystem(), parsed.path
@@ -57,6 +78,84 @@ def join(url: str, *parts: str) -> str:
 def exists(url: str, endpoint_url: str | None = None) -> bool:
     fs, path = filesystem(url, endpoint_url)
     return fs.exists(path)
+
+
+def is_transient(error: BaseException) -> bool:
+    """A fault worth retrying: server-side 5xx/throttling, timeouts, dropped or refused connections."""
+    for e in _chain(error):
+        if isinstance(e, (FileNotFoundError, PermissionError, FileExistsError, IsADirectoryError)):
+            return False
+        response = getattr(e, "response", None)
+        if isinstance(response, dict):
+            code = str(response.get("Error", {}).get("Code", ""))
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0
+            return code in _TRANSIENT_CODES or status >= 500 or status == 429
+        if isinstance(e, (ConnectionError, TimeoutError, socket.timeout, asyncio.TimeoutError)):
+            return True
+        name = type(e).__name__
+        if name in ("EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
+                    "ClientPayloadError", "ServerDisconnectedError", "ClientOSError", "IncompleteRead",
+                    "ResponseParserError", "FSTimeoutError", "ClientConnectorError", "ProxyConnectionError"):
+            return True
+    return False
+
+
+def _chain(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def retry(operation: str, url: str, fn: Callable[[], T], endpoint_url: str | None = None) -> T:
+    """``fn()``, retried with exponential backoff while it fails transiently on S3; each retry is
+    counted. Local paths are not retried. The final error names the URL, the attempts and the cause."""
+    if not is_s3(url):
+        return fn()
+    for attempt in range(1, S3_ATTEMPTS + 1):
+        try:
+            return fn()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            if attempt == S3_ATTEMPTS:
+                raise OSError(f"{url}: {operation} failed {attempt} times (S3 endpoint "
+                              f"{s3_endpoint(endpoint_url) or 'AWS'}); last error: {type(e).__name__}: {e}") from e
+            from ssagan_dist import telemetry
+
+            telemetry.count_s3_retry(operation)
+            delay = min(S3_BACKOFF_S * 2 ** (attempt - 1), 10.0) * random.uniform(0.5, 1.0)
+            log.warning("%s %s: transient %s (%s); retry %d/%d in %.1fs", operation, url, type(e).__name__, e,
+                        attempt, S3_ATTEMPTS - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+class RetryingFileSystem:
+    """An s3fs filesystem whose one-shot calls go through ``retry``; anything else (``open``,
+    ``cat_ranges``, attributes) is the s3fs object's own."""
+
+    RETRIED = frozenset({"exists", "isdir", "isfile", "ls", "info", "size", "cat_file", "cat", "get", "get_file",
+                         "put", "put_file", "pipe_file", "pipe", "rm", "rm_file", "find", "glob", "copy", "mv"})
+
+    OPERATION = {"cat_file": "read", "cat": "read", "get": "download", "get_file": "download", "pipe_file": "write",
+                 "pipe": "write", "put": "upload", "put_file": "upload", "rm": "delete", "rm_file": "delete",
+                 "ls": "list", "find": "list", "glob": "list", "info": "stat", "size": "stat"}
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, endpoint_url: str | None):
+        self.fs, self.endpoint_url = fs, endpoint_url
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.fs, name)
+        if name not in self.RETRIED:
+            return attr
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            target = f"s3://{args[0]}" if args and isinstance(args[0], str) else "s3://"
+            return retry(self.OPERATION.get(name, name), target, lambda: attr(*args, **kwargs), self.endpoint_url)
+
+        return call
 
 
 def read_bytes(url: str, endpoint_url: str | None = None) -> bytes:

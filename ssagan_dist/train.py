@@ -20,7 +20,7 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -252,11 +252,13 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks
     )
 
 
-def fit(cfg: ExperimentConfig):
-    """Prepare and check the data, start or join Ray, run training; returns Ray's Result."""
+def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
+    """Prepare and check the data (unless ``clip_shape`` says ``prepare`` ran), start or join Ray,
+    run training; returns Ray's Result. Raises Diverged when a loss went non-finite."""
     import ray
 
-    cfg, clip_shape = prepare(cfg)
+    if clip_shape is None:
+        cfg, clip_shape = prepare(cfg)
     marker = storage.join(run_url(cfg), DIVERGED_FILE)
     if storage.exists(marker, cfg.run.s3_endpoint):
         storage.remove(marker, cfg.run.s3_endpoint)  # a re-run (new settings) tries again
@@ -274,32 +276,37 @@ def fit(cfg: ExperimentConfig):
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     w = set_up(config)
-    step = resume(w, config.get("start_from"))
-    w.trainer.wrap(_wrap_for_ddp(w.cfg))
-    check_ranks_agree(w, "after resuming" if step else "at start")
-    if w.rank == 0:
-        w.runlog = RunLog(w.cfg, run_url(w.cfg), step, config.get("tensorboard_url"))
-        say(f"[train] {w.cfg.model.name} ({w.cfg.model.preset}) on {w.world} worker(s), {w.device}; "
-            f"{'resuming at' if step else 'starting at'} step {step}/{w.cfg.trainer.max_steps}; "
-            f"{len(w.batches.loader)} batches/epoch/worker")
-    meter = Meter(w.cfg.trainer.max_steps, w.clips_per_step, step)
-    while step < w.cfg.trainer.max_steps:
-        step_start, wait_start = time.perf_counter(), w.batches.wait_s
-        stats = w.trainer.run_step(w.batches)
-        step += 1
-        w.telemetry.step(w.clips_per_step // w.world, time.perf_counter() - step_start, w.batches.wait_s - wait_start)
-        last = step == w.cfg.trainer.max_steps
-        validate = step % w.cfg.trainer.val_every == 0 or last
-        record = log_step(w, meter, step, stats) if step % w.cfg.trainer.log_every == 0 or validate else None
-        if record is not None and not all_finite(record):
-            stop_diverged(w, step, record)
-            return
-        if validate:
-            with meter.paused():
-                validate_and_checkpoint(w, step, record or {})
-        elif record is not None and w.rank == 0:
-            w.runlog.append(record)  # not reported to Ray between checkpoints: ray.train.report is a barrier
-    finish(w, step, meter)
+    try:
+        step = resume(w, config.get("start_from"))
+        w.trainer.wrap(_wrap_for_ddp(w.cfg))
+        check_ranks_agree(w, "after resuming" if step else "at start")
+        if w.rank == 0:
+            w.runlog = RunLog(w.cfg, run_url(w.cfg), step, config.get("tensorboard_url"))
+            for event in w.events:
+                w.runlog.append({"step": step, **event})
+            say(f"[train] {w.cfg.model.name} ({w.cfg.model.preset}) on {w.world} worker(s), {w.device}; "
+                f"{'resuming at' if step else 'starting at'} step {step}/{w.cfg.trainer.max_steps}; "
+                f"{len(w.batches.loader)} batches/epoch/worker")
+        meter = Meter(w.cfg.trainer.max_steps, w.clips_per_step, step)
+        while step < w.cfg.trainer.max_steps:
+            step_start, wait_start = time.perf_counter(), w.batches.wait_s
+            stats = w.trainer.run_step(w.batches)
+            step += 1
+            w.telemetry.step(w.clips_per_step // w.world, time.perf_counter() - step_start,
+                             w.batches.wait_s - wait_start)
+            last = step == w.cfg.trainer.max_steps
+            validate = step % w.cfg.trainer.val_every == 0 or last
+            record = log_step(w, meter, step, stats) if step % w.cfg.trainer.log_every == 0 or validate else None
+            if record is not None and not all_finite(record):
+                return stop_diverged(w, step, record)
+            if validate:
+                with meter.paused():
+                    validate_and_checkpoint(w, step, record or {})
+            elif record is not None and w.rank == 0:
+                w.runlog.append(record)  # not reported to Ray between checkpoints: ray.train.report is a barrier
+        finish(w, step, meter)
+    finally:
+        w.telemetry.close()  # also when the loop fails: no server or discovery file outlives the rank
 
 
 @dataclass
@@ -317,6 +324,7 @@ class Worker:
     telemetry: telemetry.TrainingTelemetry
     clips_per_step: int  # over all ranks
     runlog: Optional[RunLog] = None  # rank 0 only
+    events: list[dict[str, Any]] = field(default_factory=list)  # resumes and skipped checkpoints, for the run log
 
 
 def set_up(config: dict[str, Any]) -> Worker:
@@ -344,19 +352,25 @@ def set_up(config: dict[str, Any]) -> Worker:
 
 
 def resume(w: Worker, start_from: Optional[str]) -> int:
-    """Load this run's latest checkpoint (else ``start_from``, else the Stage-I generator of a
-    refine model); returns the step to continue from. Learning rates stay the config's."""
-    import ray.train
-
+    """Load this run's newest complete checkpoint (else ``start_from``, else the Stage-I generator
+    of a refine model); returns the step to continue from. Learning rates stay the config's."""
     model_state = worker_state = None
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            model_state = checkpointing.read_model(Path(d), expect_model=w.cfg.model.name)
-            worker_state = checkpointing.read_worker(Path(d), w.rank)
+    # The newest checkpoint whose files all load, found on storage: Ray's bookkeeping may miss
+    # the last one (killed before recording it) or point at one a crash left half-written.
+    skipped: list[str] = []
+    found = checkpointing.load_newest_complete(run_url(w.cfg), w.rank, w.cfg.model.name, w.cfg.run.s3_endpoint,
+                                               skipped)
+    for problem in skipped:
+        w.events.append({"event": "skipped_damaged_checkpoint", "problem": problem})
+    if found is not None:
+        uri, model_state, worker_state = found
+        w.events.append({"event": "resumed", "from": uri})
+        if w.rank == 0:
+            say(f"[train] resuming from {uri}")
     elif start_from:
         model_state, worker_state = checkpointing.load_for_worker(start_from, w.rank, w.cfg.model.name,
                                                                   w.cfg.run.s3_endpoint)
+        w.events.append({"event": "started_from", "from": start_from})
     if model_state is None:
         if w.cfg.run.stage1_checkpoint:
             w.trainer.load_stage1(checkpointing.load_stage1_generator(w.cfg.run.stage1_checkpoint,
@@ -375,9 +389,11 @@ def resume(w: Worker, start_from: Optional[str]) -> int:
 
 def log_step(w: Worker, meter: "Meter", step: int, stats: Stats) -> dict[str, Any]:
     """Stats averaged over ranks (the only device sync of a log step), a progress line on rank 0."""
-    values = {**all_reduce_mean(stats, w.device), **w.trainer.learning_rates()}
+    own, mean = all_reduce_mean(stats, w.device)
+    lrs = w.trainer.learning_rates()
+    values = {**mean, **lrs}
     rate, eta, wait_share = meter.window(step, w.batches.wait_s)
-    w.telemetry.stats(step, values)
+    w.telemetry.stats(step, {**own, **lrs})  # this rank's own numbers: dashboards compare ranks
     if w.rank == 0:
         losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
         say(f"[train] step {step}/{w.cfg.trainer.max_steps} | {rate:.1f} clips/s | {losses} | "
@@ -398,7 +414,6 @@ def stop_diverged(w: Worker, step: int, record: dict[str, Any]) -> None:
     error = (f"training diverged at step {step}: {', '.join(f'{k}={v}' for k, v in sorted(bad.items()))} "
              f"(lr_g={lrs.get('lr_g')}, lr_d={lrs.get('lr_d')}); no checkpoint was written past the last "
              f"finite one; lower optim.lr_g / optim.lr_d or the loss weights")
-    w.telemetry.close()
     if w.rank == 0:
         w.runlog.append({**record, "error": error})
         w.runlog.close()
@@ -449,7 +464,6 @@ def report_with_checkpoint(w: Worker, step: int, report: dict[str, Any]) -> int:
 
 
 def finish(w: Worker, step: int, meter: "Meter") -> None:
-    w.telemetry.close()
     if w.rank == 0:
         w.runlog.close()
         say(f"[train] done: {step} steps in {_hms(meter.elapsed())}; run folder {run_url(w.cfg)}")
@@ -503,14 +517,15 @@ class Meter:
         return time.perf_counter() - self.start
 
 
-def all_reduce_mean(stats: Stats, device: torch.device) -> dict[str, float]:
-    """Mean of each statistic over ranks (every rank passes the same keys), as floats."""
+def all_reduce_mean(stats: Stats, device: torch.device) -> tuple[dict[str, float], dict[str, float]]:
+    """(this rank's statistics, their mean over ranks) as floats; every rank passes the same keys."""
     keys = sorted(stats)
     t = torch.stack([stats[k].to(device, torch.float64) for k in keys])
+    own = dict(zip(keys, t.tolist()))
     if _distributed():
         dist.all_reduce(t)
         t /= dist.get_world_size()
-    return dict(zip(keys, t.tolist()))
+    return own, dict(zip(keys, t.tolist()))
 
 
 def broadcast_buffers(trainer: GANTrainer) -> None:
@@ -596,12 +611,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.print_config:
             print(OmegaConf.to_yaml(cfg))
             return 0
-        cfg, _ = prepare(cfg)  # everything the driver can check, before Ray starts
+        cfg, clip_shape = prepare(cfg)  # everything the driver can check, before Ray starts
         if started_ray:
             can_grow = joins_cluster(cfg)  # a cluster we join may autoscale; our own local Ray cannot
             ray.init(address=cfg.run.ray_address)
             wait_for_resources(cfg, can_grow)
-        result = fit(cfg)
+        result = fit(cfg, clip_shape)
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

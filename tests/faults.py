@@ -1,0 +1,130 @@
+"""Fault injection for the reliability tests: a flaky HTTP proxy in front of a real S3 endpoint,
+and a way to find (and kill) the Ray Train workers of this test's own Ray cluster only."""
+
+from __future__ import annotations
+
+import http.client
+import random
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import urlparse
+
+import psutil
+
+S3_503 = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
+          b"<Message>injected fault</Message></Error>")
+
+
+class FlakyS3Proxy:
+    """Forwards HTTP requests to ``upstream``, answering a share ``error`` of them with an S3 503
+    error and dropping a share ``drop`` (connection closed, no response), drawn from a seeded RNG;
+    counts what it injected."""
+
+    def __init__(self, upstream: str, *, error: float = 0.0, drop: float = 0.0, seed: int = 0):
+        self.upstream = urlparse(upstream)
+        self.error, self.drop = error, drop
+        self.rng = random.Random(seed)
+        self.injected = {"error": 0, "drop": 0, "forwarded": 0}
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def _body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+                    out = b""
+                    while True:
+                        size = int(self.rfile.readline().split(b";")[0], 16)
+                        chunk = self.rfile.read(size + 2)[:-2]
+                        if size == 0:
+                            while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                                pass
+                            return out
+                        out += chunk
+                return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+
+            def _handle(self):
+                body = self._body()
+                with proxy.lock:
+                    draw = proxy.rng.random()
+                if draw < proxy.drop:
+                    with proxy.lock:
+                        proxy.injected["drop"] += 1
+                    self.close_connection = True
+                    self.connection.close()
+                    return
+                if draw < proxy.drop + proxy.error:
+                    with proxy.lock:
+                        proxy.injected["error"] += 1
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(S3_503)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(S3_503)
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
+                headers["Content-Length"] = str(len(body))
+                conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
+                try:
+                    conn.request(self.command, self.path, body=body, headers=headers)
+                    resp = conn.getresponse()
+                    data = resp.read()
+                    self.send_response(resp.status)
+                    for k, v in resp.getheaders():
+                        if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                            self.send_header(k, v)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                finally:
+                    conn.close()
+                with proxy.lock:
+                    proxy.injected["forwarded"] += 1
+
+            do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "FlakyS3Proxy":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def ray_train_workers(raylet_pid: int) -> list[psutil.Process]:
+    """The RayTrainWorker actor processes under one raylet (this test's cluster, not another's)."""
+    try:
+        children = psutil.Process(raylet_pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in children:
+        try:
+            if any("RayTrainWorker" in part for part in p.cmdline()[:1]):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def local_raylet_pids() -> list[int]:
+    """PIDs of the raylets of the Ray cluster this process is connected to (ray.init in-process)."""
+    import ray
+
+    node = ray._private.worker._global_node
+    pids = []
+    for info in node.all_processes.get("raylet", []):
+        pids.append(info.process.pid)
+    return pids

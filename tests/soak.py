@@ -1,0 +1,123 @@
+"""Soak test (not in the default suite): ``make soak`` or ``python -m tests.soak --minutes 10``.
+
+A tiny 2-worker training on synthetic shards held on a real S3 endpoint (moto on loopback)
+behind a proxy that fails a share of requests, run as the user runs it (``python -m
+ssagan_dist.train``), for N minutes of cycles. Each cycle restarts the same command and, at a
+random moment, does one of: Ctrl-C (SIGINT; the command must exit 130 and the next cycle
+resume), SIGKILL of one Ray Train worker (the run must continue from a checkpoint), or nothing.
+At the end the run is completed and its final checkpoint must load with the step it claims;
+a report of faults injected and survived is printed and written as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _workers_of(proc: subprocess.Popen) -> list[psutil.Process]:
+    try:
+        kids = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for p in kids:
+        try:
+            if "RayTrainWorker" in " ".join(p.cmdline()[:1]):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--minutes", type=float, default=10.0)
+    ap.add_argument("--fault-share", type=float, default=0.05, help="share of S3 requests failed by the proxy")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--report", default="soak-report.json")
+    a = ap.parse_args(argv)
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from data_tools import synth
+    from ssagan_dist import checkpointing
+    from tests.conftest import free_port
+    from tests.faults import FlakyS3Proxy
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", "soak")
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "soak")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    rng = random.Random(a.seed)
+    port = free_port()
+    moto = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    moto.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="soak")
+    for split, clips, seed in (("train", 64, 0), ("val", 16, 1)):
+        synth.generate(f"s3://soak/sky/{split}", clips=clips, size=32, frames=8, seed=seed, endpoint_url=endpoint,
+                       progress=False)
+    report: dict = {"cycles": [], "faults": {"sigint": 0, "worker_kill": 0}, "survived": True}
+    deadline = time.monotonic() + a.minutes * 60
+    with FlakyS3Proxy(endpoint, error=a.fault_share, drop=a.fault_share / 2, seed=a.seed) as proxy, \
+            tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", "data.train_urls=s3://soak/sky/train",
+               "data.val_urls=s3://soak/sky/val", f"run.s3_endpoint={proxy.url}", f"run.storage_path={tmp}/runs",
+               "run.name=soak", "trainer.val_every=20", "trainer.log_every=20", "run.max_failures=-1",
+               "metrics.enabled=false", "data.loader_workers=0", "trainer.max_steps=1000000"]
+        env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
+        while time.monotonic() < deadline:
+            action = rng.choice(["sigint", "worker_kill", "worker_kill", "none"])
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    text=True)
+            time.sleep(rng.uniform(20, 45))
+            if action == "worker_kill" and (workers := _workers_of(proc)):
+                rng.choice(workers).send_signal(signal.SIGKILL)
+                report["faults"]["worker_kill"] += 1
+                time.sleep(rng.uniform(15, 30))  # it must carry on from a checkpoint
+            proc.send_signal(signal.SIGINT)  # every cycle ends with Ctrl-C; the next one resumes
+            report["faults"]["sigint"] += action == "sigint"
+            _, err = proc.communicate(timeout=300)
+            steps = [c.rsplit("_", 1)[-1] for c in checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")]
+            cycle = {"action": action, "exit": proc.returncode, "newest_checkpoint": steps[0] if steps else None}
+            report["cycles"].append(cycle)
+            print(f"[soak] {cycle}", flush=True)
+            if proc.returncode != 130:
+                report["survived"] = False
+                print(err[-3000:], file=sys.stderr)
+                break
+        # finish: the same command to a step just past the newest checkpoint
+        newest = checkpointing.load_newest_complete(f"{tmp}/runs/soak", 0, "ssagan")
+        final_step = (newest[1]["step"] if newest else 0) + 20
+        done = subprocess.run([*cmd[:-1], f"trainer.max_steps={final_step}"], cwd=ROOT, env=env,
+                              capture_output=True, text=True, timeout=900)
+        final = checkpointing.load_newest_complete(f"{tmp}/runs/soak", 0, "ssagan")
+        report["final"] = {"exit": done.returncode, "step": final[1]["step"] if final else None,
+                           "expected_step": final_step}
+        report["survived"] &= done.returncode == 0 and final is not None and final[1]["step"] == final_step
+        report["s3_faults_injected"] = dict(proxy.injected)
+    moto.stop()
+    Path(a.report).write_text(json.dumps(report, indent=1))
+    print(json.dumps(report, indent=1))
+    print(f"[soak] {'survived' if report['survived'] else 'FAILED'}: {len(report['cycles'])} cycles, "
+          f"{report['faults']['worker_kill']} worker kills, {report['faults']['sigint']} Ctrl-C, "
+          f"{report['s3_faults_injected']['error'] + report['s3_faults_injected']['drop']} S3 faults")
+    return 0 if report["survived"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
