@@ -76,6 +76,21 @@ def test_residual_output_learns_and_stays_in_range():
 def test_unknown_output_is_refused_naming_it():
     with pytest.raises(ValueError, match="output = 'resid'"):
         build_networks("ssagan", "tiny", output="resid")
+    with pytest.raises(ValueError, match="dropout = 1"):
+        build_networks("ssagan", "tiny", dropout=1)
+
+
+def test_decoder_dropout_only_while_training():
+    torch.manual_seed(0)
+    g = build_networks("ssagan", "tiny", output="residual", dropout=0.5)["G"]
+    assert sum(isinstance(m, torch.nn.Dropout) for m in g.modules()) == len(g.up) - 1
+    (x,) = g.example_inputs(2)
+    torch.nn.init.normal_(g.up[-1][0].weight, 0, 0.02)  # a trained-looking output layer
+    with torch.no_grad():
+        g.eval()
+        assert torch.equal(g(x), g(x))  # deterministic at evaluation
+        g.train()
+        assert not torch.equal(g(x), g(x))
 
 
 # -- real-footage data path ----------------------------------------------------------------------

@@ -90,12 +90,14 @@ def _conv(spec: LayerSpec, transpose: bool = False) -> nn.Module:
 
 
 def _block(conv: nn.Module, channels: int, norm: bool, act: nn.Module | None, ssa: bool,
-           reduced_channels: int | None) -> nn.Sequential:
+           reduced_channels: int | None, dropout: float = 0.0) -> nn.Sequential:
     layers = [conv]
     if norm:
         layers.append(nn.BatchNorm3d(channels))
     if act is not None:
         layers.append(act)
+    if dropout:
+        layers.append(nn.Dropout(dropout))
     if ssa:
         layers.append(SpatialSelfAttention(channels, reduced_channels))
     return nn.Sequential(*layers)
@@ -109,12 +111,16 @@ class UNet3DGenerator(nn.Module):
     block's output; None = all but the innermost. MD-GAN Stage II drops the two outermost
     (``drop_outer_skips(...)``).
     ``output``: "direct" (the papers) or "residual" (the change from the input clip).
+    ``dropout``: dropout after each decoder block but the output layer, during training only (as
+    pix2pix's decoder; 0 = none, the papers).
     """
 
     def __init__(self, size: int = 128, frames: int = 32, base_width: int = 32, in_channels: int = 3,
                  ssa: bool = False, reduced_channels: int | None = None, skips: Sequence[int] | None = None,
-                 stem: bool | None = None, output: str = "direct"):
+                 stem: bool | None = None, output: str = "direct", dropout: float = 0.0):
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout = {dropout}: must be in [0, 1)")
         self.size, self.frames, self.in_channels = size, frames, in_channels
         self.output = check_output(output)
         plan = encoder_plan(size, frames, base_width, in_channels, stem)
@@ -131,7 +137,8 @@ class UNet3DGenerator(nn.Module):
         self.up = nn.ModuleList()
         for spec in reversed(plan[1:]):
             self.up.append(_block(_conv(spec, transpose=True), spec.in_channels, norm=True,
-                                  act=nn.ReLU(inplace=True), ssa=ssa, reduced_channels=reduced_channels))
+                                  act=nn.ReLU(inplace=True), ssa=ssa, reduced_channels=reduced_channels,
+                                  dropout=dropout))
         self.up.append(nn.Sequential(_conv(plan[0], transpose=True), nn.Tanh()))
 
     def start_unchanged(self) -> None:
@@ -204,10 +211,10 @@ PRESETS = {"paper": PAPER, "tiny": TINY}
 
 
 def _generator(size: int, frames: int, base_width: int, ssa: bool, stage: int, reduced_channels: int | None,
-               stem: bool | None, output: str = "direct") -> UNet3DGenerator:
+               stem: bool | None, output: str = "direct", dropout: float = 0.0) -> UNet3DGenerator:
     skips = drop_outer_skips(size, frames, 2, stem) if stage == 2 else None
     return UNet3DGenerator(size, frames, base_width, ssa=ssa, reduced_channels=reduced_channels, skips=skips,
-                           stem=stem, output=output)
+                           stem=stem, output=output, dropout=dropout)
 
 
 def _initialised(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
@@ -220,9 +227,9 @@ def _initialised(nets: dict[str, nn.Module]) -> dict[str, nn.Module]:
 
 def build_one_stage(size: int = 128, frames: int = 32, base_width: int = 32, ssa: bool = False,
                     reduced_channels: int | None = None, stem: bool | None = None,
-                    output: str = "direct") -> dict[str, nn.Module]:
+                    output: str = "direct", dropout: float = 0.0) -> dict[str, nn.Module]:
     return _initialised({
-        "G": _generator(size, frames, base_width, ssa, 1, reduced_channels, stem, output),
+        "G": _generator(size, frames, base_width, ssa, 1, reduced_channels, stem, output, dropout),
         "D": UNet3DDiscriminator(size, frames, base_width, stem=stem),
     })
 
@@ -241,22 +248,22 @@ def build_refine(size: int = 128, frames: int = 32, base_width: int = 32, ssa: b
 @register("ssagan", trainer="onestage", presets=PRESETS,
           description="SSA-GAN (seed 000): 3D U-Net G with spatial self-attention after every conv/deconv, one stage")
 def ssagan(size: int = 128, frames: int = 32, base_width: int = 32, reduced_channels: int | None = None,
-           stem: bool | None = None, output: str = "direct") -> dict[str, nn.Module]:
-    return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output)
+           stem: bool | None = None, output: str = "direct", dropout: float = 0.0) -> dict[str, nn.Module]:
+    return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output, dropout)
 
 
 @register("ssagan_a", trainer="onestage", presets=PRESETS,
           description="SSA-GAN (a) (seed 000 Table 2): SSA added to MD-GAN Stage I (the same network as ssagan)")
 def ssagan_a(size: int = 128, frames: int = 32, base_width: int = 32, reduced_channels: int | None = None,
-             stem: bool | None = None, output: str = "direct") -> dict[str, nn.Module]:
-    return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output)
+             stem: bool | None = None, output: str = "direct", dropout: float = 0.0) -> dict[str, nn.Module]:
+    return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output, dropout)
 
 
 @register("mdgan_stage1", trainer="onestage", presets=PRESETS,
           description="MD-GAN Stage I / Base-Net (seed 002): the 3D U-Net G without SSA, 39,072,576 params at paper size")
 def mdgan_stage1(size: int = 128, frames: int = 32, base_width: int = 32,
-                 stem: bool | None = None, output: str = "direct") -> dict[str, nn.Module]:
-    return build_one_stage(size, frames, base_width, False, None, stem, output)
+                 stem: bool | None = None, output: str = "direct", dropout: float = 0.0) -> dict[str, nn.Module]:
+    return build_one_stage(size, frames, base_width, False, None, stem, output, dropout)
 
 
 @register("mdgan_stage2", trainer="refine", presets=PRESETS,
