@@ -188,12 +188,16 @@ def check_report_renders(sweep_dir: Path, tmp_path: Path) -> None:
     assert "data:image/png;base64," in text and "data:image/gif;base64," in text
     shot = tmp_path / "report.png"
     proc = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
+         "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
          "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", f"--screenshot={shot}",
          "--window-size=1400,2400", page.as_uri()],
         capture_output=True, text=True, timeout=120)
-    console = [ln for ln in proc.stderr.splitlines() if "CONSOLE" in ln or "Uncaught" in ln]
+    # Every console message of the page fails the test, except the notices the browser itself adds
+    # when its software WebGL (the parallel-coordinates plot) runs without a GPU
+    console = [ln for ln in proc.stderr.splitlines() if ("CONSOLE" in ln or "Uncaught" in ln)
+               and '"[.WebGL-' not in ln and "software WebGL" not in ln]
     assert not console, console
     assert shot.exists(), proc.stderr[-2000:]
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
@@ -250,8 +254,21 @@ def test_pbt_exploit_copies_the_donor_checkpoint_and_applies_explored_learning_r
 
 # -- resume: a killed driver, the same name again ---------------------------------------------------
 
+RESUME_SWEEP = """\
+metric: val/psnr
+search: {algorithm: grid}
+space: {optim.lr_g: {grid: [1.0e-3, 1.0e-4]}}
+overrides: [trainer.num_workers=1, trainer.cpus_per_worker=0.5, trainer.batch_size=2, trainer.max_steps=2,
+            trainer.val_every=2, trainer.val_batches=1, trainer.log_every=2, data.loader_workers=0, optim.n_critic=1]
+driver_cpus: 0.1
+max_concurrent_trials: 1
+report_timeout_s: 300
+"""
+
+
 def test_killed_sweep_resumes_without_rerunning_finished_trials(sky, tmp_path):
-    args = sweep_cmd(sky, tmp_path, "tiny_asha", "--name", "resumed", "--no-report")
+    (tmp_path / "two.yaml").write_text(RESUME_SWEEP)
+    args = sweep_cmd(sky, tmp_path, str(tmp_path / "two.yaml"), "--name", "resumed", "--no-report")
     sweep_dir = tmp_path / "resumed"
     mark = uuid.uuid4().hex
     proc = start_sweep(args, mark)
@@ -274,7 +291,7 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(sky, tmp_path):
     assert again.returncode == 0, again.stdout[-3000:]
     assert "resuming sweep resumed" in again.stdout
     after = {t.trial_id: t for t in trial_results(sweep_dir)}
-    assert len(after) == 4
+    assert len(after) == 2
     assert set(tune_statuses(sweep_dir).values()) == {"TERMINATED"}
     for trial_id, t in before.items():  # not re-run: no new Train run, no new results
         assert len(after[trial_id].history) == len(t.history) == 1
