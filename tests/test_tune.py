@@ -278,7 +278,8 @@ def test_killed_sweep_resumes_without_rerunning_finished_trials(sky, tmp_path):
             assert proc.poll() is None, proc.stdout.read()[-3000:]
             time.sleep(0.5)
     finally:
-        os.killpg(proc.pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
         for p in processes_marked(mark):
             p.kill()
         proc.wait()

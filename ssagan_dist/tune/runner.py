@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -155,7 +156,10 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
 
     started_ray = not ray.is_initialized()
     if started_ray:
-        ray.init(address=cfg.run.ray_address, **({"num_cpus": num_cpus} if num_cpus else {}))
+        # No address and no RAY_ADDRESS (which `ray job submit` sets): a new local Ray of our own,
+        # never whatever `ray start` cluster happens to run on this machine.
+        address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, **({"num_cpus": num_cpus} if num_cpus and address == "local" else {}))
     try:
         need = per_trial_resources(cfg, sweep.driver_cpus)
         fit = concurrent_trials(ray.cluster_resources(), need)
