@@ -178,8 +178,13 @@ def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: in
     train_urls = _train_urls(cfg, train_data)
     change = None
     if train_urls:
-        change = mean_change(ClipLoader(resolve_urls(train_urls, endpoint_url=endpoint_url), batch_size,
-                                        shuffle=False, endpoint_url=endpoint_url, drop_last=False))
+        try:
+            train_loader = ClipLoader(resolve_urls(train_urls, endpoint_url=endpoint_url), batch_size,
+                                      shuffle=False, endpoint_url=endpoint_url, drop_last=False)
+        except FileNotFoundError as e:
+            raise FileNotFoundError(f"training data for the mean-change baseline ({train_urls}): {e}; pass "
+                                    "--train-data URL, or --train-data '' to leave that baseline out") from e
+        change = mean_change(train_loader)
     keep = Extremes(extremes) if out and extremes else None
     result, _ = score(trainer, loader, state["clip_shape"][1], device, max_batches=max_batches, progress=progress,
                       change=change, extremes=keep)

@@ -142,3 +142,28 @@ def test_report_files(held_out, tmp_path):
         assert png.height > 4 * 2 * 16
     table = evaluate.format_table(r)
     assert "copy frame" in table and "mean training change" in table
+
+
+def test_evaluate_cli_on_an_untrained_residual_checkpoint(tmp_path, capsys):
+    """The real command on a real checkpoint: the preset's untrained residual G is copy-frame, so
+    its scores equal the copy-frame baseline's; the report files are written."""
+    from ssagan_dist import checkpointing, factory
+    from ssagan_dist.config import load_config
+
+    generate(str(tmp_path / "val"), 5, size=32, frames=8, seed=1, progress=False)
+    generate(str(tmp_path / "train"), 6, size=32, frames=8, seed=0, progress=False)
+    cfg = load_config("tiny_cpu", [f"data.train_urls={tmp_path / 'train'}", f"data.val_urls={tmp_path / 'val'}"])
+    ckpt = tmp_path / "run" / "checkpoint_000000000"
+    ckpt.mkdir(parents=True)
+    checkpointing.write(ckpt, rank=0, worker_state={}, trainer=factory.build_trainer(cfg), step=0,
+                        clip_shape=[3, 8, 32, 32], cfg=cfg)
+    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "val"), "--batch-size", "2",
+                          "--out", str(tmp_path / "report"), "--json"]) == 0
+    r = json.loads(capsys.readouterr().out)
+    assert r["count"] == 5 and r["output"] == "residual" and r["train_data"] == str(tmp_path / "train")
+    assert (r["psnr"], r["ssim"]) == (r["baseline_psnr"], r["baseline_ssim"])
+    assert "mean_change_psnr" in r
+    assert {p.name for p in (tmp_path / "report").iterdir()} >= {"scores.json", "per_frame.png", "extremes.png"}
+    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "val"),
+                          "--train-data", str(tmp_path / "missing")]) == 2
+    assert "--train-data" in capsys.readouterr().err
