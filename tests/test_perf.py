@@ -141,3 +141,18 @@ def test_compile_step_on_cpu_matches_eager_closely():
     assert set(compiled.nets["G"].state_dict()) == set(eager.nets["G"].state_dict())  # checkpoints unchanged
     for k in a:
         assert torch.isfinite(b[k]) and torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, a[k], b[k])
+
+
+def test_chunked_attention_candidate_matches_eqs_1_to_3_with_exact_gradients():
+    """The attention benchmark's chunked-bmm SSA (proposed for CPU at large d): outputs equal the
+    literal eqs. 1-3, and its hand-written backward passes gradcheck in float64."""
+    from ssagan_dist.bench.attention import chunked_spatial_attention
+    from ssagan_dist.models.attention import SpatialSelfAttention, literal_spatial_attention
+
+    torch.manual_seed(0)
+    module = SpatialSelfAttention(2).double()
+    with torch.no_grad():
+        module.gamma.fill_(1.0)
+    x = torch.randn(1, 2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    assert torch.allclose(chunked_spatial_attention(module, x, 5), literal_spatial_attention(module, x), rtol=1e-10)
+    assert torch.autograd.gradcheck(lambda x: chunked_spatial_attention(module, x, 5), (x,))

@@ -25,10 +25,58 @@ import time
 from typing import Callable
 
 import torch
+from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
 from ssagan_dist.models.attention import SpatialSelfAttention, literal_spatial_attention
+
+class ChunkedAttention(torch.autograd.Function):
+    """softmax(scale·q kᵀ) v, one block of queries at a time: never more than N×chunk×L scores,
+    backward recomputes each block's scores from q, k and the saved log-sum-exp (flash-style
+    algorithm on plain bmm, which CPU BLAS runs at full speed for any d)."""
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, scale: float, chunk: int) -> Tensor:
+        out = torch.empty(*q.shape[:-1], v.shape[-1], dtype=q.dtype, device=q.device)
+        lse = torch.empty(q.shape[:-1], dtype=q.dtype, device=q.device)
+        kt = k.transpose(1, 2)
+        for i in range(0, q.shape[1], chunk):
+            s = torch.bmm(q[:, i:i + chunk], kt).mul_(scale)
+            lse[:, i:i + chunk] = torch.logsumexp(s, -1)
+            out[:, i:i + chunk] = torch.bmm(s.sub_(lse[:, i:i + chunk, None]).exp_(), v)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.scale, ctx.chunk = scale, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, out, lse = ctx.saved_tensors
+        scale, chunk = ctx.scale, ctx.chunk
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        delta = (grad_out * out).sum(-1)
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+        for i in range(0, q.shape[1], chunk):
+            sl = slice(i, i + chunk)
+            p = torch.bmm(q[:, sl], kt).mul_(scale).sub_(lse[:, sl, None]).exp_()
+            dv.baddbmm_(p.transpose(1, 2), grad_out[:, sl])
+            ds = torch.bmm(grad_out[:, sl], vt).sub_(delta[:, sl, None]).mul_(p).mul_(scale)
+            dq[:, sl] = torch.bmm(ds, k)
+            dk.baddbmm_(ds.transpose(1, 2), q[:, sl])
+        return dq, dk, dv, None, None
+
+
+def chunked_spatial_attention(module: SpatialSelfAttention, x: Tensor, chunk: int = 512) -> Tensor:
+    """Eqs. 1-3 through ``ChunkedAttention``: a candidate for ``SpatialSelfAttention`` on CPU at
+    large d (= C·T), where the CPU flash kernel's backward is slow (docs/performance.md)."""
+    n, c, t, h, w = x.shape
+    q = module.query(x).reshape(n, -1, h * w).transpose(1, 2)
+    k = module.key(x).reshape(n, -1, h * w).transpose(1, 2)
+    v = module.value(x).reshape(n, c * t, h * w).transpose(1, 2)
+    scale = q.shape[-1] ** -0.5 if module.scaled else 1.0
+    o = ChunkedAttention.apply(q.contiguous(), k.contiguous(), v.contiguous(), scale, chunk)
+    return module.gamma * o.transpose(1, 2).reshape(n, c, t, h, w) + x
+
 
 SHAPE = (4, 8, 8, 64, 64)  # N, C, T, H, W
 CONV1_SHAPE = (1, 32, 32, 64, 64)  # the paper generator's conv1 output (seed 000 Table 1), one clip
@@ -108,16 +156,21 @@ def measure(device: str = "cpu", shape: tuple[int, ...] = SHAPE) -> dict:
     def literal_step():
         literal_spatial_attention(module, x.clone().requires_grad_()).sum().backward()
 
+    def chunked_step():
+        chunked_spatial_attention(module, x.clone().requires_grad_()).sum().backward()
+
     peak = _cpu_peak_bytes if device == "cpu" else _cuda_peak_bytes
-    fused_step(), literal_step()  # warm-up: lazy inits and workspace allocations
-    fused, literal = peak(fused_step), peak(literal_step)
-    fused_s, literal_s = _median_seconds([fused_step, literal_step], device)
+    fused_step(), literal_step(), chunked_step()  # warm-up: lazy inits and workspace allocations
+    fused, literal, chunked = peak(fused_step), peak(literal_step), peak(chunked_step)
+    fused_s, literal_s, chunked_s = _median_seconds([fused_step, literal_step, chunked_step], device)
     with torch.no_grad():
         gamma = module.gamma.item()
         module.gamma.fill_(1.0)
         o_fused, o_literal = module(x) - x, literal_spatial_attention(module, x) - x
+        o_chunked = chunked_spatial_attention(module, x) - x
         module.gamma.fill_(gamma)
         rel = ((o_fused - o_literal).norm() / o_literal.norm()).item()
+        rel_chunked = ((o_chunked - o_literal).norm() / o_literal.norm()).item()
     return {
         "device": device,
         "shape_NCTHW": list(shape),
@@ -131,6 +184,9 @@ def measure(device: str = "cpu", shape: tuple[int, ...] = SHAPE) -> dict:
         "threads": torch.get_num_threads(),
         "relative_error": float(f"{rel:.3g}"),
         "equal_within_1e-5": rel <= EQUAL_RTOL,
+        "chunked_peak_mib": round(chunked / 2**20, 2),
+        "chunked_ms": round(chunked_s * 1e3, 1),
+        "chunked_relative_error": float(f"{rel_chunked:.3g}"),
         "method": ("torch.profiler memory events (running sum of CPU allocator allocs/frees)"
                    if device == "cpu" else "torch.cuda.max_memory_allocated"),
     }
@@ -173,7 +229,9 @@ def run(json_out: bool = False) -> dict:
             print(f"[{key}] N,C,T,H,W={r['shape_NCTHW']}  backend={r['sdpa_backend']}  "
                   f"fused={r['fused_peak_mib']} MiB {r['fused_ms']} ms  literal={r['literal_peak_mib']} MiB "
                   f"{r['literal_ms']} ms  memory ratio={r['ratio']}x  speedup={r['speedup']}x  "
-                  f"rel. error {r['relative_error']}  ({r['method']}, {r['threads']} threads)")
+                  f"rel. error {r['relative_error']}  ({r['method']}, {r['threads']} threads); "
+                  f"chunked bmm: {r['chunked_peak_mib']} MiB {r['chunked_ms']} ms, "
+                  f"rel. error {r['chunked_relative_error']}")
         print(f"load average (1 min): {results['load_avg_1m']}")
     return results
 
