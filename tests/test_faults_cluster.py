@@ -1,0 +1,51 @@
+"""A lost node of a multi-node cluster (ray.cluster_utils.Cluster: real raylets on loopback)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ssagan_dist import checkpointing, train
+from tests.faults import ray_train_workers
+from tests.test_faults import FAST, assert_same_weights, data_args, events
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = [c.add_node(num_cpus=1) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False)
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_a_removed_node_is_survived_with_the_same_final_weights(cluster, sky, tmp_path):
+    c, nodes = cluster
+    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}",
+            "trainer.max_steps=120", "trainer.val_every=20", "trainer.log_every=20"]
+    assert train.main([*args, "run.name=straight"]) == 0
+    out: dict = {}
+    thread = threading.Thread(target=lambda: out.setdefault("rc", train.main([*args, "run.name=lost"])), daemon=True)
+    thread.start()
+    first = tmp_path / "lost" / "checkpoint_000000020" / "model.pt"
+    deadline = time.monotonic() + 400
+    while not first.exists():
+        assert time.monotonic() < deadline and thread.is_alive(), f"no checkpoint; train.main returned {out}"
+        time.sleep(0.05)
+    hosting = [n for n in nodes if ray_train_workers(n.all_processes["raylet"][0].process.pid)]
+    assert len(hosting) == 1
+    c.remove_node(hosting[0])  # the node and its worker are gone; the other node has room
+    thread.join(timeout=300)
+    assert out.get("rc") == 0
+    # the group restarted from a checkpoint (a save cut short by the fault is skipped, if any)
+    assert "resumed" in [e["event"] for e in events(tmp_path / "lost")]
+    assert checkpointing.read_model(Path(tmp_path / "lost" / "checkpoint_000000120"))["step"] == 120
+    assert_same_weights(tmp_path / "straight", tmp_path / "lost")
