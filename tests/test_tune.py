@@ -241,7 +241,7 @@ def test_pbt_exploit_copies_the_donor_checkpoint_and_applies_explored_learning_r
     cfg.run.storage_path, cfg.run.name = str(tmp_path / "replay"), "replay"
     cfg.trainer.max_steps = after["step"]
     cfg.metrics.enabled = False
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a shared cluster
     try:
         train.build_ray_trainer(cfg, [3, 8, 32, 32], start_from=str(donor_ckpt)).fit()
     finally:
