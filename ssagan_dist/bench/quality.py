@@ -109,7 +109,9 @@ def train(work: Path, name: str, train_urls: str, val_urls: str, output: str, ti
     shutil.rmtree(runs / name, ignore_errors=True)
     cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", f"data.train_urls={train_urls}",
            f"data.val_urls={val_urls}", f"run.storage_path={runs}", f"run.name={name}",
-           f"model.args.output={output}", *os.environ.get("QUALITY_OVERRIDES", "").split()]
+           f"model.args.output={output}",
+           "run.ray_address=local",  # its own Ray: never join (or be stopped with) another user's cluster
+           *os.environ.get("QUALITY_OVERRIDES", "").split()]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     start = time.perf_counter()
     with open(work / f"{name}.log", "w") as log:
