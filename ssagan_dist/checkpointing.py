@@ -149,7 +149,10 @@ def load_newest_complete(run_uri: str, rank: int, expect_model: str, endpoint_ur
                     raise DamagedCheckpoint(f"{uri}: no {CONFIG_FILE}")
                 model = read_model(Path(tmp), expect_model)
                 workers = {p.name: read_worker(Path(tmp), int(p.stem.split("-")[1])) for p in Path(tmp).glob("worker-*.pt")}
-                return uri, model, workers.get(worker_file(rank))
+                mine = workers.get(worker_file(rank))
+                if mine is None and worker_file(0) in workers:  # a rank the group did not have: the
+                    mine = {"loader": workers[worker_file(0)]["loader"]}  # data position is rank 0's
+                return uri, model, mine
         except (DamagedCheckpoint, FileNotFoundError) as e:  # storage faults propagate: never skip on them
             log.warning("skipping damaged checkpoint %s: %s", uri, e)
             if skipped is not None:

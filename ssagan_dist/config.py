@@ -49,7 +49,11 @@ class DataConfig:
 
 @dataclass
 class TrainerConfig:
-    num_workers: int = 1  # Ray Train workers (DDP ranks)
+    num_workers: int = 1  # Ray Train workers (DDP ranks); with min_workers, the most
+    # Elastic training (spot capacity): 0 = a fixed group of num_workers. Else the group may run
+    # with any size in [min_workers, num_workers] as the cluster allows, resizing from the latest
+    # checkpoint; the global batch (batch_size x num_workers) is kept, so each size must divide it.
+    min_workers: int = 0
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
     batch_size: int = 4  # per worker
@@ -195,6 +199,8 @@ def validate(cfg: ExperimentConfig) -> None:
         ("model.name", cfg.model.name in factory.registry.names(), f"one of {factory.registry.names()}"),
         ("model.preset", cfg.model.preset in ("tiny", "paper"), "'tiny' or 'paper'"),
         ("trainer.num_workers", cfg.trainer.num_workers >= 1, ">= 1"),
+        ("trainer.min_workers", 0 <= cfg.trainer.min_workers <= cfg.trainer.num_workers,
+         "0 (a fixed group) or in [1, trainer.num_workers]"),
         ("trainer.batch_size", cfg.trainer.batch_size >= 1, ">= 1"),
         ("trainer.max_steps", cfg.trainer.max_steps >= 1, ">= 1"),
         ("trainer.cpus_per_worker", cfg.trainer.cpus_per_worker > 0, "> 0"),
@@ -230,6 +236,12 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError("config key 'perf.autocast' = 'fp16' needs trainer.use_gpu=true (on CPU use 'bf16')")
     if cfg.perf.ddp_bucket_cap_mb < 1:
         raise ConfigError(f"config key 'perf.ddp_bucket_cap_mb' = {cfg.perf.ddp_bucket_cap_mb!r}: must be >= 1")
+    global_batch = cfg.trainer.batch_size * cfg.trainer.num_workers
+    uneven = [w for w in range(max(cfg.trainer.min_workers, 1), cfg.trainer.num_workers) if global_batch % w]
+    if cfg.trainer.min_workers and uneven:
+        raise ConfigError(f"config key 'trainer.min_workers' = {cfg.trainer.min_workers}: an elastic group keeps the "
+                          f"global batch trainer.batch_size x trainer.num_workers = {global_batch}, which "
+                          f"{', '.join(map(str, uneven))} worker(s) cannot split evenly; pick sizes that divide it")
     if cfg.trainer.sync_batchnorm and not cfg.trainer.use_gpu:
         raise ConfigError("config key 'trainer.sync_batchnorm' = True needs trainer.use_gpu=true "
                           "(torch's SyncBatchNorm runs on GPUs only)")

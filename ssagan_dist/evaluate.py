@@ -32,7 +32,7 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
-from ssagan_dist import checkpointing, metrics
+from ssagan_dist import checkpointing, cli, metrics
 from ssagan_dist.data import ClipLoader, resolve_urls
 from ssagan_dist.trainers import GANTrainer
 
@@ -238,6 +238,7 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@cli.command
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ssagan_dist.evaluate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -252,14 +253,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--s3-endpoint", default=None, help="S3 endpoint URL (else AWS_ENDPOINT_URL)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    cli.add_debug_flag(p)
     a = p.parse_args(argv)
-    try:
-        r = evaluate(a.checkpoint, a.data, batch_size=a.batch_size, max_batches=a.max_batches, device=a.device,
-                     endpoint_url=a.s3_endpoint, progress=not a.json, train_data=a.train_data, out=a.out,
-                     extremes=a.extremes)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    r = evaluate(a.checkpoint, a.data, batch_size=a.batch_size, max_batches=a.max_batches, device=a.device,
+                 endpoint_url=a.s3_endpoint, progress=not a.json, train_data=a.train_data, out=a.out,
+                 extremes=a.extremes)
     if a.json:
         print(json.dumps(r, sort_keys=True))
         return 0

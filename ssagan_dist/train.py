@@ -217,6 +217,10 @@ def storage_for_ray(cfg: ExperimentConfig) -> tuple[str, Any]:
     return path[len("s3://"):], pyarrow.fs.S3FileSystem(**kwargs)
 
 
+def elastic(cfg: ExperimentConfig) -> bool:
+    return 0 < cfg.trainer.min_workers < cfg.trainer.num_workers
+
+
 def run_url(cfg: ExperimentConfig) -> str:
     return storage.join(cfg.run.storage_path, cfg.run.name)
 
@@ -240,7 +244,8 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks
                            "trial": trial, "tensorboard_url": tensorboard_url},
         torch_config=TorchConfig(backend="nccl" if cfg.trainer.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.trainer.num_workers, use_gpu=cfg.trainer.use_gpu,
+            num_workers=((cfg.trainer.min_workers, cfg.trainer.num_workers) if elastic(cfg) else cfg.trainer.num_workers),
+            use_gpu=cfg.trainer.use_gpu,
             resources_per_worker={"CPU": cfg.trainer.cpus_per_worker, **({"GPU": 1} if cfg.trainer.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=list(callbacks),
@@ -337,16 +342,19 @@ def set_up(config: dict[str, Any]) -> Worker:
     _set_determinism(cfg)  # identical initial weights on every rank
     trainer = perf.apply(factory.build_trainer(cfg, ray.train.torch.get_device()), cfg.perf)
     ep = cfg.run.s3_endpoint
-    loader_kwargs = dict(batch_size=cfg.trainer.batch_size, rank=rank, world_size=world, seed=cfg.trainer.seed,
+    # An elastic group keeps the global batch: each of `world` ranks takes its share of it.
+    batch_size = cfg.trainer.batch_size * cfg.trainer.num_workers // world
+    loader_kwargs = dict(batch_size=batch_size, rank=rank, world_size=world, seed=cfg.trainer.seed,
                          num_workers=cfg.data.loader_workers, endpoint_url=ep, skip_bad=cfg.data.skip_bad,
                          prefetch=cfg.data.prefetch, pin_memory=perf.pin_memory(cfg))
-    train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, **loader_kwargs)
+    train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, elastic=elastic(cfg),
+                              **loader_kwargs)
     val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, **loader_kwargs)
                   if cfg.data.val_urls else None)
     tm = telemetry.TrainingTelemetry(cfg.metrics, run=cfg.run.name, trial=config.get("trial") or "", rank=rank,
                                      world=world, model=cfg.model.name)
     tm.start()
-    clips_per_step = sum(p.repeats for p in trainer.phases()) * cfg.trainer.batch_size * world
+    clips_per_step = sum(p.repeats for p in trainer.phases()) * batch_size * world
     return Worker(cfg, config["clip_shape"], rank, world, trainer.device, trainer, BatchStream(train_loader),
                   val_loader, tm, clips_per_step)
 
@@ -379,9 +387,14 @@ def resume(w: Worker, start_from: Optional[str]) -> int:
         return 0
     w.trainer.load_state_dict(model_state["trainer"])
     if worker_state is not None:
-        w.batches.loader.load_state_dict(worker_state["loader"])
+        try:
+            w.batches.loader.load_state_dict(worker_state["loader"])
+        except ValueError as e:
+            raise RuntimeError(f"cannot continue run {run_url(w.cfg)} with {w.world} worker(s): {e}; set "
+                               "trainer.min_workers for a group that may resize, or start a new run.name") from None
+    if worker_state is not None and "rng" in worker_state:
         checkpointing.set_rng_state(worker_state["rng"])
-    else:  # a checkpoint from fewer ranks: this rank starts its own noise and epoch position afresh
+    else:  # a rank the checkpoint did not have (the group grew): its own noise, seeded afresh
         torch.manual_seed(w.cfg.trainer.seed * 1_000_003 + w.rank + 1 + model_state["step"])
     w.telemetry.resumed(model_state["step"])
     return model_state["step"]

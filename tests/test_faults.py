@@ -218,3 +218,46 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_process(sky, 
     assert "resuming from" in done.stdout
     lines = [json.loads(x) for x in (tmp_path / "int" / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 30
+
+
+# -- elastic training -------------------------------------------------------------------------------
+
+def test_elastic_loader_resplits_the_rest_of_the_epoch_over_a_resized_group(sky):
+    """2 ranks x 2 clips for 3 steps, then the group shrinks to 1 rank x 4 clips, then grows to
+    4 ranks x 1: every clip of the epoch is seen exactly once and the global batch stays 4."""
+    from ssagan_dist.data import ClipLoader
+
+    url = str(sky / "train")  # 24 clips
+
+    def group(world: int, state=None):
+        loaders = [ClipLoader(url, 4 // world, rank=r, world_size=world, elastic=True) for r in range(world)]
+        for ld in loaders:
+            if state is not None:
+                ld.load_state_dict(state)
+        return loaders
+
+    seen: list[str] = []
+
+    def steps(loaders, n):
+        its = [iter(ld) for ld in loaders]
+        for _ in range(n):
+            batches = [next(it) for it in its]
+            assert sum(len(b["key"]) for b in batches) == 4  # the global batch is kept
+            seen.extend(k for b in batches for k in b["key"])
+        return loaders[0].state_dict()
+
+    state = steps(group(2), 3)
+    state = steps(group(1, state), 1)
+    steps(group(4, state), 2)  # 3 + 1 + 2 = 6 steps = 24 clips: the whole epoch
+    assert len(seen) == len(set(seen)) == 24
+    with pytest.raises(ValueError, match="global batch"):
+        ClipLoader(url, 3, world_size=1, elastic=True).load_state_dict(state)
+
+
+def test_elastic_config_checks_the_global_batch_splits():
+    from ssagan_dist.config import ConfigError, load_config
+
+    cfg = load_config("tiny_cpu", ["trainer.num_workers=4", "trainer.min_workers=2", "trainer.batch_size=3"])
+    assert train.elastic(cfg)  # a global batch of 12 splits over 2, 3 and 4 workers
+    with pytest.raises(ConfigError, match="trainer.min_workers.*= 8, which 3 worker"):
+        load_config("tiny_cpu", ["trainer.num_workers=4", "trainer.min_workers=2", "trainer.batch_size=2"])

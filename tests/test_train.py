@@ -167,8 +167,8 @@ def test_every_trainer_runs_through_the_entry_point(ray_cluster, model, tmp_path
 def test_refine_trainers_start_from_a_stage1_checkpoint(ray_cluster, model, sky, tmp_path):
     stage1 = "mdgan_stage1"  # SSA-GAN (b) adds SSA to Stage II only; its Stage I is MD-GAN's
     base = [*FAST, *data_args(sky), f"run.storage_path={tmp_path}"]
-    assert train.main(["--config", "tiny_cpu", *base, f"model.name={stage1}", "run.name=stage1"]) == 0
-    assert train.main(["--config", "tiny_cpu", *base, f"model.name={model}", "run.name=stage2",
+    assert train.main(["--config", "defaults", *base, f"model.name={stage1}", "run.name=stage1"]) == 0
+    assert train.main(["--config", "defaults", *base, f"model.name={model}", "run.name=stage2",
                        f"run.stage1_checkpoint={tmp_path / 'stage1'}"]) == 0
     g1 = checkpointing.read_model(latest(tmp_path / "stage1"))["trainer"]["nets"]["G"]
     frozen = checkpointing.read_model(latest(tmp_path / "stage2"))["trainer"]["nets"]["G_stage1"]

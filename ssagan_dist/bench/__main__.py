@@ -8,6 +8,8 @@ import importlib
 import json
 import sys
 
+from ssagan_dist import cli
+
 BENCHMARKS = {
     "attention": "SSA fused vs literal attention: forward+backward peak memory",
     "loader": "ClipLoader clips/s from local shards and S3 vs a frame-folder JPEG loader",
@@ -15,17 +17,17 @@ BENCHMARKS = {
     "step": "training step clips/s and FLOP utilisation, tiny_cpu and medium, each speed switch on/off",
     "overhead": "the tiny_cpu step under Ray Train (1 worker) vs a bare loop; command-to-first-step time",
     "scaling": "1 vs 2 Ray Train workers (gloo), clips/s, efficiency; compute / all-reduce / data wait",
-    "overhead": "the tiny_cpu step under Ray Train (1 worker) vs a bare loop; command-to-first-step time",
-    "scaling": "1 vs 2 Ray Train workers (gloo), clips/s, efficiency; compute / all-reduce / data wait",
     "quality": "tiny_cpu direct vs residual output on held-out skies and real footage vs copy-frame (~20 min)",
 }
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ssagan_dist.bench", description=__doc__)
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()) + " (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object of every result")
+    cli.add_debug_flag(p)
     a = p.parse_args(argv)
     unknown = sorted(set(a.names) - set(BENCHMARKS))
     if unknown:

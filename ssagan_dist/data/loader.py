@@ -186,6 +186,12 @@ class ClipLoader:
 
     ``len(loader)`` is the same on every rank. Iterating runs the rest of the current epoch and then
     moves to the next one; ``state_dict()`` / ``load_state_dict()`` resume mid-epoch exactly.
+
+    ``elastic=True`` (for a worker group that may resize): global batch k is clips
+    ``order[k*G:(k+1)*G]`` with ``G = world_size * batch_size``, rank r taking its r-th
+    ``batch_size`` of them, so what an epoch has consumed is a prefix of its order. A position saved
+    by one world size then loads into another with the same global batch ``G``: the epoch's
+    remaining clips are re-split over the new ranks, none seen twice, none skipped.
     """
 
     def __init__(
@@ -204,7 +210,10 @@ class ClipLoader:
         shuffle_window: int | None = None,
         pin_memory: bool = False,
         drop_last: bool = True,
+        elastic: bool = False,
     ):
+        if elastic and (shuffle_window is not None or not drop_last):
+            raise ValueError("elastic=True needs shuffle_window=None and drop_last=True")
         if not 0 <= rank < world_size:
             raise ValueError(f"rank {rank} is not in [0, world_size={world_size})")
         if batch_size < 1:
@@ -220,7 +229,7 @@ class ClipLoader:
         self.shuffle, self.shuffle_window = shuffle, shuffle_window
         self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
         self.endpoint_url, self.skip_bad = endpoint_url, skip_bad
-        self.drop_last = drop_last
+        self.drop_last, self.elastic = drop_last, elastic
         self.num_batches = self._count_batches()
         if self.num_batches == 0:
             raise ValueError(
@@ -248,7 +257,7 @@ class ClipLoader:
         """This loader with ``drop_last=False``, at the start of epoch 0: every clip exactly once
         across the ranks, in batches with a ``"valid"`` mask (for scoring)."""
         view = copy.copy(self)
-        view.drop_last = False
+        view.drop_last, view.elastic = False, False
         view.num_batches = view._count_batches()
         view.epoch, view.consumed = 0, 0
         return view
@@ -266,6 +275,9 @@ class ClipLoader:
         per_rank = self.num_batches * self.batch_size
         order = epoch_order(self.counts, self.seed, epoch, self.shuffle, self.shuffle_window,
                             self.world_size, per_rank)
+        if self.elastic:
+            steps = order[: self.num_batches * self.world_size * self.batch_size]
+            return steps.reshape(self.num_batches, self.world_size, self.batch_size)[:, self.rank]
         if not self.drop_last:  # -1 = padding, see _Batches
             order = np.concatenate([order, np.full(self.world_size * per_rank - len(order), -1, np.int64)])
         mine = order[self.rank * per_rank : (self.rank + 1) * per_rank]
@@ -304,10 +316,18 @@ class ClipLoader:
             "shuffle": self.shuffle,
             "shuffle_window": self.shuffle_window,
             "skipped": self.skipped,
+            "elastic": self.elastic,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for name in ("seed", "world_size", "batch_size", "num_clips", "shuffle", "shuffle_window"):
+        names = ["seed", "world_size", "batch_size", "num_clips", "shuffle", "shuffle_window"]
+        if self.elastic and state.get("elastic"):  # another world size, the same global batch
+            names = [n for n in names if n not in ("world_size", "batch_size")]
+            saved, mine = state["world_size"] * state["batch_size"], self.world_size * self.batch_size
+            if saved != mine:
+                raise ValueError(f"loader state has a global batch of {saved} clips, this loader {mine}: "
+                                 "an elastic resize must keep world_size x batch_size")
+        for name in names:
             if name in state and state[name] != getattr(self, name):
                 raise ValueError(
                     f"loader state has {name}={state[name]!r} but this loader has {getattr(self, name)!r}: "

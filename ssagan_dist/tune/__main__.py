@@ -7,7 +7,8 @@ import argparse
 import sys
 from typing import Optional
 
-from ssagan_dist.config import ConfigError, preset_names
+from ssagan_dist import cli
+from ssagan_dist.config import preset_names
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -36,21 +37,18 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+@cli.command
 def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        if args.command == "report":
-            from ssagan_dist.tune.report import write_report
+    if args.command == "report":
+        from ssagan_dist.tune.report import write_report
 
-            print(f"[tune] report: {write_report(args.run_dir, endpoint=args.s3_endpoint)}")
-            return 0
-        from ssagan_dist.tune.runner import run_sweep
+        print(f"[tune] report: {write_report(args.run_dir, endpoint=args.s3_endpoint)}")
+        return 0
+    from ssagan_dist.tune.runner import run_sweep
 
-        return run_sweep(args.config, args.sweep, args.overrides, name=args.name, num_cpus=args.num_cpus,
-                         retry_errored=args.retry_errored, write_report=not args.no_report)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    return run_sweep(args.config, args.sweep, args.overrides, name=args.name, num_cpus=args.num_cpus,
+                     retry_errored=args.retry_errored, write_report=not args.no_report)
 
 
 if __name__ == "__main__":
