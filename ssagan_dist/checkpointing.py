@@ -18,6 +18,7 @@ plain tensors and containers: ``torch.load(..., weights_only=True)`` reads it.
 from __future__ import annotations
 
 import hashlib
+import re
 import logging
 import random
 import tempfile
@@ -128,7 +129,7 @@ def checkpoint_dirs(run_uri: str, endpoint_url: Optional[str] = None) -> list[st
     if not fs.isdir(path):
         return []
     names = sorted((p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
-                    if p.rsplit("/", 1)[-1].startswith("checkpoint_")), reverse=True)
+                    if re.fullmatch(r"checkpoint_\d+", p.rsplit("/", 1)[-1])), reverse=True)
     return [storage.join(run_uri, n) for n in names]
 
 

@@ -82,9 +82,14 @@ def main(argv: list[str] | None = None) -> int:
         env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
         while time.monotonic() < deadline:
             action = rng.choice(["sigint", "worker_kill", "worker_kill", "none"])
+            before = checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")[:1]
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     text=True)
-            time.sleep(rng.uniform(20, 45))
+            # act once this cycle has trained (a new checkpoint), at a random moment after that
+            wait_until = time.monotonic() + 300
+            while checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")[:1] == before and time.monotonic() < wait_until:
+                time.sleep(0.5)
+            time.sleep(rng.uniform(0, 10))
             if action == "worker_kill" and (workers := _workers_of(proc)):
                 rng.choice(workers).send_signal(signal.SIGKILL)
                 report["faults"]["worker_kill"] += 1

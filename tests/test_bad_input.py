@@ -48,9 +48,9 @@ def no_ray_started(tmp_path):
     assert not (tmp_path / "runs").exists(), "a run folder was created"
 
 
-def run_train(capsys, overrides: list[str], runs: Path) -> str:
+def run_train(capsys, overrides: list[str], runs: Path, preset: str = "tiny_cpu") -> str:
     """train.main in this process; returns its one error line (asserting exit 2 and one line)."""
-    rc = train.main(["--config", "tiny_cpu", *TINY, f"run.storage_path={runs}", "run.ray_address=local", *overrides])
+    rc = train.main(["--config", preset, *TINY, f"run.storage_path={runs}", "run.ray_address=local", *overrides])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2, err
     assert len(err) == 1 and err[0].startswith("error: "), err
@@ -178,14 +178,14 @@ def _tiny_checkpoint(directory: Path, model: str = "ssagan", overrides=()) -> Pa
 
 def test_train_missing_stage1_checkpoint(sky, tmp_path, capsys, no_ray_started):
     line = run_train(capsys, [*data_args(sky), "model.name=mdgan_stage2",
-                              f"run.stage1_checkpoint={tmp_path / 'no-such-run'}"], no_ray_started)
+                              f"run.stage1_checkpoint={tmp_path / 'no-such-run'}"], no_ray_started, "defaults")
     assert "run.stage1_checkpoint" in line and "no-such-run" in line
 
 
 def test_train_stage1_checkpoint_of_another_model(sky, tmp_path, capsys, no_ray_started):
     ckpt = _tiny_checkpoint(tmp_path / "ckpt", "ssagan")  # G with SSA: not MD-GAN's Stage I
     line = run_train(capsys, [*data_args(sky), "model.name=mdgan_stage2", f"run.stage1_checkpoint={ckpt}"],
-                     no_ray_started)
+                     no_ray_started, "defaults")
     assert "run.stage1_checkpoint" in line and "'ssagan'" in line and "mdgan_stage1" in line
 
 
@@ -195,7 +195,7 @@ def test_train_unreadable_stage1_checkpoint(sky, tmp_path, capsys, no_ray_starte
     (ckpt / "model.pt").write_bytes(b"not a checkpoint")
     (ckpt / "config.yaml").write_text("model: {name: mdgan_stage1}\n")
     line = run_train(capsys, [*data_args(sky), "model.name=mdgan_stage2", f"run.stage1_checkpoint={ckpt}"],
-                     no_ray_started)
+                     no_ray_started, "defaults")
     assert "run.stage1_checkpoint" in line and str(ckpt) in line and "cannot be read" in line
 
 

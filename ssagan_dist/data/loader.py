@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ssagan_dist import storage
+from ssagan_dist import storage, telemetry
 from ssagan_dist.data.format import BadSampleError, decode_sample
 from ssagan_dist.data.index import Shard, load_shards, resolve_urls
 
@@ -56,15 +56,6 @@ def epoch_order(
             hi = min(lo + shuffle_window, (rank + 1) * per_rank, n)
             order[lo:hi] = rng.permutation(order[lo:hi])
     return order.astype(np.int64)
-
-
-def _raise_first(results: list) -> list:
-    """cat_ranges(on_error="return") gives exceptions in place of bytes: raise the first, so the
-    whole fetch is retried (or fails naming the shard) as one operation."""
-    for r in results:
-        if isinstance(r, BaseException):
-            raise r
-    return results
 
 
 class _Batches(Dataset):
@@ -121,11 +112,16 @@ class _Batches(Dataset):
             paths = [self.paths[s] for s, _, _ in fs_runs]
             starts = [int(self.offsets[s][lo]) for s, lo, _ in fs_runs]
             ends = [int(self.offsets[s][hi + 1]) for s, _, hi in fs_runs]
-            first = self.urls[fs_runs[0][0]]
             try:
-                blobs = storage.retry("read_ranges", first,
-                                      lambda: _raise_first(fs.cat_ranges(paths, starts, ends, on_error="return")),
-                                      self.endpoint_url)
+                blobs = fs.cat_ranges(paths, starts, ends, on_error="return")
+                for i, blob in enumerate(blobs):  # re-read only the ranges that failed, each retried
+                    if isinstance(blob, BaseException):
+                        if not storage.is_transient(blob):
+                            raise blob
+                        telemetry.count_s3_retry("read_range")
+                        url = self.urls[fs_runs[i][0]]
+                        blobs[i] = storage.retry("read_range", url, lambda i=i: getattr(fs, "fs", fs).cat_file(
+                            paths[i], start=starts[i], end=ends[i]), self.endpoint_url)
             except Exception as e:
                 shards = sorted({self.urls[s] for s, _, _ in fs_runs})
                 raise OSError(f"cannot read clips from shard(s) {', '.join(shards)}: {e}") from e
