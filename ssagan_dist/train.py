@@ -19,6 +19,7 @@ import math
 import os
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -269,10 +270,31 @@ def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
         storage.remove(marker, cfg.run.s3_endpoint)  # a re-run (new settings) tries again
     if not ray.is_initialized():
         ray.init(address=cfg.run.ray_address)
-    result = build_ray_trainer(cfg, clip_shape).fit()
+    result = _fit_in_thread(build_ray_trainer(cfg, clip_shape))
     if storage.exists(marker, cfg.run.s3_endpoint):
         raise Diverged(json.loads(storage.read_bytes(marker, cfg.run.s3_endpoint))["error"])
     return result
+
+
+def _fit_in_thread(trainer):
+    """``trainer.fit()`` off the main thread, so Ctrl-C reaches ``main`` as KeyboardInterrupt (Ray
+    Train installs its own SIGINT handler when fit runs on the main thread, and then exits 1
+    without a word); ``main`` then says how to resume and shuts down the Ray it started."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = trainer.fit()
+        except BaseException as e:  # re-raised in the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
+    thread.start()
+    while thread.is_alive():
+        thread.join(0.5)
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -241,7 +241,9 @@ def test_two_ranks_scraped_and_every_dashboard_and_alert_expression_has_data(pro
         while (missing := missing_data(prometheus, run)) and time.monotonic() < deadline:
             time.sleep(1)
         assert not missing, f"dashboard expressions without data: {missing}"
-        later = steps_by_rank()
+        deadline = time.monotonic() + 30  # the counters grow from one scrape to the next
+        while not all((later := steps_by_rank()).get(r, 0) > by_rank[r] for r in by_rank) and time.monotonic() < deadline:
+            time.sleep(0.5)
         assert all(later[r] > by_rank[r] for r in by_rank), (by_rank, later)
         p90 = prometheus.query(concrete(dashboards.quantile(0.9, "ssagan_step_duration_seconds", ", rank"), run))
         assert {s["metric"]["rank"] for s in p90} == {"0", "1"}
