@@ -30,7 +30,10 @@ fi
 # torch first: a bare 'torch' requirement with no torch installed would pull a multi-GB CUDA build.
 echo "[setup] installing $TORCH_SPEC"
 .venv/bin/python -m pip install --quiet "$TORCH_SPEC"
-echo "[setup] installing ssagan-dist[$EXTRAS] (ray, webdataset, s3fs, ...)"
-.venv/bin/python -m pip install --quiet -e ".[$EXTRAS]"
+# ...and held there: without the pin pip's resolver may swap the CPU build for a newer CUDA one
+# while it installs the rest (seen here: 2.13.0+cpu replaced by 2.14.1+cu130).
+torch_installed=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('torch'))")
+echo "[setup] installing ssagan-dist[$EXTRAS] (ray, webdataset, s3fs, ...) with torch==$torch_installed"
+.venv/bin/python -m pip install --quiet -e ".[$EXTRAS]" "torch==$torch_installed"
 echo "$want" > "$stamp"
 echo "[setup] done: source .venv/bin/activate"
