@@ -22,7 +22,9 @@ so ordinary footage moves per frame about as much as a time-lapse does.
 Splits: a source whose top-level folders are named like train/test/val (``sky_train``,
 ``sky_test`` ...) keeps that split and writes ``OUT/<split>/``; ``--test-fraction F`` holds out a
 fraction of the groups (long videos for ``frames``, files otherwise) so no group is on both sides,
-writing ``OUT/train/`` and ``OUT/test/``; otherwise everything goes to ``OUT`` as split ``--split``.
+writing ``OUT/train/`` and ``OUT/test/`` (``--test-groups`` names them instead); ``--val-groups``
+then moves named training-side groups to ``OUT/val/``, a validation split by video; otherwise
+everything goes to ``OUT`` as split ``--split``.
 """
 
 from __future__ import annotations
@@ -283,6 +285,7 @@ def shard(
     test_fraction: float = 0.0,
     split_seed: int = 0,
     test_groups: list[str] | None = None,
+    val_groups: list[str] | None = None,
     shard_size: int = 256 * MiB,
     shard_clips: int | None = None,
     workers: int | None = None,
@@ -319,24 +322,35 @@ def shard(
     if not all_jobs:
         raise FileNotFoundError(f"--source {source}: no {layout} inputs found")
     classes = _assign_labels(all_jobs, labels)
-    if test_groups:
+    if val_groups and not (test_groups or test_fraction > 0):
+        raise ValueError("--val-groups: needs --test-groups or --test-fraction (validation is a part of the training side)")
+    if test_groups or val_groups:
         if presplit:
-            raise ValueError("--test-groups: the source is already split into folders")
+            raise ValueError("--test-groups/--val-groups: the source is already split into folders")
         groups = {j.group for j in all_jobs}
-        unknown = sorted(set(test_groups) - groups)
-        if unknown:
-            raise ValueError(f"--test-groups {unknown}: not among the source's groups {sorted(groups)}")
-        if set(test_groups) >= groups:
-            raise ValueError("--test-groups holds out every group: no training data")
+        for option, named in (("--test-groups", test_groups), ("--val-groups", val_groups)):
+            unknown = sorted(set(named or ()) - groups)
+            if unknown:
+                raise ValueError(f"{option} {unknown}: not among the source's groups {sorted(groups)}")
+    if test_groups:
         test = set(test_groups)
-        plan = {"train": [j for j in all_jobs if j.group not in test], "test": [j for j in all_jobs if j.group in test]}
     elif not presplit and test_fraction > 0:
-        groups = sorted({j.group for j in all_jobs})
-        n_test = max(1, round(test_fraction * len(groups)))
-        if n_test >= len(groups):
-            raise ValueError(f"--test-fraction {test_fraction} leaves no training data ({len(groups)} groups)")
-        test = set(np.random.default_rng(split_seed).permutation(groups)[:n_test].tolist())
-        plan = {"train": [j for j in all_jobs if j.group not in test], "test": [j for j in all_jobs if j.group in test]}
+        ordered = sorted({j.group for j in all_jobs})
+        n_test = max(1, round(test_fraction * len(ordered)))
+        if n_test >= len(ordered):
+            raise ValueError(f"--test-fraction {test_fraction} leaves no training data ({len(ordered)} groups)")
+        test = set(np.random.default_rng(split_seed).permutation(ordered)[:n_test].tolist())
+    else:
+        test = set()
+    if test:
+        val = set(val_groups or ())
+        if val & test:
+            raise ValueError(f"--val-groups {sorted(val & test)}: also held out as test")
+        if test | val >= {j.group for j in all_jobs}:
+            raise ValueError("--test-groups/--val-groups hold out every group: no training data")
+        plan = {"train": [j for j in all_jobs if j.group not in test | val],
+                **({"val": [j for j in all_jobs if j.group in val]} if val else {}),
+                "test": [j for j in all_jobs if j.group in test]}
     multi = len(plan) > 1
 
     indexes: dict[str, dict[str, Any]] = {}
@@ -414,6 +428,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--test-groups", nargs="+", default=None, metavar="GROUP",
                     help="hold out these groups (video files relative to --source, or long-video folders)")
+    ap.add_argument("--val-groups", nargs="+", default=None, metavar="GROUP",
+                    help="with --test-groups/--test-fraction: these training-side groups go to OUT/val "
+                         "(a validation split by video, for model selection; never the test groups)")
     ap.add_argument("--shard-size-mb", type=float, default=256.0, help="target shard size (default 256 MiB)")
     ap.add_argument("--shard-clips", type=int, default=None, help="at most this many clips per shard")
     ap.add_argument("--workers", type=int, default=None, help="decoding processes (default: all cores)")
@@ -437,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         shard(args.source, args.layout, args.out, size=args.size, frames=args.frames, crop=args.crop,
               frame_format=args.format, quality=args.quality, split=args.split, test_fraction=args.test_fraction,
-              split_seed=args.split_seed, test_groups=args.test_groups, shard_size=int(args.shard_size_mb * MiB), shard_clips=args.shard_clips,
+              split_seed=args.split_seed, test_groups=args.test_groups, val_groups=args.val_groups,
+              shard_size=int(args.shard_size_mb * MiB), shard_clips=args.shard_clips,
               workers=args.workers, endpoint_url=args.endpoint_url, overwrite=args.overwrite, labels=args.labels,
               frame_height=args.frame_height, stride=args.stride, frame_step=args.frame_step,
               timelapse_change=args.timelapse_change, fps=args.fps, skip_bad=args.skip_bad, progress_bar=not args.no_progress)

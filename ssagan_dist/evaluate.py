@@ -1,7 +1,12 @@
 """Score a checkpoint on held-out shards: MSE, PSNR, SSIM per future frame and averaged, beside baselines.
 
     python -m ssagan_dist.evaluate --checkpoint runs/tiny_cpu --data data/synth_sky/.../val \
-        [--train-data URL] [--out DIR] [--json]
+        [--pick latest|best] [--train-data URL] [--out DIR] [--json]
+
+A run folder is scored at its latest checkpoint, or with ``--pick best`` at the checkpoint whose
+validation metric (the run's ``run.best_metric``, default val/psnr, as recorded in its
+metrics.jsonl) is highest: model selection on the run's *validation* data, so that ``--data`` can
+be a test set that nothing was chosen on. A checkpoint directory is scored as given.
 
 Every held-out clip is scored exactly once, whatever the batch size and the number of ranks (the
 last batches are padded and masked); ``count`` says how many were scored. Beside the model, on the
@@ -32,12 +37,50 @@ import torch.distributed as dist
 from torch import Tensor
 from tqdm import tqdm
 
-from ssagan_dist import checkpointing, cli, metrics
+from omegaconf import OmegaConf
+
+from ssagan_dist import checkpointing, cli, metrics, storage
 from ssagan_dist.data import ClipLoader, resolve_urls
 from ssagan_dist.trainers import GANTrainer
 
 # prefix of each series' keys in the result: "" = the model
 BASELINES = {"baseline_": "copy frame", "mean_change_": "mean training change"}
+PICKS = ("latest", "best")
+
+
+def pick_checkpoint(uri: str, pick: str = "latest", endpoint_url: Optional[str] = None) -> tuple[str, dict]:
+    """(checkpoint URI, how it was picked) for ``uri``: a checkpoint directory as given; in a run
+    folder the latest checkpoint, or (``best``) the one with the highest validation metric (the
+    run's ``run.best_metric``) recorded in the run's metrics.jsonl, the newest among equals."""
+    if pick not in PICKS:
+        raise ValueError(f"--pick {pick!r}: one of {', '.join(PICKS)}")
+    if storage.exists(storage.join(uri, checkpointing.MODEL_FILE), endpoint_url):
+        return uri, {"pick": "given"}
+    if pick == "latest":
+        return checkpointing.resolve(uri, endpoint_url), {"pick": "latest"}
+    complete = [d for d in checkpointing.checkpoint_dirs(uri, endpoint_url)
+                if storage.exists(storage.join(d, checkpointing.MODEL_FILE), endpoint_url)]
+    if not complete:
+        raise FileNotFoundError(f"{uri} holds no checkpoint_* directory with {checkpointing.MODEL_FILE}")
+    run_cfg = OmegaConf.create(storage.read_bytes(storage.join(complete[0], checkpointing.CONFIG_FILE),
+                                                  endpoint_url).decode())
+    metric = OmegaConf.select(run_cfg, "run.best_metric", default="val/psnr")
+    log_url = storage.join(uri, "metrics.jsonl")
+    if not storage.exists(log_url, endpoint_url):
+        raise FileNotFoundError(f"--pick best: {log_url} does not exist (it records {metric} per checkpoint); "
+                                "use --pick latest or name a checkpoint directory")
+    recorded = {}
+    for line in storage.read_bytes(log_url, endpoint_url).decode().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if isinstance(record.get(metric), (int, float)):
+            recorded[record["step"]] = record[metric]
+    scored = [(recorded[step], step, d) for d in complete
+              if (step := int(d.rstrip("/").rsplit("_", 1)[1])) in recorded]
+    if not scored:
+        raise ValueError(f"--pick best: {log_url} records no {metric} at the steps of {uri}'s checkpoints; "
+                         "use --pick latest")
+    value, step, best = max(scored)
+    return best, {"pick": "best", "pick_metric": metric, "pick_value": value}
 
 
 def copy_frame(real: Tensor) -> Tensor:
@@ -169,9 +212,11 @@ def _train_urls(cfg, train_data: Optional[str]) -> Optional[str]:
 
 def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: int = 0, device: str = "cpu",
              endpoint_url: Optional[str] = None, progress: bool = True, train_data: Optional[str] = None,
-             out: Optional[str] = None, extremes: int = 4) -> dict:
-    """Score ``checkpoint`` on ``data``; ``train_data`` ("" = none) gives the mean-change baseline
-    (default: the run's ``data.train_urls``); ``out`` = a folder for scores.json and the PNGs."""
+             out: Optional[str] = None, extremes: int = 4, pick: str = "latest") -> dict:
+    """Score ``checkpoint`` (``pick``: see ``pick_checkpoint``) on ``data``; ``train_data`` ("" =
+    none) gives the mean-change baseline (default: the run's ``data.train_urls``); ``out`` = a
+    folder for scores.json and the PNGs."""
+    checkpoint, picked = pick_checkpoint(checkpoint, pick, endpoint_url)
     trainer, cfg, state = checkpointing.load_trainer(checkpoint, device, endpoint_url)
     loader = ClipLoader(resolve_urls(data, endpoint_url=endpoint_url), batch_size, shuffle=False,
                         endpoint_url=endpoint_url, drop_last=False)
@@ -190,8 +235,7 @@ def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: in
                       change=change, extremes=keep)
     result.update({"model": cfg.model.name, "preset": cfg.model.preset, "step": state["step"],
                    "output": dict(cfg.model.args).get("output", "direct"),
-                   "checkpoint": checkpointing.resolve(checkpoint, endpoint_url), "data": data,
-                   "train_data": train_urls})
+                   "checkpoint": checkpoint, "data": data, "train_data": train_urls, **picked})
     if out:
         write_report(result, out, keep)
     return result
@@ -244,6 +288,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="checkpoint directory or run folder (latest), local or s3://")
     p.add_argument("--data", required=True, help="dataset URL (folder with index.json), brace pattern or list")
+    p.add_argument("--pick", choices=PICKS, default="latest",
+                   help="in a run folder: its latest checkpoint (default) or the best by the run's validation "
+                        "metric (run.best_metric, recorded in metrics.jsonl)")
     p.add_argument("--train-data", default=None,
                    help="training clips for the mean-change baseline (default: the run's data.train_urls; '' = none)")
     p.add_argument("--out", default=None, help="folder for scores.json, per_frame.png and extremes.png")
@@ -257,11 +304,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = p.parse_args(argv)
     r = evaluate(a.checkpoint, a.data, batch_size=a.batch_size, max_batches=a.max_batches, device=a.device,
                  endpoint_url=a.s3_endpoint, progress=not a.json, train_data=a.train_data, out=a.out,
-                 extremes=a.extremes)
+                 extremes=a.extremes, pick=a.pick)
     if a.json:
         print(json.dumps(r, sort_keys=True))
         return 0
-    print(f"{r['model']} ({r['preset']}, output {r['output']}) at step {r['step']} on {r['data']}")
+    how = {"best": f", the best {r.get('pick_metric')} ({r.get('pick_value', 0):.4g}) of the run", "latest": ", the latest"}
+    print(f"{r['model']} ({r['preset']}, output {r['output']}) at step {r['step']}{how.get(r['pick'], '')} "
+          f"on {r['data']}")
     print(format_table(r))
     if a.out:
         print(f"report: {a.out}/scores.json, per_frame.png" + (", extremes.png" if a.extremes else ""))

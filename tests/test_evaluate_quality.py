@@ -167,3 +167,57 @@ def test_evaluate_cli_on_an_untrained_residual_checkpoint(tmp_path, capsys):
     assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "val"),
                           "--train-data", str(tmp_path / "missing")]) == 2
     assert "--train-data" in capsys.readouterr().err
+
+
+@pytest.fixture
+def run_folder(tmp_path):
+    """A run folder as training leaves it: checkpoints at steps 2, 4 and 6 of the preset (real
+    checkpoint files, different weights) and metrics.jsonl with a validation record at each; the
+    best validation PSNR is at step 4. (Written here, not by a Ray training, to be fast.)"""
+    from ssagan_dist import checkpointing, factory
+    from ssagan_dist.config import load_config
+
+    generate(str(tmp_path / "test"), 5, size=32, frames=8, seed=1, progress=False)
+    generate(str(tmp_path / "train"), 6, size=32, frames=8, seed=0, progress=False)
+    cfg = load_config("tiny_cpu", [f"data.train_urls={tmp_path / 'train'}", "data.val_urls=/validation"])
+    run = tmp_path / "run"
+    lines = []
+    for step, val_psnr in ((2, 20.0), (4, 23.5), (6, 21.0)):
+        torch.manual_seed(step)
+        trainer = factory.build_trainer(cfg)
+        with torch.no_grad():  # the zero-initialised last layer moved: each step predicts differently
+            for p in trainer.nets["G"].parameters():
+                p.add_(torch.randn_like(p) * 0.05)
+        ckpt = run / checkpointing.checkpoint_dir_name(step)
+        ckpt.mkdir(parents=True)
+        checkpointing.write(ckpt, rank=0, worker_state={}, trainer=trainer, step=step, clip_shape=[3, 8, 32, 32],
+                            cfg=cfg)
+        lines += [json.dumps({"step": step - 1, "train/g_loss": 1.0}),
+                  json.dumps({"step": step, "val/psnr": val_psnr, "val/ssim": 0.5})]
+    (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return run, str(tmp_path / "test")
+
+
+def test_pick_best_scores_the_checkpoint_with_the_best_validation_metric(run_folder, capsys):
+    run, test = run_folder
+    best = evaluate.evaluate(str(run), test, batch_size=2, progress=False, pick="best", train_data="")
+    assert (best["step"], best["pick"], best["pick_metric"], best["pick_value"]) == (4, "best", "val/psnr", 23.5)
+    latest = evaluate.evaluate(str(run), test, batch_size=2, progress=False, train_data="")
+    assert (latest["step"], latest["pick"]) == (6, "latest")  # the default: the run's latest checkpoint
+    direct = evaluate.evaluate(str(run / "checkpoint_000000004"), test, batch_size=2, progress=False, pick="best",
+                               train_data="")
+    assert direct["pick"] == "given" and direct["psnr"] == best["psnr"] != latest["psnr"]
+    assert evaluate.main(["--checkpoint", str(run), "--data", test, "--pick", "best", "--train-data", ""]) == 0
+    assert "at step 4, the best val/psnr (23.5) of the run" in capsys.readouterr().out
+
+
+def test_pick_best_names_what_is_missing(run_folder):
+    run, test = run_folder
+    with pytest.raises(ValueError, match="--pick 'newest': one of latest, best"):
+        evaluate.pick_checkpoint(str(run), "newest")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 6, "train/g_loss": 1.0}) + "\n")
+    with pytest.raises(ValueError, match=r"metrics.jsonl records no val/psnr at the steps of .*--pick latest"):
+        evaluate.pick_checkpoint(str(run), "best")
+    (run / "metrics.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"metrics.jsonl does not exist"):
+        evaluate.pick_checkpoint(str(run), "best")

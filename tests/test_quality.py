@@ -139,6 +139,38 @@ def test_video_split_never_puts_one_video_on_both_sides(videos, tmp_path, split)
         assert test == {"cam1", "cam4"}
 
 
+@pytest.mark.parametrize("split", [{"test_groups": ["cam1.mp4", "cam4.avi"]}, {"test_fraction": 0.4, "split_seed": 3}])
+def test_validation_split_is_by_video_and_disjoint_from_train_and_test(videos, tmp_path, split):
+    def sharded(name, **more):
+        return shard_tool.shard(str(videos), "videos", str(tmp_path / name), size=16, frames=4, stride=2, workers=1,
+                                labels="none", progress_bar=False, **split, **more)
+
+    without = sharded("no_val")
+    val_video = without["train"]["source"]["groups"][0]  # a training-side video
+    idx = sharded("ds", val_groups=[val_video])
+    assert set(idx) == {"train", "val", "test"}
+    train, val, test = ({_video_of(k) for k in _keys(str(tmp_path / "ds" / s))} for s in ("train", "val", "test"))
+    assert val == {Path(val_video).stem} and train and test
+    assert not (train & val or train & test or val & test)
+    assert len(train | val | test) == 5
+    assert idx["val"]["source"]["groups"] == [val_video]
+    assert idx["test"]["source"]["groups"] == without["test"]["source"]["groups"]  # the test side is unchanged
+
+
+def test_bad_validation_groups_are_named(videos, tmp_path):
+    with pytest.raises(ValueError, match=r"--val-groups \['cam1.mp4'\]: also held out as test"):
+        shard_tool.shard(str(videos), "videos", str(tmp_path / "a"), test_groups=["cam1.mp4"],
+                         val_groups=["cam1.mp4"], progress_bar=False)
+    with pytest.raises(ValueError, match=r"--val-groups \['nope.avi'\]: not among"):
+        shard_tool.shard(str(videos), "videos", str(tmp_path / "b"), test_groups=["cam1.mp4"],
+                         val_groups=["nope.avi"], progress_bar=False)
+    with pytest.raises(ValueError, match="--val-groups: needs --test-groups or --test-fraction"):
+        shard_tool.shard(str(videos), "videos", str(tmp_path / "c"), val_groups=["cam2.avi"], progress_bar=False)
+    with pytest.raises(ValueError, match="no training data"):
+        shard_tool.shard(str(videos), "videos", str(tmp_path / "d"), test_groups=["cam0.avi", "cam1.mp4"],
+                         val_groups=["cam2.avi", "cam3.mp4", "cam4.avi"], progress_bar=False)
+
+
 def test_stride_and_frame_step_pick_the_right_frames(tmp_path):
     frames = write_video(tmp_path / "src" / "v.mp4", 30, "libx264", seed=7, size=(32, 32))
     out = tmp_path / "ds"
