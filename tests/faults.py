@@ -6,10 +6,27 @@ from __future__ import annotations
 import http.client
 import random
 import threading
+import time
+from typing import Callable, TypeVar
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 import psutil
+
+T = TypeVar("T")
+
+
+def wait_until(condition: Callable[[], T], what: str, *, timeout: float = 400,
+               alive: Callable[[], bool] = lambda: True, why: Callable[[], str] = lambda: "") -> T:
+    """Poll ``condition`` until it returns something truthy and return it; fail naming ``what`` after
+    ``timeout`` seconds, or as soon as ``alive()`` is false (the run it waits on has ended)."""
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert alive(), f"{what}: the run ended first {why()}"
+        assert time.monotonic() < deadline, f"{what}: not within {timeout:.0f} s {why()}"
+        time.sleep(0.05)
+    return value
+
 
 S3_503 = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
           b"<Message>injected fault</Message></Error>")

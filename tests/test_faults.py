@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ssagan_dist import checkpointing, storage, telemetry, train
-from tests.faults import FlakyS3Proxy, local_raylet_pids, ray_train_workers
+from tests.faults import FlakyS3Proxy, local_raylet_pids, ray_train_workers, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["model.preset=tiny", "trainer.num_workers=1", "trainer.batch_size=2", "trainer.log_every=1",
@@ -155,10 +155,7 @@ def _train_in_thread(args: list[str]) -> tuple[threading.Thread, dict]:
 
 
 def _wait_for(path: Path, timeout: float = 400) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.05)
+    wait_until(path.exists, f"{path} to appear", timeout=timeout)
 
 
 def test_a_killed_worker_is_survived_with_the_same_final_weights(ray_cluster, sky, tmp_path):
