@@ -3,7 +3,7 @@
 A checkpoint is a directory (Ray Train moves it to ``run.storage_path``):
 
     model.pt          rank 0: {"format_version": 2, "model": name, "trainer": GANTrainer.state_dict(),
-                               "step": int, "clip_shape": [C, T, H, W]}
+                               "step": int, "clip_shape": [C, T, H, W], "world_size": ranks that saved}
     config.yaml       rank 0: the resolved ExperimentConfig
     worker-<rank>.pt  every rank: its RNG states, its data loader's position, a digest of its weights
 
@@ -84,12 +84,13 @@ def _as_tuple(x):
 
 
 def write(directory: Path, *, rank: int, worker_state: dict[str, Any], trainer: Optional[GANTrainer] = None,
-          step: int = 0, clip_shape: Optional[list[int]] = None, cfg: Optional[ExperimentConfig] = None) -> None:
+          step: int = 0, clip_shape: Optional[list[int]] = None, cfg: Optional[ExperimentConfig] = None,
+          world_size: int = 1) -> None:
     """Write this rank's part of a checkpoint into a local directory."""
     torch.save(worker_state, directory / worker_file(rank))
     if trainer is not None:
         torch.save({"format_version": FORMAT_VERSION, "model": cfg.model.name, "trainer": trainer.state_dict(),
-                    "step": step, "clip_shape": clip_shape}, directory / MODEL_FILE)
+                    "step": step, "clip_shape": clip_shape, "world_size": world_size}, directory / MODEL_FILE)
         (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg))
 
 
@@ -149,6 +150,11 @@ def load_newest_complete(run_uri: str, rank: int, expect_model: str, endpoint_ur
                 if not (Path(tmp) / CONFIG_FILE).exists():
                     raise DamagedCheckpoint(f"{uri}: no {CONFIG_FILE}")
                 model = read_model(Path(tmp), expect_model)
+                # every rank uploads its own files: a save cut short can leave model.pt without them
+                missing = [worker_file(r) for r in range(model.get("world_size", 0))
+                           if not (Path(tmp) / worker_file(r)).exists()]
+                if missing:
+                    raise DamagedCheckpoint(f"{uri}: {', '.join(missing)} missing (a save cut short)")
                 workers = {p.name: read_worker(Path(tmp), int(p.stem.split("-")[1])) for p in Path(tmp).glob("worker-*.pt")}
                 mine = workers.get(worker_file(rank))
                 if mine is None and worker_file(0) in workers:  # a rank the group did not have: the

@@ -8,7 +8,8 @@ Importing this module also teaches ``webdataset.gopen`` to open ``s3://`` URLs (
 
 Transient S3 faults (5xx, throttling, timeouts, dropped connections) are retried here, with
 exponential backoff, and counted (``telemetry.count_s3_retry``); s3fs's and botocore's own
-silent retries are turned off so that every retry is visible. A fault that outlasts
+silent retries are turned off so that every retry is visible. Ray Train's own writes to an s3://
+run folder (checkpoints, its run state) go through the same calls (``ray_filesystem``). A fault that outlasts
 ``S3_ATTEMPTS`` tries, or a permanent one (403, missing bucket), fails naming the URL and cause.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import io
 import logging
 import os
 import random
@@ -147,6 +149,8 @@ class RetryingFileSystem:
         self.fs, self.endpoint_url = fs, endpoint_url
 
     def __getattr__(self, name: str) -> Any:
+        if name in ("fs", "endpoint_url") or name.startswith("__"):  # unpickling: not set yet
+            raise AttributeError(name)
         attr = getattr(self.fs, name)
         if name not in self.RETRIED:
             return attr
@@ -156,6 +160,43 @@ class RetryingFileSystem:
             return retry(self.OPERATION.get(name, name), target, lambda: attr(*args, **kwargs), self.endpoint_url)
 
         return call
+
+
+class _UploadOnClose(io.BytesIO):
+    """A file written in memory and sent as one retried upload when it is closed, so a failed try
+    re-sends every byte (a streaming upload could not be retried)."""
+
+    def __init__(self, fs: RetryingFileSystem, path: str):
+        super().__init__()
+        self._fs, self._path = fs, path
+
+    def close(self) -> None:
+        if not self.closed:
+            data = self.getvalue()
+            super().close()
+            self._fs.pipe_file(self._path, data)
+
+
+def _fsspec_handler():
+    from pyarrow.fs import FSSpecHandler
+
+    class RetryingHandler(FSSpecHandler):
+        def open_output_stream(self, path, metadata):
+            from pyarrow import PythonFile
+
+            return PythonFile(_UploadOnClose(self.fs, path), mode="w")
+
+    return RetryingHandler
+
+
+def ray_filesystem(endpoint_url: str | None = None):
+    """The pyarrow filesystem for Ray Train's ``storage_filesystem`` on S3: every call and upload
+    retried and counted as above (pyarrow's native S3 client retries silently, and gives up on a
+    request after 3 s without progress, which a loaded machine reaches)."""
+    from pyarrow.fs import PyFileSystem
+
+    fs, _ = filesystem("s3://", endpoint_url)
+    return PyFileSystem(_fsspec_handler()(fs))
 
 
 def read_bytes(url: str, endpoint_url: str | None = None) -> bytes:

@@ -200,22 +200,13 @@ def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
 
 
 def storage_for_ray(cfg: ExperimentConfig) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Ray's RunConfig.
-
-    pyarrow's S3FileSystem ignores AWS_ENDPOINT_URL, so an explicit endpoint goes in as
-    ``endpoint_override``; credentials come from the standard AWS variables, never the config.
-    """
+    """(storage_path, storage_filesystem) for Ray's RunConfig: on S3, the retried and counted
+    filesystem of ``storage`` (endpoint as everywhere else; credentials from the standard AWS
+    variables, never the config)."""
     path = cfg.run.storage_path
     if not path.startswith("s3://"):
         return path, None
-    import pyarrow.fs
-
-    ep = storage.s3_endpoint(cfg.run.s3_endpoint)
-    kwargs: dict[str, Any] = {}
-    if ep:
-        kwargs["endpoint_override"] = ep
-        kwargs["scheme"] = "https" if ep.startswith("https") else "http"
-    return path[len("s3://"):], pyarrow.fs.S3FileSystem(**kwargs)
+    return path[len("s3://"):], storage.ray_filesystem(cfg.run.s3_endpoint)
 
 
 def elastic(cfg: ExperimentConfig) -> bool:
@@ -491,7 +482,8 @@ def report_with_checkpoint(w: Worker, step: int, report: dict[str, Any]) -> int:
         worker_state = {"rng": checkpointing.rng_state(), "loader": w.batches.loader.state_dict(),
                         "state_digest": checkpointing.state_digest(w.trainer)}
         checkpointing.write(Path(tmp), rank=w.rank, worker_state=worker_state,
-                            trainer=w.trainer if w.rank == 0 else None, step=step, clip_shape=w.clip_shape, cfg=w.cfg)
+                            trainer=w.trainer if w.rank == 0 else None, step=step, clip_shape=w.clip_shape, cfg=w.cfg,
+                            world_size=w.world)
         nbytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=checkpointing.checkpoint_dir_name(step))

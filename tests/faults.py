@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import random
+import signal
 import threading
 import time
 from typing import Callable, TypeVar
@@ -28,6 +29,12 @@ def wait_until(condition: Callable[[], T], what: str, *, timeout: float = 400,
     return value
 
 
+def default_sigint() -> None:
+    """``preexec_fn`` for a command a test will Ctrl-C: a non-interactive shell starts background
+    jobs with SIGINT ignored, children inherit that and Python keeps it, so the signal would be lost."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 S3_503 = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavailable</Code>'
           b"<Message>injected fault</Message></Error>")
 
@@ -35,11 +42,15 @@ S3_503 = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavaila
 class FlakyS3Proxy:
     """Forwards HTTP requests to ``upstream``, answering a share ``error`` of them with an S3 503
     error and dropping a share ``drop`` (connection closed, no response), drawn from a seeded RNG;
-    counts what it injected."""
+    counts what it injected. ``hold``: the first PUT whose path ends with it is held (``held`` is
+    set) until ``release`` is set, then dropped: a write caught in mid-flight for a test to kill
+    its writer."""
 
-    def __init__(self, upstream: str, *, error: float = 0.0, drop: float = 0.0, seed: int = 0):
+    def __init__(self, upstream: str, *, error: float = 0.0, drop: float = 0.0, seed: int = 0,
+                 hold: str | None = None):
         self.upstream = urlparse(upstream)
         self.error, self.drop = error, drop
+        self.hold, self.held, self.release = hold, threading.Event(), threading.Event()
         self.rng = random.Random(seed)
         self.injected = {"error": 0, "drop": 0, "forwarded": 0}
         self.lock = threading.Lock()
@@ -66,6 +77,15 @@ class FlakyS3Proxy:
 
             def _handle(self):
                 body = self._body()
+                if proxy.hold and self.command == "PUT" and self.path.split("?")[0].endswith(proxy.hold):
+                    with proxy.lock:
+                        first = not proxy.held.is_set()
+                        proxy.held.set()
+                    if first:
+                        proxy.release.wait()
+                        self.close_connection = True
+                        self.connection.close()
+                        return
                 with proxy.lock:
                     draw = proxy.rng.random()
                 if draw < proxy.drop:
@@ -116,6 +136,7 @@ class FlakyS3Proxy:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.release.set()
         self.server.shutdown()
         self.server.server_close()
 

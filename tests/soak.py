@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import signal
@@ -57,8 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     from data_tools import synth
     from ssagan_dist import checkpointing
     from tests.conftest import free_port
-    from tests.faults import FlakyS3Proxy
+    from tests.faults import FlakyS3Proxy, default_sigint
 
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # moto's request log
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "soak")
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "soak")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             action = rng.choice(["sigint", "worker_kill", "worker_kill", "none"])
             before = checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")[:1]
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                    text=True)
+                                    text=True, preexec_fn=default_sigint)
             # act once this cycle has trained (a new checkpoint), at a random moment after that
             wait_until = time.monotonic() + 300
             while checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")[:1] == before and time.monotonic() < wait_until:
@@ -96,7 +98,13 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(rng.uniform(15, 30))  # it must carry on from a checkpoint
             proc.send_signal(signal.SIGINT)  # every cycle ends with Ctrl-C; the next one resumes
             report["faults"]["sigint"] += action == "sigint"
-            _, err = proc.communicate(timeout=300)
+            try:
+                _, err = proc.communicate(timeout=300)
+            except subprocess.TimeoutExpired:  # a Ctrl-C not honoured is a failure of its own
+                for p in [*psutil.Process(proc.pid).children(recursive=True), psutil.Process(proc.pid)]:
+                    p.kill()
+                _, err = proc.communicate()
+                err = f"{err}\n[soak] no exit within 300 s of Ctrl-C: killed"
             steps = [c.rsplit("_", 1)[-1] for c in checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")]
             cycle = {"action": action, "exit": proc.returncode, "newest_checkpoint": steps[0] if steps else None}
             report["cycles"].append(cycle)

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from ssagan_dist import checkpointing, storage, telemetry, train
-from tests.faults import FlakyS3Proxy, local_raylet_pids, ray_train_workers, wait_until
+from tests.faults import FlakyS3Proxy, default_sigint, local_raylet_pids, ray_train_workers, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["model.preset=tiny", "trainer.num_workers=1", "trainer.batch_size=2", "trainer.log_every=1",
@@ -147,7 +147,7 @@ def test_resume_is_exact_for_every_trainer_family(ray_cluster, sky, tmp_path, mo
 
 # -- killed workers and lost nodes ----------------------------------------------------------------
 
-def _train_in_thread(args: list[str]) -> tuple[threading.Thread, dict]:
+def train_in_thread(args: list[str]) -> tuple[threading.Thread, dict]:
     out: dict = {}
     thread = threading.Thread(target=lambda: out.setdefault("rc", train.main(args)), daemon=True)
     thread.start()
@@ -162,7 +162,7 @@ def test_a_killed_worker_is_survived_with_the_same_final_weights(ray_cluster, sk
     args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}",
             "trainer.num_workers=2", "trainer.max_steps=120", "trainer.val_every=20", "trainer.log_every=20"]
     assert train.main([*args, "run.name=straight"]) == 0
-    thread, out = _train_in_thread([*args, "run.name=killed"])
+    thread, out = train_in_thread([*args, "run.name=killed"])
     _wait_for(tmp_path / "killed" / "checkpoint_000000020" / "model.pt")
     workers = [w for pid in local_raylet_pids() for w in ray_train_workers(pid)]
     assert len(workers) == 2
@@ -173,6 +173,48 @@ def test_a_killed_worker_is_survived_with_the_same_final_weights(ray_cluster, sk
     assert "resumed" in [e["event"] for e in events(tmp_path / "killed")]  # the group restarted from a checkpoint
     assert checkpointing.read_model(tmp_path / "killed" / "checkpoint_000000120")["step"] == 120
     assert_same_weights(tmp_path / "straight", tmp_path / "killed")
+
+
+def test_a_worker_killed_during_a_checkpoint_save_is_survived(ray_cluster, sky, s3_bucket, tmp_path):
+    """Checkpoints on S3 behind a proxy that holds the upload of step 20's model.pt: the worker is
+    SIGKILLed in mid-save, the group restarts from the newest *complete* checkpoint (step 10, not
+    the half-written 20) and the run ends with an uninterrupted run's weights."""
+    endpoint, bucket = s3_bucket
+    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), "trainer.max_steps=40", "trainer.val_every=10"]
+    assert train.main([*args, f"run.storage_path={tmp_path}", "run.name=straight"]) == 0
+    with FlakyS3Proxy(endpoint, hold="runs/cut/checkpoint_000000020/model.pt") as proxy:
+        thread, out = train_in_thread([*args, f"run.storage_path=s3://{bucket}/runs", f"run.s3_endpoint={proxy.url}",
+                                       "run.name=cut"])
+        wait_until(proxy.held.is_set, "the step-20 save", alive=thread.is_alive, why=lambda: f"(returned {out})")
+        workers = [w for pid in local_raylet_pids() for w in ray_train_workers(pid)]
+        assert len(workers) == 1
+        workers[0].send_signal(signal.SIGKILL)
+        workers[0].wait(timeout=30)
+        proxy.release.set()
+        thread.join(timeout=300)
+    assert out.get("rc") == 0
+    run = f"s3://{bucket}/runs/cut"
+    log = [json.loads(line) for line in storage.read_bytes(f"{run}/metrics.jsonl", endpoint).decode().splitlines()]
+    resumed = [e for e in log if e.get("event") == "resumed"]
+    assert len(resumed) == 1 and resumed[0]["from"].endswith("checkpoint_000000010"), resumed
+    trainer, _, state = checkpointing.load_trainer(run, endpoint_url=endpoint)
+    assert state["step"] == 40
+    cut = {f"{n}.{k}": v for n, sd in state["trainer"]["nets"].items() for k, v in sd.items()}
+    straight = nets(tmp_path / "straight")
+    assert cut.keys() == straight.keys() and all(torch.equal(cut[k], straight[k]) for k in cut)
+
+
+def test_a_checkpoint_missing_a_ranks_file_is_skipped(ray_cluster, sky, tmp_path):
+    """Each rank uploads its own files: a save cut short can leave model.pt without worker-1.pt.
+    Resuming from it would give rank 1 another rank's data position and RNG, so it is skipped."""
+    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}", "run.name=part",
+            "trainer.num_workers=2", "trainer.val_every=2"]
+    assert train.main([*args, "trainer.max_steps=4"]) == 0
+    (tmp_path / "part" / "checkpoint_000000004" / "worker-1.pt").unlink()
+    assert train.main([*args, "trainer.max_steps=6"]) == 0
+    skipped, resumed = events(tmp_path / "part")[-2:]
+    assert skipped["event"] == "skipped_damaged_checkpoint" and "worker-1.pt missing" in skipped["problem"]
+    assert resumed["event"] == "resumed" and resumed["from"].endswith("checkpoint_000000002")
 
 
 # -- Ctrl-C and leaks --------------------------------------------------------------------------------
@@ -196,7 +238,8 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_process(sky, 
            f"run.storage_path={tmp_path}", "run.name=int", "trainer.max_steps=100000", "trainer.val_every=10",
            "trainer.log_every=10"]
     before = _ray_processes()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=default_sigint)
     try:
         _wait_for(tmp_path / "int" / "checkpoint_000000010" / "model.pt", timeout=180)
         proc.send_signal(signal.SIGINT)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
 from ssagan_dist import checkpointing, train
 from tests.faults import ray_train_workers, wait_until
-from tests.test_faults import FAST, assert_same_weights, data_args, events
+from tests.test_faults import FAST, assert_same_weights, data_args, events, train_in_thread
 
 
 @pytest.fixture(scope="module")
@@ -24,13 +23,6 @@ def cluster():
     yield c, nodes
     ray.shutdown()
     c.shutdown()
-
-
-def start_training(args: list[str]) -> tuple[threading.Thread, dict]:
-    out: dict = {}
-    thread = threading.Thread(target=lambda: out.setdefault("rc", train.main(args)), daemon=True)
-    thread.start()
-    return thread, out
 
 
 def hosting_workers(nodes) -> dict:
@@ -50,7 +42,7 @@ def test_an_elastic_group_finishes_on_fewer_workers_after_losing_a_node(cluster,
     args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}", "run.name=elastic",
             "trainer.num_workers=2", "trainer.min_workers=1", "trainer.batch_size=2", "trainer.max_steps=120",
             "trainer.val_every=20", "trainer.log_every=20"]
-    thread, out = start_training(args)
+    thread, out = train_in_thread(args)
     wait_until((tmp_path / "elastic" / "checkpoint_000000020" / "model.pt").exists, "the first checkpoint",
                alive=thread.is_alive, why=lambda: f"(train.main returned {out})")
     worker_nodes = c.list_all_nodes()[1:]
@@ -77,7 +69,7 @@ def test_a_removed_node_is_survived_with_the_same_final_weights(cluster, sky, tm
     args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}",
             "trainer.max_steps=120", "trainer.val_every=20", "trainer.log_every=20"]
     assert train.main([*args, "run.name=straight"]) == 0
-    thread, out = start_training([*args, "run.name=lost"])
+    thread, out = train_in_thread([*args, "run.name=lost"])
     wait_until((tmp_path / "lost" / "checkpoint_000000020" / "model.pt").exists, "the first checkpoint",
                alive=thread.is_alive, why=lambda: f"(train.main returned {out})")
     hosting = list(hosting_workers(nodes))
