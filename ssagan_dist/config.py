@@ -126,6 +126,7 @@ class PerfConfig:
     ddp_bucket_cap_mb: int = 25  # DDP gradient bucket size (torch's default 25 MB)
     ddp_gradient_as_bucket_view: bool = False  # gradients alias DDP's buckets (no copy, less memory)
     pin_memory: bool = False  # page-locked batches for asynchronous host-to-GPU copies (GPU only)
+    attention: str = "auto"  # SSA kernel: "auto" (rule in models/attention.py), "sdpa" or "saved_probs"
 
 
 @dataclass
@@ -234,6 +235,8 @@ def validate(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'perf.autocast' = {cfg.perf.autocast!r}: must be 'none', 'bf16' or 'fp16'")
     if cfg.perf.autocast == "fp16" and not cfg.trainer.use_gpu:
         raise ConfigError("config key 'perf.autocast' = 'fp16' needs trainer.use_gpu=true (on CPU use 'bf16')")
+    if cfg.perf.attention not in ("auto", "sdpa", "saved_probs"):
+        raise ConfigError(f"config key 'perf.attention' = {cfg.perf.attention!r}: must be 'auto', 'sdpa' or 'saved_probs'")
     if cfg.perf.ddp_bucket_cap_mb < 1:
         raise ConfigError(f"config key 'perf.ddp_bucket_cap_mb' = {cfg.perf.ddp_bucket_cap_mb!r}: must be >= 1")
     global_batch = cfg.trainer.batch_size * cfg.trainer.num_workers

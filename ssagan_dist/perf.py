@@ -13,6 +13,9 @@ runs and their bit-identical resume are as before. Measured effects: docs/perfor
   network, whose step reads found-inf on the host: one sync per update, which bf16 avoids.
 - ``channels_last``: 3-D conv weights and 5-D batch tensors in ``torch.channels_last_3d`` (2-D
   conv weights in ``channels_last``), the layout cuDNN's and oneDNN's fastest kernels use.
+- ``attention``: the kernel of every SSA layer (``SpatialSelfAttention``): "auto" (the default)
+  lets each call pick SDPA or the saved-probabilities matmuls by the rule in
+  ``models/attention.py``; "sdpa" or "saved_probs" forces one.
 - ``compile``: ``nn.Module.compile()`` on every network, in place, so ``state_dict`` keys and
   checkpoints are unchanged. The DDP wrapper stays eager around the compiled module: gradients
   of one compiled backward are ready together, so all-reduce overlaps less than in eager mode.
@@ -24,6 +27,7 @@ from typing import Any
 
 import torch
 
+from ssagan_dist.models.attention import SpatialSelfAttention
 from ssagan_dist.trainers.base import GANTrainer
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -43,10 +47,21 @@ def apply(trainer: GANTrainer, perf: Any) -> GANTrainer:
         for net in trainer.nets.values():
             to_channels_last(net)
         trainer.input_memory_format = torch.channels_last_3d
+    if perf.attention != "auto":
+        for net in trainer.nets.values():
+            set_attention_kernel(net, perf.attention)
     if perf.compile:
         for net in trainer.nets.values():
             net.compile()
     return trainer
+
+
+def set_attention_kernel(net: torch.nn.Module, kernel: str) -> torch.nn.Module:
+    """Force every SSA layer of ``net`` onto one kernel ("auto" restores the per-call rule)."""
+    for module in net.modules():
+        if isinstance(module, SpatialSelfAttention):
+            module.kernel = kernel
+    return net
 
 
 def channels_last_format(dim: int) -> torch.memory_format:

@@ -120,6 +120,7 @@ def test_ddp_options_reach_a_real_ddp(tmp_path):
     (["trainer.num_workers=1", "perf.ddp_gradient_as_bucket_view=true"], "perf.ddp_gradient_as_bucket_view"),
     (["perf.pin_memory=true"], "perf.pin_memory"),  # no GPU to copy to
     (["perf.channel_last=true"], "perf.channel_last"),
+    (["perf.attention=flash"], "perf.attention"),
 ])
 def test_bad_or_idle_switch_is_refused_naming_the_key(overrides, key):
     with pytest.raises(ConfigError, match=f"'{key}'"):
@@ -143,16 +144,30 @@ def test_compile_step_on_cpu_matches_eager_closely():
         assert torch.isfinite(b[k]) and torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4), (k, a[k], b[k])
 
 
-def test_chunked_attention_candidate_matches_eqs_1_to_3_with_exact_gradients():
-    """The attention benchmark's chunked-bmm SSA (proposed for CPU at large d): outputs equal the
-    literal eqs. 1-3, and its hand-written backward passes gradcheck in float64."""
-    from ssagan_dist.bench.attention import chunked_spatial_attention
-    from ssagan_dist.models.attention import SpatialSelfAttention, literal_spatial_attention
+def test_attention_switch_forces_every_ssa_layer():
+    from ssagan_dist.models.attention import SpatialSelfAttention
 
-    torch.manual_seed(0)
-    module = SpatialSelfAttention(2).double()
-    with torch.no_grad():
-        module.gamma.fill_(1.0)
-    x = torch.randn(1, 2, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-    assert torch.allclose(chunked_spatial_attention(module, x, 5), literal_spatial_attention(module, x), rtol=1e-10)
-    assert torch.autograd.gradcheck(lambda x: chunked_spatial_attention(module, x, 5), (x,))
+    for kernel in ("auto", "sdpa", "saved_probs"):
+        _, trainer = _build("ssagan", f"perf.attention={kernel}")
+        layers = [m for m in trainer.nets["G"].modules() if isinstance(m, SpatialSelfAttention)]
+        assert layers and {m.kernel for m in layers} == {kernel}
+
+
+def test_step_benchmark_shared_path_on_cpu():
+    """`bench step`'s measurement loop (shared by its CPU and CUDA runs: only the timer and the
+    CUDA memory readings differ, and no GPU is here) on tiny_cpu, two variants, two rounds."""
+    from ssagan_dist.bench import step
+
+    peak = step.MatmulPeak(n=256, device="cpu")
+    peak.sample(2)
+    rows = step.measure_model("tiny_cpu", "tiny_cpu", [], peak, rounds=2, warmup=1,
+                              variants={"off": [], "bf16": ["perf.autocast=bf16"]})
+    assert [r["variant"] for r in rows] == ["off", "bf16"]
+    off, bf16 = rows
+    assert off["speedup"] == 1.0 and off["device"] == "cpu" and off["timed_steps"] == 2
+    assert off["gflop_per_step"] == bf16["gflop_per_step"] > 0  # counted once, on the switch-off variant
+    for row in rows:
+        assert row["finite_losses"] and row["step_ms"] >= row["step_ms_min"] > 0
+        assert row["clips_per_s"] > 0 and row["mfu_percent"] > 0
+        assert "cuda_max_memory_allocated_mib" not in row
+    assert step.StepTimer("cpu")(lambda: torch.ones(8).sum()) > 0

@@ -2,19 +2,26 @@
 
     python -m ssagan_dist.bench step [--json]
 
-For ``tiny_cpu`` and a medium model (SSA-GAN at 64x64x16, base width 16, batch 4), in one
-process with one intra-op thread (what a Ray worker with cpus_per_worker=1 gets), the step is
-``trainer.run_step`` on random clips of the model's shape (data loading is not in it; see the
-``overhead`` benchmark for the loader), with deterministic algorithms on as in training.
+For ``tiny_cpu`` and a medium model (SSA-GAN at 64x64x16, base width 16, batch 4), the step is
+``trainer.run_step`` on random clips of the model's shape, already on the device (data loading is
+not in it; see the ``overhead`` benchmark for the loader), with deterministic algorithms on as in
+training. The device is the GPU when ``torch.cuda.is_available()``, else the CPU with one
+intra-op thread (what a Ray worker with cpus_per_worker=1 gets); the CPU and GPU runs share all
+code but the timer (``StepTimer``: wall clock on CPU; CUDA events between synchronisations on
+GPU) and, on GPU, ``torch.cuda.max_memory_allocated`` per variant.
 
 - Variants are built up front and timed round-robin, one step each per round, so a change in
   the machine's load (it is shared) hits every variant alike; the number is the median step.
 - FLOPs per step are counted once, on the switch-off variant, by ``torch.utils.flop_counter``
   over a whole ``run_step`` (forwards, backwards, gradient penalty: everything the step does;
   ``models/flops.py`` for what counts). They do not depend on the switches.
-- Peak: the best rate of a 2048x2048 float32 matmul on the same one thread (and, for reference,
-  bfloat16), timed once in every round as well, so that a busy moment does not lower the peak.
-  MFU = counted FLOPs per step / step time / float32 peak.
+- Peak: the best rate of a 2048x2048 float32 matmul on the same device (one thread on CPU; and,
+  for reference, bfloat16), timed once in every round as well, so that a busy moment does not
+  lower the peak. MFU = counted FLOPs per step / step time / float32 peak.
+- GPU memory, per variant: what the variant holds between steps (weights, gradients, optimizer
+  state: ``memory_allocated`` after its warm-up minus before its build) plus the peak a step adds
+  above that (``max_memory_allocated`` after ``reset_peak_memory_stats`` minus
+  ``memory_allocated``, before the step), i.e. the ``max_memory_allocated`` of the variant alone.
 - ``compile``: torch.compile (inductor, C++ on CPU); its compile time is reported, not timed.
 - The 1-minute load average is recorded beside every row.
 """
@@ -50,37 +57,74 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
-class MatmulPeak:
-    """Best FLOP/s seen over every ``sample()`` of an n x n matmul on the current thread count."""
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
-    def __init__(self, dtype: torch.dtype = torch.float32, n: int = 2048):
-        self.a, self.b, self.n = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype), n
-        torch.mm(self.a, self.b)  # warm-up
+
+class StepTimer:
+    """Seconds of one call: wall clock on CPU; on CUDA, events recorded around the call after a
+    synchronisation, read after the next one (kernels are asynchronous: wall time would be launch)."""
+
+    def __init__(self, device: str):
+        self.cuda = device == "cuda"
+
+    def __call__(self, fn: Callable[[], Any]) -> float:
+        if not self.cuda:
+            start = time.perf_counter()
+            fn()
+            return time.perf_counter() - start
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+
+
+def cuda_step_peak_bytes(fn: Callable[[], Any]) -> int:
+    """Peak allocation one call adds above what was allocated before it (CUDA)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - before
+
+
+class MatmulPeak:
+    """Best FLOP/s seen over every ``sample()`` of an n x n matmul on the device (on CPU, on the
+    current thread count)."""
+
+    def __init__(self, dtype: torch.dtype = torch.float32, n: int = 2048, device: str = "cpu"):
+        self.a = torch.randn(n, n, dtype=dtype, device=device)
+        self.b = torch.randn(n, n, dtype=dtype, device=device)
+        self.n, self.timer = n, StepTimer(device)
+        self.timer(lambda: torch.mm(self.a, self.b))  # warm-up
         self.flops = 0.0
 
     def sample(self, repeats: int = 1) -> float:
         for _ in range(repeats):
-            start = time.perf_counter()
-            torch.mm(self.a, self.b)
-            self.flops = max(self.flops, 2 * self.n ** 3 / (time.perf_counter() - start))
+            seconds = self.timer(lambda: torch.mm(self.a, self.b))
+            self.flops = max(self.flops, 2 * self.n ** 3 / seconds)
         return self.flops
 
 
-def clip_batch(cfg: Any) -> Callable[[], dict[str, torch.Tensor]]:
-    """A fixed random batch of the model's clip shape in [-1, 1]."""
+def clip_batch(cfg: Any, device: str = "cpu") -> Callable[[], dict[str, torch.Tensor]]:
+    """A fixed random batch of the model's clip shape in [-1, 1], on ``device``."""
     args = factory.model_args(cfg)
     shape = (cfg.trainer.batch_size, args.get("channels", 3), args["frames"], args["size"], args["size"])
     gen = torch.Generator().manual_seed(0)
-    video = torch.rand(shape, generator=gen) * 2 - 1
+    video = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
     return lambda: {"video": video}
 
 
-def build(preset: str, overrides: list[str]):
+def build(preset: str, overrides: list[str], device: str = "cpu"):
     """(cfg, trainer with its perf switches) built as training builds it (seeded, deterministic)."""
-    cfg = load_config(preset, overrides)
+    cfg = load_config(preset, overrides + (["trainer.use_gpu=true"] if device == "cuda" else []))
     torch.manual_seed(cfg.trainer.seed)
     torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
-    return cfg, perf.apply(factory.build_trainer(cfg, "cpu"), cfg.perf)
+    return cfg, perf.apply(factory.build_trainer(cfg, device), cfg.perf)
 
 
 def count_step_flops(trainer, batch: Callable[[], dict[str, torch.Tensor]]) -> int:
@@ -94,27 +138,33 @@ def clips_per_step(cfg: Any, trainer) -> int:
 
 
 def measure_model(name: str, preset: str, overrides: list[str], peak: MatmulPeak, rounds: int, warmup: int = 2,
-                  variants: dict[str, list[str]] = VARIANTS) -> list[dict[str, Any]]:
-    built, compile_s = {}, {}
+                  variants: dict[str, list[str]] = VARIANTS, device: str = "cpu") -> list[dict[str, Any]]:
+    cuda = device == "cuda"
+    timer = StepTimer(device)
+    built, compile_s, resident = {}, {}, {}
     for variant, switches in variants.items():
-        cfg, trainer = build(preset, overrides + switches)
-        batch = clip_batch(cfg)
-        start = time.perf_counter()
-        for _ in range(warmup):  # lazy init; for compile, the compilation
-            stats = trainer.run_step(batch)
+        before = torch.cuda.memory_allocated() if cuda else 0
+        cfg, trainer = build(preset, overrides + switches, device)
+        batch = clip_batch(cfg, device)
+        results = []  # lazy init; for compile, the compilation
+        seconds = sum(timer(lambda: results.append(trainer.run_step(batch))) for _ in range(warmup))
         if "perf.compile=true" in switches:
-            compile_s[variant] = time.perf_counter() - start
-        finite = all(torch.isfinite(v).item() for v in stats.values())
+            compile_s[variant] = seconds
+        if cuda:
+            resident[variant] = torch.cuda.memory_allocated() - before
+        finite = all(torch.isfinite(v).item() for v in results[-1].values())
         built[variant] = (cfg, trainer, batch, finite)
     cfg, trainer, batch, _ = built["off"]
     flops = count_step_flops(trainer, batch)
     times: dict[str, list[float]] = {v: [] for v in variants}
+    step_peak = dict.fromkeys(variants, 0)
     for _ in range(rounds):
         for variant, (_, trainer, batch, _) in built.items():
-            start = time.perf_counter()
-            trainer.run_step(batch)
-            times[variant].append(time.perf_counter() - start)
+            times[variant].append(timer(lambda: trainer.run_step(batch)))
         peak.sample()
+    if cuda:  # after the timing: resetting the peak statistics costs a synchronisation
+        for variant, (_, trainer, batch, _) in built.items():
+            step_peak[variant] = cuda_step_peak_bytes(lambda: trainer.run_step(batch))
     load = load_average()
     rows, base = [], statistics.median(times["off"])
     for variant, (cfg, trainer, _, finite) in built.items():
@@ -125,39 +175,45 @@ def measure_model(name: str, preset: str, overrides: list[str], peak: MatmulPeak
             "clips_per_s": round(clips_per_step(cfg, trainer) / step_s, 2),
             "gflop_per_step": round(flops / 1e9, 3), "gflop_per_s": round(flops / step_s / 1e9, 2),
             "mfu_percent": round(100 * flops / step_s / peak.flops, 2), "speedup": round(base / step_s, 3),
-            "finite_losses": finite, "load_avg_1m": load, "timed_steps": rounds,
+            "finite_losses": finite, "load_avg_1m": load, "timed_steps": rounds, "device": device,
             **({"compile_s": round(compile_s[variant], 1)} if variant in compile_s else {}),
+            **({"cuda_max_memory_allocated_mib": round((resident[variant] + step_peak[variant]) / 2**20, 1),
+                "cuda_resident_mib": round(resident[variant] / 2**20, 1)} if cuda else {}),
         })
     return rows
 
 
 def run(rounds: int = 12) -> dict[str, Any]:
-    torch.set_num_threads(THREADS)
-    peak32, peak16 = MatmulPeak(torch.float32), MatmulPeak(torch.bfloat16)
+    dev = device()
+    if dev == "cpu":
+        torch.set_num_threads(THREADS)
+    peak32, peak16 = MatmulPeak(torch.float32, device=dev), MatmulPeak(torch.bfloat16, device=dev)
     peak32.sample(5), peak16.sample(5)
-    results: dict[str, Any] = {
-        "threads": THREADS, "load_avg_1m_start": load_average(),
-        "device": "cpu (no GPU on this machine: GPU rows not measured)" if not torch.cuda.is_available() else "cpu",
-        "rows": [],
-    }
+    where = (f"cuda ({torch.cuda.get_device_name()})" if dev == "cuda"
+             else f"cpu, {THREADS} thread (no GPU on this machine: the GPU rows were not measured)")
+    results: dict[str, Any] = {"device": where, "threads": THREADS if dev == "cpu" else None,
+                               "load_avg_1m_start": load_average(), "rows": []}
+    print(f"device: {where}")
+    memory = dev == "cuda"
     print(f"{'model':9s} {'variant':19s} {'step ms':>9s} {'clips/s':>8s} {'GFLOP/step':>10s} {'GFLOP/s':>8s} "
-          f"{'MFU %':>6s} {'speedup':>7s} {'load':>5s}")
+          f"{'MFU %':>6s} {'speedup':>7s} {'load':>5s}" + (f" {'max alloc MiB':>13s}" if memory else ""))
     for name, (preset, overrides) in MODELS.items():
-        rows = measure_model(name, preset, overrides, peak32, rounds)
+        rows = measure_model(name, preset, overrides, peak32, rounds, device=dev)
         for row in rows:
             results["rows"].append(row)
             extra = f"  (compile {row['compile_s']} s)" if "compile_s" in row else ""
+            mib = f" {row['cuda_max_memory_allocated_mib']:13.1f}" if memory else ""
             print(f"{row['model']:9s} {row['variant']:19s} {row['step_ms']:9.1f} {row['clips_per_s']:8.1f} "
                   f"{row['gflop_per_step']:10.3f} {row['gflop_per_s']:8.2f} {row['mfu_percent']:6.1f} "
-                  f"{row['speedup']:7.2f} {row['load_avg_1m']:5.2f}{extra}", flush=True)
+                  f"{row['speedup']:7.2f} {row['load_avg_1m']:5.2f}{mib}{extra}", flush=True)
     peak16.sample(5)
     results["peak_fp32_gflop_per_s"] = round(peak32.flops / 1e9, 1)
     results["peak_bf16_gflop_per_s"] = round(peak16.flops / 1e9, 1)
     for row in results["rows"]:  # against the best peak of the whole run
         row["mfu_percent"] = round(100 * row["gflop_per_s"] * 1e9 / peak32.flops, 2)
-    print(f"peak (2048^2 matmul, {THREADS} thread, best of the run): fp32 {results['peak_fp32_gflop_per_s']} "
-          f"GFLOP/s, bf16 {results['peak_bf16_gflop_per_s']} GFLOP/s; MFU above is against the fp32 peak "
-          f"as it was when the row printed, the JSON's against the run's best")
+    print(f"peak (2048^2 matmul on {where.split(' (')[0]}, best of the run): fp32 "
+          f"{results['peak_fp32_gflop_per_s']} GFLOP/s, bf16 {results['peak_bf16_gflop_per_s']} GFLOP/s; MFU above "
+          f"is against the fp32 peak as it was when the row printed, the JSON's against the run's best")
     return results
 
 
