@@ -142,12 +142,7 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
     cfg = load_config(config, [*sweep.overrides, *overrides])
     if sweep.mode == "max":
         cfg.run.best_metric = sweep.metric  # Train keeps the best checkpoints by the swept metric
-    prepare = getattr(train, "prepare", None)
-    if prepare is not None:
-        cfg, clip_shape = prepare(cfg)
-    else:  # before the structure change: the same steps under their old names
-        cfg = train.prepare_data(cfg)
-        clip_shape = train.check_data(cfg)
+    cfg, clip_shape = train.prepare(cfg)
     name = name or sweep.name
     sweep_url = storage.join(cfg.run.storage_path, name)
     endpoint = cfg.run.s3_endpoint
