@@ -308,7 +308,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if a.json:
         print(json.dumps(r, sort_keys=True))
         return 0
-    how = {"best": f", the best {r.get('pick_metric')} ({r.get('pick_value', 0):.4g}) of the run", "latest": ", the latest"}
+    how = {"best": f", the best {r.get('pick_metric')} ({r.get('pick_value', 0):.6g}) of the run", "latest": ", the latest"}
     print(f"{r['model']} ({r['preset']}, output {r['output']}) at step {r['step']}{how.get(r['pick'], '')} "
           f"on {r['data']}")
     print(format_table(r))

@@ -193,7 +193,8 @@ def run_folder(tmp_path):
         checkpointing.write(ckpt, rank=0, worker_state={}, trainer=trainer, step=step, clip_shape=[3, 8, 32, 32],
                             cfg=cfg)
         lines += [json.dumps({"step": step - 1, "train/g_loss": 1.0}),
-                  json.dumps({"step": step, "val/psnr": val_psnr, "val/ssim": 0.5})]
+                  json.dumps({"step": step, "val/psnr": val_psnr, "val/ssim": 0.5, "val/baseline_psnr": 22.0,
+                              "val/baseline_ssim": 0.4})]
     (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return run, str(tmp_path / "test")
 
@@ -221,3 +222,26 @@ def test_pick_best_names_what_is_missing(run_folder):
     (run / "metrics.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match=r"metrics.jsonl does not exist"):
         evaluate.pick_checkpoint(str(run), "best")
+
+
+def test_quality_benchmark_records_every_checkpoint_and_summarises_seeds(run_folder):
+    """The benchmark's per-checkpoint record (validation from metrics.jsonl, test from evaluate)
+    and its mean ± sample std over seeds."""
+    from ssagan_dist.bench import quality
+
+    run, test = run_folder
+    record = quality.checkpoint_record(str(run), test)
+    assert [c["step"] for c in record] == [2, 4, 6]
+    assert [c["val_psnr"] - c["val_baseline_psnr"] for c in record] == [-2.0, 1.5, -1.0]
+    picked = evaluate.evaluate(str(run), test, progress=False, pick="best", train_data="")
+    assert record[1]["test_psnr"] == pytest.approx(picked["psnr"])
+    assert "| 4 | +1.500 | +0.1000 |" in quality.checkpoint_table(record)
+
+    def row(seed, gain):
+        return {"data": "sky", "output": "residual", "seed": seed, "psnr": 20 + gain, "baseline_psnr": 20.0,
+                "ssim": 0.5, "baseline_ssim": 0.5, "checkpoints": record}
+
+    summary = quality.summarise([row(0, 1.0), row(1, 2.0), row(2, 3.0)])
+    assert summary["d_psnr"]["mean"] == pytest.approx(2.0) and summary["d_psnr"]["std"] == pytest.approx(1.0)
+    assert summary["d_psnr"]["min"] == pytest.approx(1.0) and summary["seeds"] == [0, 1, 2]
+    assert "+2.000 ± 1.000 (min +1.000)" in quality.summary_table([summary])

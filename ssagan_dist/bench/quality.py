@@ -16,7 +16,8 @@ the final one included, is reported beside it for the record; it chooses nothing
   as ``quality.json`` and ``quality.md`` there; each run's curves and extreme clips under
   ``report/<data>_<output>/``.
 - QUALITY_ONLY: one data set: ``sky``, ``real`` or ``timelapse`` (the real footage subsampled per
-  video to the skies' motion per frame, ``--timelapse-change 0.02``; not in the default run).
+  video to the skies' motion per frame, ``--timelapse-change 0.02``; not in the default run; with
+  ``VAL_VIDEO`` validating it leaves only 41 training clips, see docs/quality.md).
   QUALITY_OUTPUTS: output modes (default ``residual``, the preset's; ``direct residual`` for both).
 - QUALITY_SEEDS: training seeds (``trainer.seed``; default ``0 1 2`` on skies, ``0`` on real
   footage); the summary gives mean ± sample std over them of the differences to copy-frame.
