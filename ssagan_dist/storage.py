@@ -54,7 +54,10 @@ def filesystem(url: str, endpoint_url: str | None = None) -> tuple[fsspec.Abstra
         import s3fs
 
         # No hidden retries below us (see the module doc): one attempt per call, retried in ``retry``.
-        options: dict[str, Any] = {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}}}
+        # No listings cache: a long-lived process (a sweep driver, the soak) must see checkpoints
+        # that other processes wrote after its first look.
+        options: dict[str, Any] = {"config_kwargs": {"retries": {"total_max_attempts": 1, "mode": "standard"}},
+                                   "use_listings_cache": False}
         endpoint = s3_endpoint(endpoint_url)
         if endpoint:
             options["endpoint_url"] = endpoint

@@ -1,12 +1,12 @@
 """Soak test (not in the default suite): ``make soak`` or ``python -m tests.soak --minutes 10``.
 
-A tiny 2-worker training on synthetic shards held on a real S3 endpoint (moto on loopback)
-behind a proxy that fails a share of requests, run as the user runs it (``python -m
-ssagan_dist.train``), for N minutes of cycles. Each cycle restarts the same command and, at a
-random moment, does one of: Ctrl-C (SIGINT; the command must exit 130 and the next cycle
-resume), SIGKILL of one Ray Train worker (the run must continue from a checkpoint), or nothing.
-At the end the run is completed and its final checkpoint must load with the step it claims;
-a report of faults injected and survived is printed and written as JSON.
+A tiny 2-worker training whose shards and run folder (checkpoints, metrics) are on a real S3
+endpoint (moto on loopback) behind a proxy that fails a share of requests, run as the user runs
+it (``python -m ssagan_dist.train``), for N minutes of cycles. Each cycle starts the same command,
+waits for it to write a new checkpoint, at a random moment SIGKILLs one Ray Train worker (the run
+must carry on from a checkpoint) or not, and ends with Ctrl-C (the command must exit 130; the
+next cycle resumes). At the end the run is completed and its final checkpoint must load with the
+step it claims; a report of faults injected and survived is printed and written as JSON.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from moto.server import ThreadedMotoServer
 
     from data_tools import synth
-    from ssagan_dist import checkpointing
+    from ssagan_dist import checkpointing, storage
     from tests.conftest import free_port
     from tests.faults import FlakyS3Proxy, default_sigint
 
@@ -73,23 +72,23 @@ def main(argv: list[str] | None = None) -> int:
     for split, clips, seed in (("train", 64, 0), ("val", 16, 1)):
         synth.generate(f"s3://soak/sky/{split}", clips=clips, size=32, frames=8, seed=seed, endpoint_url=endpoint,
                        progress=False)
-    report: dict = {"cycles": [], "faults": {"sigint": 0, "worker_kill": 0}, "survived": True}
+    report: dict = {"cycles": [], "faults": {"ctrl_c": 0, "worker_kill": 0}, "survived": True}
     deadline = time.monotonic() + a.minutes * 60
-    with FlakyS3Proxy(endpoint, error=a.fault_share, drop=a.fault_share / 2, seed=a.seed) as proxy, \
-            tempfile.TemporaryDirectory() as tmp:
+    run = "s3://soak/runs/soak"
+    with FlakyS3Proxy(endpoint, error=a.fault_share, drop=a.fault_share / 2, seed=a.seed) as proxy:
         cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", "data.train_urls=s3://soak/sky/train",
-               "data.val_urls=s3://soak/sky/val", f"run.s3_endpoint={proxy.url}", f"run.storage_path={tmp}/runs",
+               "data.val_urls=s3://soak/sky/val", f"run.s3_endpoint={proxy.url}", "run.storage_path=s3://soak/runs",
                "run.name=soak", "trainer.val_every=20", "trainer.log_every=20", "run.max_failures=-1",
                "metrics.enabled=false", "data.loader_workers=0", "trainer.max_steps=1000000"]
         env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
         while time.monotonic() < deadline:
-            action = rng.choice(["sigint", "worker_kill", "worker_kill", "none"])
-            before = checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")[:1]
+            action = rng.choice(["worker_kill", "none"])
+            before = checkpointing.checkpoint_dirs(run, endpoint)[:1]
             proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                     text=True, preexec_fn=default_sigint)
             # act once this cycle has trained (a new checkpoint), at a random moment after that
             wait_until = time.monotonic() + 300
-            while checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")[:1] == before and time.monotonic() < wait_until:
+            while checkpointing.checkpoint_dirs(run, endpoint)[:1] == before and time.monotonic() < wait_until:
                 time.sleep(0.5)
             time.sleep(rng.uniform(0, 10))
             if action == "worker_kill" and (workers := _workers_of(proc)):
@@ -97,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
                 report["faults"]["worker_kill"] += 1
                 time.sleep(rng.uniform(15, 30))  # it must carry on from a checkpoint
             proc.send_signal(signal.SIGINT)  # every cycle ends with Ctrl-C; the next one resumes
-            report["faults"]["sigint"] += action == "sigint"
+            report["faults"]["ctrl_c"] += 1
             try:
                 _, err = proc.communicate(timeout=300)
             except subprocess.TimeoutExpired:  # a Ctrl-C not honoured is a failure of its own
@@ -105,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
                     p.kill()
                 _, err = proc.communicate()
                 err = f"{err}\n[soak] no exit within 300 s of Ctrl-C: killed"
-            steps = [c.rsplit("_", 1)[-1] for c in checkpointing.checkpoint_dirs(f"{tmp}/runs/soak")]
+            steps = [c.rsplit("_", 1)[-1] for c in checkpointing.checkpoint_dirs(run, endpoint)]
             cycle = {"action": action, "exit": proc.returncode, "newest_checkpoint": steps[0] if steps else None}
             report["cycles"].append(cycle)
             print(f"[soak] {cycle}", flush=True)
@@ -114,20 +113,24 @@ def main(argv: list[str] | None = None) -> int:
                 print(err[-3000:], file=sys.stderr)
                 break
         # finish: the same command to a step just past the newest checkpoint
-        newest = checkpointing.load_newest_complete(f"{tmp}/runs/soak", 0, "ssagan")
+        newest = checkpointing.load_newest_complete(run, 0, "ssagan", endpoint)
         final_step = (newest[1]["step"] if newest else 0) + 20
         done = subprocess.run([*cmd[:-1], f"trainer.max_steps={final_step}"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=900)
-        final = checkpointing.load_newest_complete(f"{tmp}/runs/soak", 0, "ssagan")
+        if done.returncode != 0:
+            print(done.stderr[-3000:], file=sys.stderr)
+        final = checkpointing.load_newest_complete(run, 0, "ssagan", endpoint)
+        metrics = storage.read_bytes(f"{run}/metrics.jsonl", endpoint).decode().splitlines()
+        json_lines = sum(1 for line in metrics if json.loads(line) is not None)  # raises on a bad line
         report["final"] = {"exit": done.returncode, "step": final[1]["step"] if final else None,
-                           "expected_step": final_step}
+                           "expected_step": final_step, "metrics_lines_valid_json": json_lines}
         report["survived"] &= done.returncode == 0 and final is not None and final[1]["step"] == final_step
         report["s3_faults_injected"] = dict(proxy.injected)
     moto.stop()
     Path(a.report).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
     print(f"[soak] {'survived' if report['survived'] else 'FAILED'}: {len(report['cycles'])} cycles, "
-          f"{report['faults']['worker_kill']} worker kills, {report['faults']['sigint']} Ctrl-C, "
+          f"{report['faults']['worker_kill']} worker kills, {report['faults']['ctrl_c']} Ctrl-C, "
           f"{report['s3_faults_injected']['error'] + report['s3_faults_injected']['drop']} S3 faults")
     return 0 if report["survived"] else 1
 

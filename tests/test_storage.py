@@ -56,3 +56,43 @@ def test_s3_round_trip_and_webdataset_opener(s3_bucket, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL_S3", endpoint)  # webdataset passes no options to its openers
     samples = list(wds.WebDataset(f"s3://{bucket}/ds/shard-000000.tar", shardshuffle=False))
     assert [(s["__key__"], s["txt"]) for s in samples] == [("a", b"a"), ("b", b"b")]
+
+
+def test_s3_listings_see_objects_written_after_the_first_look(s3_bucket):
+    """A long-lived process (sweep driver, soak) lists a run folder again and again while other
+    processes write checkpoints into it: s3fs's listings cache would keep the first answer."""
+    import boto3
+
+    from ssagan_dist import checkpointing
+
+    endpoint, bucket = s3_bucket
+    client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+    run = f"s3://{bucket}/runs/r"
+    assert checkpointing.checkpoint_dirs(run, endpoint) == []
+    client.put_object(Bucket=bucket, Key="runs/r/checkpoint_000000001/model.pt", Body=b"x")
+    assert checkpointing.checkpoint_dirs(run, endpoint) == [f"{run}/checkpoint_000000001"]
+    client.put_object(Bucket=bucket, Key="runs/r/checkpoint_000000002/model.pt", Body=b"x")
+    assert checkpointing.checkpoint_dirs(run, endpoint)[0] == f"{run}/checkpoint_000000002"
+
+
+def test_ray_storage_filesystem_uploads_through_the_retried_calls(s3_bucket, monkeypatch):
+    """Ray Train writes checkpoints through ``storage.ray_filesystem``: a file written with
+    pyarrow's copy (what Ray's persist does) lands whole, after an injected transient fault."""
+    import pyarrow.fs
+
+    from ssagan_dist import telemetry
+    from tests.faults import FlakyS3Proxy
+
+    endpoint, bucket = s3_bucket
+    monkeypatch.setattr(storage, "S3_BACKOFF_S", 0.01)
+    monkeypatch.setattr(storage, "S3_ATTEMPTS", 20)
+    before = sum(telemetry._s3_retries.values())
+    with FlakyS3Proxy(endpoint, error=0.3, seed=1) as proxy:
+        fs = storage.ray_filesystem(proxy.url)
+        for i in range(5):
+            with fs.open_output_stream(f"{bucket}/ckpt/file-{i}.bin") as f:
+                f.write(bytes([i]) * 100_000)
+    assert proxy.injected["error"] > 0
+    assert sum(telemetry._s3_retries.values()) > before
+    for i in range(5):
+        assert storage.read_bytes(f"s3://{bucket}/ckpt/file-{i}.bin", endpoint) == bytes([i]) * 100_000
