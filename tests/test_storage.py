@@ -77,9 +77,7 @@ def test_s3_listings_see_objects_written_after_the_first_look(s3_bucket):
 
 def test_ray_storage_filesystem_uploads_through_the_retried_calls(s3_bucket, monkeypatch):
     """Ray Train writes checkpoints through ``storage.ray_filesystem``: a file written with
-    pyarrow's copy (what Ray's persist does) lands whole, after an injected transient fault."""
-    import pyarrow.fs
-
+    an output stream (what Ray's persist opens) lands whole, after an injected transient fault."""
     from ssagan_dist import telemetry
     from tests.faults import FlakyS3Proxy
 
