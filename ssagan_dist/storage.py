@@ -184,10 +184,19 @@ def _fsspec_handler():
     from pyarrow.fs import FSSpecHandler
 
     class RetryingHandler(FSSpecHandler):
+        """Whole-file reads and writes, each one retried call (s3fs's streaming files are not)."""
+
         def open_output_stream(self, path, metadata):
             from pyarrow import PythonFile
 
             return PythonFile(_UploadOnClose(self.fs, path), mode="w")
+
+        def open_input_stream(self, path):
+            import pyarrow
+
+            return pyarrow.BufferReader(self.fs.cat_file(path))
+
+        open_input_file = open_input_stream
 
     return RetryingHandler
 

@@ -85,11 +85,16 @@ def test_ray_storage_filesystem_uploads_through_the_retried_calls(s3_bucket, mon
     monkeypatch.setattr(storage, "S3_BACKOFF_S", 0.01)
     monkeypatch.setattr(storage, "S3_ATTEMPTS", 20)
     before = sum(telemetry._s3_retries.values())
-    with FlakyS3Proxy(endpoint, error=0.3, seed=1) as proxy:
+    with FlakyS3Proxy(endpoint, error=0.2, drop=0.1, seed=1) as proxy:
         fs = storage.ray_filesystem(proxy.url)
         for i in range(5):
             with fs.open_output_stream(f"{bucket}/ckpt/file-{i}.bin") as f:
                 f.write(bytes([i]) * 100_000)
+        for i in range(5):  # and reads back (Ray reads its run state this way)
+            with fs.open_input_stream(f"{bucket}/ckpt/file-{i}.bin") as f:
+                assert f.read() == bytes([i]) * 100_000
+            with fs.open_input_file(f"{bucket}/ckpt/file-{i}.bin") as f:
+                assert f.read() == bytes([i]) * 100_000
     assert proxy.injected["error"] > 0
     assert sum(telemetry._s3_retries.values()) > before
     for i in range(5):
