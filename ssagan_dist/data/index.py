@@ -8,6 +8,7 @@ of clips, with one ranged read.
 
 from __future__ import annotations
 
+import io
 import json
 import posixpath
 import tarfile
@@ -110,7 +111,9 @@ def _scan_tar(url: str, endpoint_url: str | None) -> Shard:
     seen: set[str] = set()
     end = 0
     labels = False
-    with fs.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r:") as tar:
+    # one retried whole-object read: s3fs's streaming reads can end early, silently, on a dropped
+    # connection, which would give a table with samples missing
+    with tarfile.open(fileobj=io.BytesIO(fs.cat_file(path)), mode="r:") as tar:
         for info in tar:
             if not info.isfile():
                 continue
