@@ -17,7 +17,7 @@ BENCHMARKS = {
     "step": "training step clips/s and FLOP utilisation, tiny_cpu and medium, each speed switch on/off",
     "overhead": "the tiny_cpu step under Ray Train (1 worker) vs a bare loop; command-to-first-step time",
     "scaling": "1 vs 2 Ray Train workers (gloo), clips/s, efficiency; compute / all-reduce / data wait",
-    "quality": "tiny_cpu direct vs residual output on held-out skies and real footage vs copy-frame (~20 min)",
+    "quality": "tiny_cpu vs copy-frame on held-out skies (3 seeds) and real footage, best-on-validation checkpoint (~30 min)",
 }
 
 
