@@ -15,6 +15,7 @@ SHAPES = [  # (N, C, T, H, W, reduced_channels, scaled)
     (3, 6, 2, 4, 4, 2, False),  # Ĉ < C: q/k zero-padded to the value width
     (2, 3, 2, 3, 5, 5, True),  # Ĉ > C: v zero-padded, output sliced
     (2, 16, 1, 1, 1, None, False),  # the innermost (conv6) shape: one position
+    (1, 32, 8, 8, 8, None, True),  # d = 256 >= HW: where auto takes saved_probs on CPU
 ]
 
 
