@@ -175,10 +175,12 @@ def measure(device: str = "cpu", shape: tuple[int, ...] = SHAPE, repeats: int = 
 
 
 def _seconds(steps: list[Callable[[], None]], device: str, repeats: int) -> list[list[float]]:
-    """Wall times of each step, the steps interleaved so load changes hit them alike."""
+    """Wall times of each step, the steps interleaved so load changes hit them alike, and the
+    order rotated every round so that none always runs first (after the others' frees)."""
     times: list[list[float]] = [[] for _ in steps]
-    for _ in range(repeats):
-        for step, out in zip(steps, times):
+    for round_ in range(repeats):
+        order = [(round_ + i) % len(steps) for i in range(len(steps))]
+        for step, out in ((steps[i], times[i]) for i in order):
             if device == "cuda":
                 torch.cuda.synchronize()
             start = time.perf_counter()
