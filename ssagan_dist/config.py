@@ -262,7 +262,11 @@ def _conditional_keys(cfg: ExperimentConfig) -> dict[str, tuple[bool, str]]:
     """Loop keys that are read only in some setups: key -> (read now, why not)."""
     from ssagan_dist import factory
 
+    from ssagan_dist.models.attention import SpatialSelfAttention
+
     refine = factory.registry.get(cfg.model.name).trainer == "refine"
+    attention = any(isinstance(m, SpatialSelfAttention)
+                    for net in factory.build_networks(cfg, "meta").values() for m in net.modules())
     return {
         "trainer.sync_batchnorm": (cfg.trainer.use_gpu and cfg.trainer.num_workers > 1,
                                    "it only acts with trainer.use_gpu=true and trainer.num_workers > 1"),
@@ -272,6 +276,7 @@ def _conditional_keys(cfg: ExperimentConfig) -> dict[str, tuple[bool, str]]:
                                              "DDP buckets exist only with trainer.num_workers > 1"),
         "perf.pin_memory": (cfg.trainer.use_gpu, "pinned memory only speeds host-to-GPU copies (trainer.use_gpu=true)"),
         "run.stage1_checkpoint": (refine, f"model {cfg.model.name!r} has no Stage-I generator to load"),
+        "perf.attention": (attention, f"model {cfg.model.name!r} has no spatial self-attention layer"),
     }
 
 

@@ -171,3 +171,10 @@ def test_step_benchmark_shared_path_on_cpu():
         assert row["clips_per_s"] > 0 and row["mfu_percent"] > 0
         assert "cuda_max_memory_allocated_mib" not in row
     assert step.StepTimer("cpu")(lambda: torch.ones(8).sum()) > 0
+
+
+@pytest.mark.parametrize("model", ["hrvgan", "mdgan_stage1", "pix2pix_video"])
+def test_the_attention_switch_is_refused_for_a_model_without_attention(model):
+    with pytest.raises(ConfigError, match=rf"perf[.]attention.*{model}.*no spatial self-attention"):
+        load_config("defaults", [f"model.name={model}", "perf.attention=sdpa"])
+    assert load_config("defaults", ["model.name=ssagan_a", "perf.attention=sdpa"]).perf.attention == "sdpa"
