@@ -32,6 +32,7 @@ from torch import Tensor
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
+from ssagan_dist.bench.step import cuda_step_peak_bytes
 from ssagan_dist.models.attention import SpatialSelfAttention, literal_spatial_attention
 
 SHAPE = (4, 8, 8, 64, 64)  # N, C, T, H, W
@@ -86,15 +87,6 @@ def _cpu_peak_bytes(step: Callable[[], None]) -> int:
     return peak
 
 
-def _cuda_peak_bytes(step: Callable[[], None]) -> int:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    step()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - before
-
-
 @contextlib.contextmanager
 def forced_kernel(module: SpatialSelfAttention, kernel: str):
     saved, module.kernel = module.kernel, kernel
@@ -131,7 +123,7 @@ def measure(device: str = "cpu", shape: tuple[int, ...] = SHAPE, repeats: int = 
         "saved_probs": module_step("saved_probs"),
         "literal": lambda: literal_spatial_attention(module, x.clone().requires_grad_()).sum().backward(),
     }
-    peak = _cpu_peak_bytes if device == "cpu" else _cuda_peak_bytes
+    peak = _cpu_peak_bytes if device == "cpu" else cuda_step_peak_bytes
     for step in steps.values():  # warm-up: lazy inits and workspace allocations
         step()
     peaks = {name: peak(step) for name, step in steps.items()}
