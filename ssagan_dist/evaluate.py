@@ -34,10 +34,9 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm import tqdm
-
-from omegaconf import OmegaConf
 
 from ssagan_dist import checkpointing, cli, metrics, storage
 from ssagan_dist.data import ClipLoader, resolve_urls
