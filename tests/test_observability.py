@@ -48,12 +48,17 @@ def test_two_worker_training_seen_through_prometheus(ray_cluster, prometheus, sk
     started = time.time()
     trainer.start()
 
-    # While it trains: wait for both ranks, then for every dashboard expression to have data.
+    # While it trains: wait for both ranks, then for every dashboard expression to have data and
+    # for each rank's step-time quantile (a rate: two scrapes of that rank within its window).
+    p90_expr = (f'histogram_quantile(0.9, sum by (le, rank) '
+                f'(rate(ssagan_step_duration_seconds_bucket{{run="{run}"}}[10s])))')
     live_at = None
     while trainer.is_alive():
-        ranks = {s["metric"]["rank"] for s in prometheus.query(f'ssagan_steps_total{{run="{run}"}}')}
-        if ranks == {"0", "1"} and not missing_data(prometheus, run, skip=cannot_exist_here):
-            live_at = time.time()
+        now = time.time()
+        ranks = {s["metric"]["rank"] for s in prometheus.query(f'ssagan_steps_total{{run="{run}"}}', at=now)}
+        if (ranks == {"0", "1"} and not missing_data(prometheus, run, at=now, skip=cannot_exist_here)
+                and {s["metric"]["rank"] for s in prometheus.query(p90_expr, at=now)} == {"0", "1"}):
+            live_at = now
             break
         time.sleep(1)
     trainer.join(timeout=600)
@@ -83,8 +88,7 @@ def test_two_worker_training_seen_through_prometheus(ray_cluster, prometheus, sk
 
     counts = series(f'ssagan_step_duration_seconds_count{{run="{run}"}}')
     assert all(max(v) > 0 for v in counts.values()) and set(counts) == {"0", "1"}
-    p90 = prometheus.query(f'histogram_quantile(0.9, sum by (le, rank) '
-                           f'(rate(ssagan_step_duration_seconds_bucket{{run="{run}"}}[10s])))', at=live_at)
+    p90 = prometheus.query(p90_expr, at=live_at)
     assert {s["metric"]["rank"] for s in p90} == {"0", "1"}
     assert all(0 < float(s["value"][1]) < 60 for s in p90), p90
 
