@@ -182,7 +182,8 @@ class GANTrainer:
         self.set_learning_rates()
 
     def weights_for(self, which: Optional[str] = None) -> str:
-        """"ema" or "raw": ``which`` checked, or (None) "ema" when this trainer keeps an average."""
+        """The generator to predict with, "ema" or "raw": ``which`` checked, or (None) the average
+        when this trainer keeps one."""
         if which is None:
             return "ema" if self.g_ema is not None else "raw"
         if which not in WEIGHTS:
