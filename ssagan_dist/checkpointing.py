@@ -220,8 +220,10 @@ def load_for_worker(uri: str, rank: int, expect_model: str,
 
 
 def load_stage1_generator(uri: str, endpoint_url: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """The generator weights of a Stage-I checkpoint, for a refine model's frozen G_stage1."""
+    """The generator weights of a Stage-I checkpoint, for a refine model's frozen G_stage1: its
+    moving average of G when it keeps one (what its validation and evaluate scored), else G."""
     uri = resolve(uri, endpoint_url)
     with tempfile.TemporaryDirectory() as tmp:
         state = read_model(fetch(uri, Path(tmp), endpoint_url))
-    return state["trainer"]["nets"]["G"]
+    nets = state["trainer"]["nets"]
+    return nets.get("G_ema", nets["G"])

@@ -64,6 +64,12 @@ class TrainerConfig:
     log_every: int = 10
     val_every: int = 50
     val_batches: int = 8  # per worker; 0 = the whole validation set
+    # Exponential moving average of G (StyleGAN2's G_ema; docs/training.md): 0 = none, else its decay
+    # per G update (0.99: a half-life of 69 updates). Validation, evaluate and predict then use it.
+    g_ema_decay: float = 0.0
+    # its ramp-up (StyleGAN2-ADA's ema_rampup): after t G updates the half-life is at most
+    # g_ema_rampup x t updates, i.e. β_t = min(g_ema_decay, 0.5 ** (1 / (g_ema_rampup·t))); 0 = none
+    g_ema_rampup: float = 0.05
     # A checkpoint is written at every validation (val_every) and at the last step.
 
 
@@ -208,6 +214,8 @@ def validate(cfg: ExperimentConfig) -> None:
         ("trainer.log_every", cfg.trainer.log_every >= 1, ">= 1"),
         ("trainer.val_every", cfg.trainer.val_every >= 1, ">= 1"),
         ("trainer.val_batches", cfg.trainer.val_batches >= 0, ">= 0"),
+        ("trainer.g_ema_decay", 0 <= cfg.trainer.g_ema_decay < 1, "in [0, 1) (0 = no moving average of G)"),
+        ("trainer.g_ema_rampup", 0 <= cfg.trainer.g_ema_rampup < math.inf, "finite and >= 0 (0 = no ramp-up)"),
         ("optim.lr_g", cfg.optim.lr_g > 0 and math.isfinite(cfg.optim.lr_g), "finite and > 0"),
         ("optim.lr_d", cfg.optim.lr_d > 0 and math.isfinite(cfg.optim.lr_d), "finite and > 0"),
         ("optim.beta1", 0 <= cfg.optim.beta1 < 1, "in [0, 1)"),
@@ -275,6 +283,7 @@ def _conditional_keys(cfg: ExperimentConfig) -> dict[str, tuple[bool, str]]:
         "perf.ddp_gradient_as_bucket_view": (cfg.trainer.num_workers > 1,
                                              "DDP buckets exist only with trainer.num_workers > 1"),
         "perf.pin_memory": (cfg.trainer.use_gpu, "pinned memory only speeds host-to-GPU copies (trainer.use_gpu=true)"),
+        "trainer.g_ema_rampup": (cfg.trainer.g_ema_decay > 0, "it only acts with trainer.g_ema_decay > 0"),
         "run.stage1_checkpoint": (refine, f"model {cfg.model.name!r} has no Stage-I generator to load"),
         "perf.attention": (attention, f"model {cfg.model.name!r} has no spatial self-attention layer"),
     }

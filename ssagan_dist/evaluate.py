@@ -1,12 +1,14 @@
 """Score a checkpoint on held-out shards: MSE, PSNR, SSIM per future frame and averaged, beside baselines.
 
     python -m ssagan_dist.evaluate --checkpoint runs/tiny_cpu --data data/synth_sky/.../val \
-        [--pick latest|best] [--train-data URL] [--out DIR] [--json]
+        [--pick latest|best] [--weights ema|raw] [--train-data URL] [--out DIR] [--json]
 
 A run folder is scored at its latest checkpoint, or with ``--pick best`` at the checkpoint whose
 validation metric (the run's ``run.best_metric``, default val/psnr, as recorded in its
 metrics.jsonl) is highest: model selection on the run's *validation* data, so that ``--data`` can
 be a test set that nothing was chosen on. A checkpoint directory is scored as given.
+A run trained with ``trainer.g_ema_decay`` > 0 is scored with its moving average of G unless
+``--weights raw`` asks for G as trained; ``weights`` in the result says which was scored.
 
 Every held-out clip is scored exactly once, whatever the batch size and the number of ranks (the
 last batches are padded and masked); ``count`` says how many were scored. Beside the model, on the
@@ -41,6 +43,7 @@ from tqdm import tqdm
 from ssagan_dist import checkpointing, cli, metrics, storage
 from ssagan_dist.data import ClipLoader, resolve_urls
 from ssagan_dist.trainers import GANTrainer
+from ssagan_dist.trainers.base import WEIGHTS
 
 # prefix of each series' keys in the result: "" = the model
 BASELINES = {"baseline_": "copy frame", "mean_change_": "mean training change"}
@@ -211,12 +214,18 @@ def _train_urls(cfg, train_data: Optional[str]) -> Optional[str]:
 
 def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: int = 0, device: str = "cpu",
              endpoint_url: Optional[str] = None, progress: bool = True, train_data: Optional[str] = None,
-             out: Optional[str] = None, extremes: int = 4, pick: str = "latest") -> dict:
+             out: Optional[str] = None, extremes: int = 4, pick: str = "latest",
+             weights: Optional[str] = None) -> dict:
     """Score ``checkpoint`` (``pick``: see ``pick_checkpoint``) on ``data``; ``train_data`` ("" =
     none) gives the mean-change baseline (default: the run's ``data.train_urls``); ``out`` = a
-    folder for scores.json and the PNGs."""
+    folder for scores.json and the PNGs; ``weights``: "ema" (G's moving average), "raw" (G as
+    trained) or None (the average when the checkpoint keeps one)."""
     checkpoint, picked = pick_checkpoint(checkpoint, pick, endpoint_url)
     trainer, cfg, state = checkpointing.load_trainer(checkpoint, device, endpoint_url)
+    try:
+        weights = trainer.weights_for(weights)
+    except ValueError as e:
+        raise ValueError(f"--weights for checkpoint {checkpoint}: {e}") from None
     loader = ClipLoader(resolve_urls(data, endpoint_url=endpoint_url), batch_size, shuffle=False,
                         endpoint_url=endpoint_url, drop_last=False)
     train_urls = _train_urls(cfg, train_data)
@@ -230,9 +239,10 @@ def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: in
                                     "--train-data URL, or --train-data '' to leave that baseline out") from e
         change = mean_change(train_loader)
     keep = Extremes(extremes) if out and extremes else None
-    result, _ = score(trainer, loader, state["clip_shape"][1], device, max_batches=max_batches, progress=progress,
-                      change=change, extremes=keep)
-    result.update({"model": cfg.model.name, "preset": cfg.model.preset, "step": state["step"],
+    with trainer.generator_weights(weights):
+        result, _ = score(trainer, loader, state["clip_shape"][1], device, max_batches=max_batches,
+                          progress=progress, change=change, extremes=keep)
+    result.update({"model": cfg.model.name, "preset": cfg.model.preset, "step": state["step"], "weights": weights,
                    "output": dict(cfg.model.args).get("output", "direct"),
                    "checkpoint": checkpoint, "data": data, "train_data": train_urls, **picked})
     if out:
@@ -290,6 +300,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--pick", choices=PICKS, default="latest",
                    help="in a run folder: its latest checkpoint (default) or the best by the run's validation "
                         "metric (run.best_metric, recorded in metrics.jsonl)")
+    p.add_argument("--weights", choices=WEIGHTS, default=None,
+                   help="ema: G's moving average (the default when the run kept one, trainer.g_ema_decay > 0); "
+                        "raw: G as trained")
     p.add_argument("--train-data", default=None,
                    help="training clips for the mean-change baseline (default: the run's data.train_urls; '' = none)")
     p.add_argument("--out", default=None, help="folder for scores.json, per_frame.png and extremes.png")
@@ -303,12 +316,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = p.parse_args(argv)
     r = evaluate(a.checkpoint, a.data, batch_size=a.batch_size, max_batches=a.max_batches, device=a.device,
                  endpoint_url=a.s3_endpoint, progress=not a.json, train_data=a.train_data, out=a.out,
-                 extremes=a.extremes, pick=a.pick)
+                 extremes=a.extremes, pick=a.pick, weights=a.weights)
     if a.json:
         print(json.dumps(r, sort_keys=True))
         return 0
     how = {"best": f", the best {r.get('pick_metric')} ({r.get('pick_value', 0):.6g}) of the run", "latest": ", the latest"}
-    print(f"{r['model']} ({r['preset']}, output {r['output']}) at step {r['step']}{how.get(r['pick'], '')} "
+    print(f"{r['model']} ({r['preset']}, output {r['output']}, {r['weights']} G) at step {r['step']}"
+          f"{how.get(r['pick'], '')} "
           f"on {r['data']}")
     print(format_table(r))
     if a.out:

@@ -44,7 +44,8 @@ def build_networks(cfg: Any, device: torch.device | str = "cpu") -> dict[str, nn
 def build_trainer(cfg: Any, device: torch.device | str = "cpu") -> GANTrainer:
     """Networks + trainer (optimizers included) for ``cfg``, on ``device``."""
     nets = build_networks(cfg)
-    return trainer_class(cfg.model.name)(nets, cfg.optim, cfg.loss, device)
+    return trainer_class(cfg.model.name)(nets, cfg.optim, cfg.loss, device, g_ema_decay=cfg.trainer.g_ema_decay,
+                                         g_ema_rampup=cfg.trainer.g_ema_rampup)
 
 
 def keys_read(cfg: Any, nets: dict[str, nn.Module] | None = None) -> tuple[str, ...]:

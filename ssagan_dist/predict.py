@@ -7,6 +7,8 @@
 The photo is resized (squashed, as in training) to the model's frame size; the output is a GIF
 or an MP4 (by extension) of the clip the model predicts, the photo being its first frame. With
 ``--from-data`` the photo is frame 0 of a held-out clip, and the GIF shows prediction | truth.
+A run trained with ``trainer.g_ema_decay`` > 0 predicts with its moving average of G unless
+``--weights raw`` asks for G as trained.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from ssagan_dist import checkpointing, cli, visualize
 from ssagan_dist.data import ClipLoader, resolve_urls
+from ssagan_dist.trainers.base import WEIGHTS
 
 MAX_PIXELS = 64 * 2**20  # larger photos are refused before decoding (decompression bombs)
 SMALL_FACTOR = 4  # warn when the photo's shorter side is this many times below the model's frame size
@@ -85,9 +88,15 @@ def held_out_clip(data: str, index: int, endpoint_url: Optional[str] = None) -> 
 
 @torch.no_grad()
 def predict(checkpoint: str, out: str, *, image: Optional[str] = None, data: Optional[str] = None, index: int = 0,
-            fps: int = 8, device: str = "cpu", endpoint_url: Optional[str] = None, seed: int = 0) -> torch.Tensor:
-    """Write the predicted clip for a photo (``image``) or a held-out clip's first frame (``data``)."""
+            fps: int = 8, device: str = "cpu", endpoint_url: Optional[str] = None, seed: int = 0,
+            weights: Optional[str] = None) -> torch.Tensor:
+    """Write the predicted clip for a photo (``image``) or a held-out clip's first frame (``data``);
+    ``weights``: "ema", "raw" or None (G's moving average when the checkpoint keeps one)."""
     trainer, cfg, state = checkpointing.load_trainer(checkpoint, device, endpoint_url)
+    try:
+        weights = trainer.weights_for(weights)
+    except ValueError as e:
+        raise ValueError(f"--weights for checkpoint {checkpoint}: {e}") from None
     channels, frames, height, _ = state["clip_shape"]
     if data is not None:
         batch = held_out_clip(data, index, endpoint_url)
@@ -100,7 +109,8 @@ def predict(checkpoint: str, out: str, *, image: Optional[str] = None, data: Opt
         batch = {"video": photo[:, None].expand(channels, frames, height, height).unsqueeze(0).contiguous(),
                  "label": torch.zeros(1, dtype=torch.long)}
     torch.manual_seed(seed)  # noise-driven models
-    pred = trainer.predict({k: v.to(device) for k, v in batch.items()})[0].cpu()
+    with trainer.generator_weights(weights):
+        pred = trainer.predict({k: v.to(device) for k, v in batch.items()})[0].cpu()
     if data is not None and out.lower().endswith(".gif"):
         visualize.save_gif(pred, out, fps=fps, real=batch["video"][0])
     else:
@@ -120,6 +130,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", required=True, help="output .gif or .mp4")
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="noise seed for noise-driven models")
+    p.add_argument("--weights", choices=WEIGHTS, default=None,
+                   help="ema: G's moving average (the default when the run kept one, trainer.g_ema_decay > 0); "
+                        "raw: G as trained")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--s3-endpoint", default=None)
     cli.add_debug_flag(p)
@@ -127,7 +140,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if Path(a.out).suffix.lower() not in (".gif", ".mp4"):
         raise ValueError(f"--out {a.out}: use a .gif or .mp4 file name")
     pred = predict(a.checkpoint, a.out, image=a.image, data=a.from_data, index=a.index, fps=a.fps,
-                   device=a.device, endpoint_url=a.s3_endpoint, seed=a.seed)
+                   device=a.device, endpoint_url=a.s3_endpoint, seed=a.seed, weights=a.weights)
     print(f"wrote {a.out}: {pred.shape[1]} frames of {pred.shape[2]}x{pred.shape[3]}")
     return 0
 

@@ -454,7 +454,9 @@ def validate_and_checkpoint(w: Worker, step: int, record: dict[str, Any]) -> Non
     broadcast_buffers(w.trainer)
     report = {**record, "step": step}
     if w.val_loader is not None:
-        val, first = score(w.trainer, w.val_loader, w.clip_shape[1], w.device, max_batches=w.cfg.trainer.val_batches)
+        with w.trainer.generator_weights():  # G's moving average when the run keeps one
+            val, first = score(w.trainer, w.val_loader, w.clip_shape[1], w.device,
+                               max_batches=w.cfg.trainer.val_batches)
         scalars = {k: v for k, v in val.items() if not isinstance(v, list)}
         report.update({f"{VAL_METRIC_PREFIX}{k}": v for k, v in scalars.items()})
         w.telemetry.validation(step, scalars)
@@ -561,7 +563,7 @@ def broadcast_buffers(trainer: GANTrainer) -> None:
     rank's statistics drift apart; validation and checkpoints use rank 0's, the saved model's."""
     if not _distributed():
         return
-    for name in trainer.trained:
+    for name in (*trainer.trained, *(("G_ema",) if trainer.g_ema is not None else ())):  # G_ema copies G's
         for buf in unwrap(trainer.nets[name]).buffers():
             dist.broadcast(buf, src=0)
 

@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
-from typing import Callable, ClassVar, Iterator, Mapping
+from typing import Callable, ClassVar, Iterator, Mapping, Optional
 
 import torch
 from torch import nn
 
 from ssagan_dist.config import LossConfig, OptimConfig
+from ssagan_dist.trainers.ema import GeneratorEMA
 
 Batch = dict[str, torch.Tensor]
 # Detached 0-dim tensors: reading them (float()) waits for the device, so the loop does it only
 # when it logs, once for all of them.
 Stats = dict[str, torch.Tensor]
+WEIGHTS = ("ema", "raw")  # which generator predicts: the moving average of G, or G as trained
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,11 @@ class GANTrainer:
     ``trained`` names those with an optimizer. Optimizers are Adam with the papers' defaults
     (lr 2e-4, betas (0.5, 0.9)) unless ``optim`` says otherwise. The default step is
     ``optim.n_critic`` D updates, then one G update.
+
+    With ``g_ema_decay`` > 0 the trainer also keeps ``g_ema``, a moving average of G updated after
+    every G step (``trainers/ema.py``); its averaged copy of G is ``nets["G_ema"]``, frozen, so it
+    is checkpointed, restored and compared across ranks like every network. ``predict`` uses
+    ``nets["G"]``: inside ``with trainer.generator_weights("ema")`` that is the average.
     """
 
     trained: tuple[str, ...] = ("G", "D")
@@ -66,10 +73,13 @@ class GANTrainer:
         return cls.optim_keys + cls.loss_keys
 
     def __init__(self, nets: dict[str, nn.Module], optim: OptimConfig, loss: LossConfig,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", *, g_ema_decay: float = 0.0, g_ema_rampup: float = 0.0):
         self.device = torch.device(device)
         self.optim_cfg, self.loss_cfg = optim, loss
         self.nets = {k: v.to(self.device) for k, v in nets.items()}
+        self.g_ema = GeneratorEMA(self.nets["G"], g_ema_decay, g_ema_rampup) if g_ema_decay > 0 else None
+        if self.g_ema is not None:
+            self.nets["G_ema"] = self.g_ema.module
         self.wrapped: dict[str, nn.Module] = dict(self.nets)  # DDP-wrapped after wrap()
         self.optimizers = {
             k: torch.optim.Adam(self.nets[k].parameters(), betas=(optim.beta1, optim.beta2)) for k in self.trained
@@ -126,6 +136,8 @@ class GANTrainer:
                     scaler.scale(loss).backward()
                     scaler.step(opt)
                     scaler.update()
+                if phase.network == "G" and self.g_ema is not None:
+                    self.g_ema.update_parameters(self.nets["G"])
             stats.update(phase_stats)  # the last repeat's numbers
         for k in self.trained:
             self.nets[k].requires_grad_(True)
@@ -145,19 +157,56 @@ class GANTrainer:
             "nets": {k: unwrap(v).state_dict() for k, v in self.nets.items()},
             "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
             **({"grad_scalers": {k: s.state_dict() for k, s in self.grad_scalers.items()}} if self.grad_scalers else {}),
+            **({"g_ema_updates": self.g_ema.updates} if self.g_ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict) -> None:
         """Networks and optimizers; the learning rates are then the config's, not the saved ones
-        (a resumed or PBT-exploited run continues with the rates it was started with)."""
+        (a resumed or PBT-exploited run continues with the rates it was started with). A state
+        without G's moving average (saved with the EMA off, or before it existed) starts the
+        average afresh from the loaded G; a saved average is dropped when the EMA is now off."""
         for k, sd in state["nets"].items():
+            if k == "G_ema" and self.g_ema is None:
+                continue
             self.nets[k].load_state_dict(sd)
+        if self.g_ema is not None:
+            saved = "G_ema" in state["nets"]
+            if not saved:
+                self.nets["G_ema"].load_state_dict(unwrap(self.nets["G"]).state_dict())
+            self.g_ema.updates = state.get("g_ema_updates", 0) if saved else 0
         for k, sd in state.get("optimizers", {}).items():
             self.optimizers[k].load_state_dict(sd)
         for k, sd in state.get("grad_scalers", {}).items():
             if k in self.grad_scalers:
                 self.grad_scalers[k].load_state_dict(sd)
         self.set_learning_rates()
+
+    def weights_for(self, which: Optional[str] = None) -> str:
+        """The generator to predict with, "ema" or "raw": ``which`` checked, or (None) the average
+        when this trainer keeps one."""
+        if which is None:
+            return "ema" if self.g_ema is not None else "raw"
+        if which not in WEIGHTS:
+            raise ValueError(f"weights {which!r}: one of {', '.join(WEIGHTS)}")
+        if which == "ema" and self.g_ema is None:
+            raise ValueError("weights 'ema': this model keeps no moving average of G (it was trained with "
+                             "trainer.g_ema_decay = 0); use 'raw'")
+        return which
+
+    @contextlib.contextmanager
+    def generator_weights(self, which: Optional[str] = None) -> Iterator[str]:
+        """Within the block ``nets["G"]`` (what ``predict`` runs) is the moving average ("ema") or
+        G as trained ("raw"); ``which`` = None: the average when kept. Yields the choice."""
+        which = self.weights_for(which)
+        if which == "raw":
+            yield which
+            return
+        trained = self.nets["G"]
+        self.nets["G"] = self.nets["G_ema"]
+        try:
+            yield which
+        finally:
+            self.nets["G"] = trained
 
     def set_learning_rates(self) -> None:
         lrs = {"G": self.optim_cfg.lr_g, "D": self.optim_cfg.lr_d}

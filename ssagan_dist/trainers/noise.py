@@ -39,8 +39,8 @@ class NoiseGANTrainer(GANTrainer):
         conditioned = getattr(nets["G"], "conditioning", "none") == "image"
         return cls.optim_keys + (("loss.lambda_con",) if conditioned else ())
 
-    def __init__(self, nets, optim, loss, device="cpu"):
-        super().__init__(nets, optim, loss, device)
+    def __init__(self, nets, optim, loss, device="cpu", **ema):
+        super().__init__(nets, optim, loss, device, **ema)
         self.image_conditioned = getattr(self.nets["G"], "conditioning", "none") == "image"
 
     # -- inputs --------------------------------------------------------------------------
