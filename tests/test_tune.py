@@ -24,6 +24,7 @@ import torch
 from ssagan_dist import checkpointing
 from ssagan_dist.config import ConfigError
 from ssagan_dist.tune import report, sweep as sweeps
+from tests.conftest import require_programs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -187,6 +188,7 @@ def check_report_renders(sweep_dir: Path, tmp_path: Path) -> None:
     assert "<script src=" not in text  # plotly.js is inline: the file opens without a network
     assert "data:image/png;base64," in text and "data:image/gif;base64," in text
     shot = tmp_path / "report.png"
+    require_programs("chromium", why="Debian's chromium: the report is opened in a headless browser")
     proc = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
          "--disable-background-networking",
