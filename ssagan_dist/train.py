@@ -81,10 +81,9 @@ def check_stage1_checkpoint(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'run.stage1_checkpoint' = {cfg.run.stage1_checkpoint!r}: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            state = checkpointing.read_model(checkpointing.fetch(uri, Path(tmp), ep))
-        except checkpointing.CheckpointError as e:  # it names the local copy: name the configured URI
-            raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r}: "
-                              f"{str(e).replace(tmp, uri)}") from None
+            state = checkpointing.read_model(checkpointing.fetch(uri, Path(tmp), ep), source=uri)
+        except checkpointing.CheckpointError as e:
+            raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r}: {e}") from None
     wanted = factory.build_networks(cfg, "meta")["G_stage1"].state_dict()
     got = state["trainer"].get("nets", {}).get("G", {})
     differ = sorted(k for k in set(wanted) | set(got)

@@ -10,6 +10,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from PIL import Image
 from data_tools import shard as shard_tool
 from data_tools import synth
 from data_tools import verify as verify_tool
-from ssagan_dist import checkpointing, cli, factory, predict, train
+from ssagan_dist import checkpointing, cli, factory, predict, storage, train
 from ssagan_dist.config import ConfigError, load_config
 from ssagan_dist.data.index import inspect_dataset, read_index
 
@@ -444,3 +445,38 @@ def test_predict_bad_input_one_line(tiny_ckpt, tmp_path, capsys, case):
     if case == "bomb":
         assert "megapixel" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["model.pt", "config.yaml"])
+def test_a_damaged_checkpoint_is_named_by_its_own_path_not_a_temporary_copy(sky, tmp_path, capsys, damage):
+    """evaluate/predict copy a checkpoint to a temporary folder to read it; the error names the
+    file the user gave (a run folder resolves to its checkpoint), never that copy."""
+    from ssagan_dist import evaluate
+
+    run = tmp_path / "run"
+    ckpt = _tiny_checkpoint(run / "checkpoint_000000001")
+    path = ckpt / damage
+    if damage == "model.pt":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a save cut short
+    else:
+        path.write_text("model: {name: [unclosed\n")
+    for command, argv in ((evaluate.main, ["--checkpoint", str(run), "--data", str(sky / "val"), "--device", "cpu"]),
+                          (predict.main, ["--checkpoint", str(ckpt), "--from-data", str(sky / "val"),
+                                          "--out", str(tmp_path / "p.gif"), "--device", "cpu"])):
+        assert command(argv) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: checkpoint file {path} cannot be read"), line
+        assert tempfile.gettempdir() not in line.replace(str(tmp_path), ""), line
+
+
+def test_a_damaged_checkpoint_on_s3_is_named_by_its_url(s3_bucket, tmp_path):
+    endpoint, bucket = s3_bucket
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    url = f"s3://{bucket}/run/checkpoint_000000001"
+    for name in ("model.pt", "config.yaml"):
+        data = (ckpt / name).read_bytes()
+        storage.write_bytes_atomic(f"{url}/{name}", data[:100] if name == "model.pt" else data, endpoint)
+    with pytest.raises(checkpointing.DamagedCheckpoint, match=f"^checkpoint file {url}/model.pt cannot be read"):
+        checkpointing.load_trainer(f"s3://{bucket}/run", endpoint_url=endpoint)
+    with pytest.raises(checkpointing.DamagedCheckpoint, match=f"^checkpoint file {url}/model.pt cannot be read"):
+        checkpointing.load_for_worker(url, 0, "ssagan", endpoint_url=endpoint)
