@@ -178,20 +178,17 @@ def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
     if want is not None and want != shape:
         raise ConfigError(f"config key 'model.args': model {cfg.model.name!r} makes clips of {want} (C,T,H,W) "
                           f"but data.train_urls holds {shape}; set model.args.size/frames")
-    datasets = [("data.train_urls", train)]
-    if cfg.data.val_urls:
+    if cfg.data.val_urls:  # any size: validation pads and masks its last batches (score, every_clip)
         val = _dataset(cfg.data.val_urls, ep, "data.val_urls")
         if val.clip_shape != shape:
             raise ConfigError(f"config key 'data.val_urls' = {cfg.data.val_urls!r}: clip shape {val.clip_shape} "
                               f"!= {shape} of data.train_urls")
-        datasets.append(("data.val_urls", val))
     per_step = cfg.trainer.num_workers * cfg.trainer.batch_size
-    for key, info in datasets:  # each rank needs one whole batch (the loader's rule)
-        if info.clips < per_step:
-            raise ConfigError(f"config key {key!r} = {info.spec!r} holds {info.clips} clips, fewer than one batch "
-                              f"on every worker (trainer.num_workers={cfg.trainer.num_workers} x "
-                              f"trainer.batch_size={cfg.trainer.batch_size} = {per_step}); lower "
-                              "trainer.batch_size or trainer.num_workers, or add clips")
+    if train.clips < per_step:  # each rank needs one whole batch (the loader's rule)
+        raise ConfigError(f"config key 'data.train_urls' = {train.spec!r} holds {train.clips} clips, fewer than one "
+                          f"batch on every worker (trainer.num_workers={cfg.trainer.num_workers} x "
+                          f"trainer.batch_size={cfg.trainer.batch_size} = {per_step}); lower "
+                          "trainer.batch_size or trainer.num_workers, or add clips")
     if cfg.run.stage1_checkpoint and factory.registry.get(cfg.model.name).trainer == "refine":
         check_stage1_checkpoint(cfg)
     check_local_resources(cfg)
@@ -361,8 +358,8 @@ def set_up(config: dict[str, Any]) -> Worker:
                          prefetch=cfg.data.prefetch, pin_memory=perf.pin_memory(cfg))
     train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, elastic=elastic(cfg),
                               **loader_kwargs)
-    val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, **loader_kwargs)
-                  if cfg.data.val_urls else None)
+    val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, drop_last=False,
+                             **loader_kwargs) if cfg.data.val_urls else None)
     tm = telemetry.TrainingTelemetry(cfg.metrics, run=cfg.run.name, trial=config.get("trial") or "", rank=rank,
                                      world=world, model=cfg.model.name)
     tm.start()

@@ -125,12 +125,6 @@ def test_train_index_lying_about_clip_shape(sky, tmp_path, capsys, no_ray_starte
     assert "index.json" in line and "[3, 16, 32, 32]" in line and "[3, 8, 32, 32]" in line
 
 
-def test_train_val_smaller_than_one_batch_per_worker(sky, capsys, no_ray_started):
-    # 24 training clips fit one batch of 9; the 8 held-out clips do not
-    line = run_train(capsys, [*data_args(sky), "trainer.batch_size=9"], no_ray_started)
-    assert "'data.val_urls'" in line and "8 clips" in line and "trainer.batch_size=9" in line
-
-
 def test_train_set_smaller_than_workers_times_batch(sky, capsys, no_ray_started):
     line = run_train(capsys, [*data_args(sky, val=False), "trainer.batch_size=25"], no_ray_started)
     assert "'data.train_urls'" in line and "24 clips" in line and "trainer.num_workers=1" in line
