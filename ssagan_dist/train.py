@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, cli, factory, perf, storage, telemetry
+from ssagan_dist import checkpointing, cli, factory, perf, raycluster, storage, telemetry
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
 from ssagan_dist.data import ClipLoader, resolve_urls
 from ssagan_dist.data.index import DatasetInfo, inspect_dataset
@@ -256,7 +256,7 @@ def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
     if storage.exists(marker, cfg.run.s3_endpoint):
         storage.remove(marker, cfg.run.s3_endpoint)  # a re-run (new settings) tries again
     if not ray.is_initialized():
-        ray.init(address=cfg.run.ray_address)
+        raycluster.init(cfg.run.ray_address)
     result = _fit_in_thread(build_ray_trainer(cfg, clip_shape))
     if storage.exists(marker, cfg.run.s3_endpoint):
         raise Diverged(json.loads(storage.read_bytes(marker, cfg.run.s3_endpoint))["error"])
@@ -637,7 +637,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg, clip_shape = prepare(cfg)  # everything the driver can check, before Ray starts
         if started_ray:
             can_grow = joins_cluster(cfg)  # a cluster we join may autoscale; our own local Ray cannot
-            ray.init(address=cfg.run.ray_address)
+            raycluster.init(cfg.run.ray_address)  # a dead cluster's address: an error, not a long wait
             wait_for_resources(cfg, can_grow)
         result = fit(cfg, clip_shape)
     except Diverged as e:

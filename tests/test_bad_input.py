@@ -11,6 +11,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -474,3 +475,48 @@ def test_a_damaged_checkpoint_on_s3_is_named_by_its_url(s3_bucket, tmp_path):
         checkpointing.load_trainer(f"s3://{bucket}/run", endpoint_url=endpoint)
     with pytest.raises(checkpointing.DamagedCheckpoint, match=f"^checkpoint file {url}/model.pt cannot be read"):
         checkpointing.load_for_worker(url, 0, "ssagan", endpoint_url=endpoint)
+
+
+def _train_subprocess(sky: Path, tmp_path: Path, extra: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    runs = tmp_path / "runs"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(REPO), **env}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", *TINY, *data_args(sky),
+                             f"run.storage_path={runs}", *extra], capture_output=True, text=True, timeout=120,
+                            cwd=REPO, env=env)
+    assert not runs.exists(), "a run folder was created"
+    return result, time.monotonic() - start
+
+
+def test_a_dead_clusters_recorded_address_is_reported_at_once(sky, tmp_path):
+    """A `ray start` head that died leaves its address in Ray's ray_current_cluster file; train
+    with no address given used to wait on it for 13 minutes. Ray's temp dir is this test's own
+    (RAY_TMPDIR), so the machine's real file, and any cluster running here, are not touched."""
+    from tests.conftest import free_port
+
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(dead)
+    result, took = _train_subprocess(sky, tmp_path, [], {"RAY_TMPDIR": str(tmp_path)})
+    # (Ray itself may warn first that other clusters run on this machine)
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2, result.stderr
+    assert line.startswith(f"error: no Ray cluster answers at {dead} (Ray's recorded address in "
+                           f"{tmp_path / 'ray' / 'ray_current_cluster'}"), line
+    assert "ray start --head" in line and "run.ray_address=local" in line
+    assert took < 30  # the probe waits 3 s; the rest is Python starting on a loaded machine
+
+
+def test_an_explicit_address_that_does_not_answer_fails_after_a_bounded_printed_wait(sky, tmp_path):
+    from tests.conftest import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    result, took = _train_subprocess(sky, tmp_path, [f"run.ray_address={dead}"],
+                                     {"RAY_TMPDIR": str(tmp_path), "SSAGAN_RAY_CONNECT_WAIT_S": "3"})
+    waiting, error = result.stderr.strip().splitlines()[-2:]
+    assert result.returncode == 2, result.stderr
+    assert waiting == (f"[ray] {dead} (run.ray_address = '{dead}') does not answer yet; waiting up to 3 s "
+                       "(SSAGAN_RAY_CONNECT_WAIT_S)")
+    assert error == (f"error: no Ray cluster answers at {dead} (run.ray_address = '{dead}') after 3 s: start it, "
+                     "or fix the address (SSAGAN_RAY_CONNECT_WAIT_S sets the wait)")
+    assert took < 30
