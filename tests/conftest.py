@@ -11,6 +11,13 @@ from typing import NoReturn
 # One intra-op thread per test process: the suite runs on 2 cores beside Ray workers, and
 # oversubscribed threads make small CPU kernels tens of times slower. Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray's temp dir of this test session (inherited by every process it starts): a bare ray.init() in a
+# test never joins the cluster another user's `ray start` recorded in /tmp/ray, nor rewrites that file.
+# Short: Ray's socket paths live under it.
+if "RAY_TMPDIR" not in os.environ:
+    import tempfile
+
+    os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ssagan-t-", dir="/tmp")
 
 import pytest  # noqa: E402
 
@@ -45,6 +52,30 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+RAY_TEST_CPUS = 4
+
+
+@pytest.fixture
+def ray_cluster():
+    """The session's one local Ray (4 CPUs, no dashboard), started by the first test that asks for
+    it and shared by the next ones (each in-process train.main joins it). A test that needs a Ray of
+    its own shuts it down first (ray.shutdown()); the next test that asks starts it again."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=False, log_to_driver=False)
+    yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ray_down_at_the_end():
+    yield
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
 
 
 @pytest.fixture(scope="session")

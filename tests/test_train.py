@@ -18,15 +18,6 @@ FAST = ["model.preset=tiny", "trainer.num_workers=1", "trainer.batch_size=2", "t
         "optim.n_critic=1"]
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def data_args(sky: Path) -> list[str]:
     return [f"data.train_urls={sky / 'train'}", f"data.val_urls={sky / 'val'}"]
 
