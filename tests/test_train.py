@@ -158,8 +158,11 @@ def test_data_and_checkpoints_on_s3_and_resume_from_there(ray_cluster, s3_bucket
     assert state["step"] == 4  # resumed from the step-2 checkpoint on S3, not restarted
 
 
-@pytest.mark.parametrize("model", ["ssagan", "mdgan_stage1", "hrvgan", "convlstm_gan", "pix2pix_video",
-                                   "video3d_gan", "dcgan", "ssagan_a"])
+# four through Ray in the default suite; the other four (each also trained in-process by
+# tests/test_trainers_zoo.py) with the slow tests
+@pytest.mark.parametrize("model", ["ssagan", "mdgan_stage1", "hrvgan", "convlstm_gan",
+                                   *(pytest.param(m, marks=pytest.mark.slow)
+                                     for m in ("pix2pix_video", "video3d_gan", "dcgan", "ssagan_a"))])
 def test_every_trainer_runs_through_the_entry_point(ray_cluster, model, tmp_path):
     from data_tools import synth
 
