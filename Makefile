@@ -1,14 +1,21 @@
-# make demo   - set up and run the main job on embedded defaults (local Ray, synthetic data)
-# make test   - set up and run the default test suite (slow tests: make test-all)
-.PHONY: setup demo test test-all bench soak clean
+# make demo       - set up and run the main job on embedded defaults (its own local Ray head, synthetic data)
+# make test       - set up (.venv and the system parts the tests run: prometheus, pushgateway, chromium)
+#                   and run the default suite (under 10 minutes on 2 cores); the 15 slowest tests at the end
+# make test-slow  - the slow tests only (CI runs both); make test-all - everything in one run
+.PHONY: setup setup-system demo test test-slow test-all bench soak clean
+PYTEST = RAY_AUTH_MODE=token .venv/bin/python -m pytest
 setup:
 	scripts/setup.sh
+setup-system:  # apt: prometheus, prometheus-pushgateway, chromium (SSAGAN_TEST_ALLOW_MISSING=1: only say what is missing)
+	scripts/setup-system.sh
 demo:
 	jobs/demo.sh
-test: setup
-	.venv/bin/python -m pytest -m "not slow" -q
-test-all: setup
-	.venv/bin/python -m pytest -q
+test: setup setup-system
+	$(PYTEST) -m "not slow" -q --durations=15
+test-slow: setup setup-system
+	$(PYTEST) -m slow -q --durations=15
+test-all: setup setup-system
+	$(PYTEST) -q --durations=15
 soak: setup  # fault soak: random worker kills, Ctrl-C/resume cycles, S3 faults (MINUTES=10)
 	RAY_AUTH_MODE=token .venv/bin/python -m tests.soak --minutes $${MINUTES:-10}
 bench: setup

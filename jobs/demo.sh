@@ -12,9 +12,10 @@ data=$root/data/synth_sky
 # Held-out clips come from another seed. Kept between runs: `make clean` removes them.
 [ -f "$data/train/index.json" ] || python -m data_tools.synth --out "$data/train" --clips 512 --size 32 --frames 8 --seed 0
 [ -f "$data/val/index.json" ] || python -m data_tools.synth --out "$data/val" --clips 64 --size 32 --frames 8 --seed 1
+# Our own head on free ports, stopped at the end; other Ray clusters on this machine are left alone.
 jobs/ray_local.sh start 2
 trap 'jobs/ray_local.sh stop' EXIT
-jobs/submit.sh ssagan_dist.train --config tiny_cpu \
+RAY_ADDRESS=$(jobs/ray_local.sh address) jobs/submit.sh ssagan_dist.train --config tiny_cpu \
   data.train_urls="$data/train" data.val_urls="$data/val" run.storage_path="$root/runs" run.name=tiny_cpu "$@"
 run=$root/runs/tiny_cpu
 python -m ssagan_dist.evaluate --checkpoint "$run" --data "$data/val"

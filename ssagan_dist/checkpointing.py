@@ -94,34 +94,45 @@ def write(directory: Path, *, rank: int, worker_state: dict[str, Any], trainer: 
         (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg))
 
 
-def read_model(directory: Path, expect_model: Optional[str] = None) -> dict[str, Any]:
-    """model.pt of a local checkpoint directory; ``expect_model`` checks whose it is."""
-    path = directory / MODEL_FILE
+def read_model(directory: Path, expect_model: Optional[str] = None, source: Optional[str] = None) -> dict[str, Any]:
+    """model.pt of a local checkpoint directory; ``expect_model`` checks whose it is. ``source``:
+    the checkpoint's own path or URL when ``directory`` is a temporary copy (errors name it)."""
+    shown = source or str(directory)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated files, foreign pickles: torch raises several types
-        raise DamagedCheckpoint(f"checkpoint file {path} cannot be read ({type(e).__name__}); "
-                                "it is damaged or not a ssagan-dist checkpoint") from None
+        raise DamagedCheckpoint(f"checkpoint file {storage.join(shown, MODEL_FILE)} cannot be read "
+                                f"({type(e).__name__}); it is damaged or not a ssagan-dist checkpoint") from None
     version = state.get("format_version", 1)
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint {directory} has format {version}; this ssagan-dist reads up to "
+        raise CheckpointError(f"checkpoint {shown} has format {version}; this ssagan-dist reads up to "
                               f"{FORMAT_VERSION}: upgrade it")
     if version == 1 and (directory / CONFIG_FILE).exists():
-        state["model"] = OmegaConf.load(directory / CONFIG_FILE).model.name
+        state["model"] = read_config(directory, source).model.name
     if expect_model is not None and state.get("model", expect_model) != expect_model:
-        raise CheckpointError(f"checkpoint {directory} is of model {state['model']!r}, the config says "
+        raise CheckpointError(f"checkpoint {shown} is of model {state['model']!r}, the config says "
                               f"{expect_model!r}")
     return state
 
 
-def read_worker(directory: Path, rank: int) -> Optional[dict[str, Any]]:
+def read_config(directory: Path, source: Optional[str] = None) -> Any:
+    """config.yaml of a local checkpoint directory (``source`` as in ``read_model``)."""
+    try:
+        return OmegaConf.load(directory / CONFIG_FILE)
+    except Exception as e:  # a truncated or foreign file: yaml and OmegaConf raise several types
+        raise DamagedCheckpoint(f"checkpoint file {storage.join(source or str(directory), CONFIG_FILE)} cannot be "
+                                f"read ({type(e).__name__})") from None
+
+
+def read_worker(directory: Path, rank: int, source: Optional[str] = None) -> Optional[dict[str, Any]]:
     path = directory / worker_file(rank)
     if not path.exists():
         return None
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated or foreign file
-        raise DamagedCheckpoint(f"checkpoint file {path} cannot be read ({type(e).__name__})") from None
+        raise DamagedCheckpoint(f"checkpoint file {storage.join(source or str(directory), worker_file(rank))} "
+                                f"cannot be read ({type(e).__name__})") from None
 
 
 def checkpoint_dirs(run_uri: str, endpoint_url: Optional[str] = None) -> list[str]:
@@ -149,13 +160,14 @@ def load_newest_complete(run_uri: str, rank: int, expect_model: str, endpoint_ur
                         fs.get(f"{path}/{name}", str(Path(tmp) / name))
                 if not (Path(tmp) / CONFIG_FILE).exists():
                     raise DamagedCheckpoint(f"{uri}: no {CONFIG_FILE}")
-                model = read_model(Path(tmp), expect_model)
+                model = read_model(Path(tmp), expect_model, source=uri)
                 # every rank uploads its own files: a save cut short can leave model.pt without them
                 missing = [worker_file(r) for r in range(model.get("world_size", 0))
                            if not (Path(tmp) / worker_file(r)).exists()]
                 if missing:
                     raise DamagedCheckpoint(f"{uri}: {', '.join(missing)} missing (a save cut short)")
-                workers = {p.name: read_worker(Path(tmp), int(p.stem.split("-")[1])) for p in Path(tmp).glob("worker-*.pt")}
+                workers = {p.name: read_worker(Path(tmp), int(p.stem.split("-")[1]), source=uri)
+                           for p in Path(tmp).glob("worker-*.pt")}
                 mine = workers.get(worker_file(rank))
                 if mine is None and worker_file(0) in workers:  # a rank the group did not have: the
                     mine = {"loader": workers[worker_file(0)]["loader"]}  # data position is rank 0's
@@ -202,8 +214,8 @@ def load_trainer(uri: str, device: torch.device | str = "cpu",
     uri = resolve(uri, endpoint_url)
     with tempfile.TemporaryDirectory() as tmp:
         local = fetch(uri, Path(tmp), endpoint_url)
-        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(local / CONFIG_FILE))
-        state = read_model(local, expect_model=cfg.model.name)
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), read_config(local, source=uri))
+        state = read_model(local, expect_model=cfg.model.name, source=uri)
     trainer = factory.build_trainer(cfg, device)
     trainer.load_state_dict(state["trainer"])
     for net in trainer.nets.values():
@@ -216,7 +228,7 @@ def load_for_worker(uri: str, rank: int, expect_model: str,
     """(model state, this rank's worker state or None) of a checkpoint directory, local or s3://."""
     with tempfile.TemporaryDirectory() as tmp:
         local = fetch(uri, Path(tmp), endpoint_url, rank=rank)
-        return read_model(local, expect_model), read_worker(local, rank)
+        return read_model(local, expect_model, source=uri), read_worker(local, rank, source=uri)
 
 
 def load_stage1_generator(uri: str, endpoint_url: Optional[str] = None) -> dict[str, torch.Tensor]:
@@ -224,6 +236,6 @@ def load_stage1_generator(uri: str, endpoint_url: Optional[str] = None) -> dict[
     moving average of G when it keeps one (what its validation and evaluate scored), else G."""
     uri = resolve(uri, endpoint_url)
     with tempfile.TemporaryDirectory() as tmp:
-        state = read_model(fetch(uri, Path(tmp), endpoint_url))
+        state = read_model(fetch(uri, Path(tmp), endpoint_url), source=uri)
     nets = state["trainer"]["nets"]
     return nets.get("G_ema", nets["G"])

@@ -35,6 +35,7 @@ T = TypeVar("T")
 
 S3_ATTEMPTS = int(os.environ.get("SSAGAN_S3_ATTEMPTS", "6"))  # tries per operation
 S3_BACKOFF_S = float(os.environ.get("SSAGAN_S3_BACKOFF_S", "0.2"))  # first wait; doubles, jittered, capped at 10 s
+S3_READ_BLOCK = int(os.environ.get("SSAGAN_S3_READ_BLOCK", str(8 << 20)))  # bytes per ranged read of gopen_s3
 _TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed",
                     "InternalError", "ServiceUnavailable", "503", "500", "502", "504"}
 
@@ -249,10 +250,65 @@ def remove(url: str, endpoint_url: str | None = None) -> None:
         fs.rm_file(path)
 
 
+class ShortRead(ConnectionError):
+    """A ranged read that returned fewer bytes than the object holds there (a connection cut mid-body)."""
+
+
+def read_range(fs: Any, path: str, url: str, start: int, end: int, endpoint_url: str | None = None) -> bytes:
+    """Bytes ``[start, end)`` of an object in one retried call; fewer bytes than asked is a
+    transient fault (retried), never a silently short answer. ``fs``: ``filesystem(url)[0]``."""
+    raw = getattr(fs, "fs", fs)
+
+    def once() -> bytes:
+        blob = raw.cat_file(path, start=start, end=end)
+        if len(blob) != end - start:
+            raise ShortRead(f"{len(blob)} of {end - start} bytes at offset {start}")
+        return blob
+
+    return retry("read_range", url, once, endpoint_url)
+
+
+class _RangeReader(io.RawIOBase):
+    """A read-only, seekable S3 object whose every read is one ``read_range`` call."""
+
+    def __init__(self, url: str, endpoint_url: str | None):
+        self.url, self.endpoint_url = url, endpoint_url
+        self._fs, self._path = filesystem(url, endpoint_url)
+        self.size, self.pos = int(self._fs.size(self._path)), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = max(0, {io.SEEK_SET: 0, io.SEEK_CUR: self.pos, io.SEEK_END: self.size}[whence] + offset)
+        return self.pos
+
+    def readinto(self, buffer: Any) -> int:
+        n = max(0, min(len(buffer), self.size - self.pos))
+        if n:
+            buffer[:n] = read_range(self._fs, self._path, self.url, self.pos, self.pos + n, self.endpoint_url)
+            self.pos += n
+        return n
+
+
 def gopen_s3(url: str, mode: str = "rb", bufsize: int = 8192, **kw: Any) -> BinaryIO:
-    """``webdataset.gopen`` handler for ``s3://`` (endpoint and credentials as in ``filesystem``)."""
-    fs, path = filesystem(url, kw.pop("endpoint_url", None))
-    return fs.open(path, mode)
+    """``webdataset.gopen`` handler for ``s3://`` (endpoint and credentials as in ``filesystem``).
+
+    Reads are ranged reads of ``S3_READ_BLOCK`` bytes, each one retried call as the loader's
+    (a dropped connection never ends a shard early); a write is one retried upload on close."""
+    endpoint_url = kw.pop("endpoint_url", None)
+    if mode == "rb":
+        return io.BufferedReader(_RangeReader(url, endpoint_url), buffer_size=S3_READ_BLOCK)
+    if mode == "wb":
+        fs, path = filesystem(url, endpoint_url)
+        return _UploadOnClose(fs, path)
+    raise ValueError(f"{url}: mode {mode!r} is not supported (rb or wb)")
 
 
 # importlib: the attribute `webdataset.gopen` is the function, which shadows its module

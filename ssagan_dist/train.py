@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, cli, factory, perf, storage, telemetry
+from ssagan_dist import checkpointing, cli, factory, perf, raycluster, storage, telemetry
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
 from ssagan_dist.data import ClipLoader, resolve_urls
 from ssagan_dist.data.index import DatasetInfo, inspect_dataset
@@ -81,10 +81,9 @@ def check_stage1_checkpoint(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'run.stage1_checkpoint' = {cfg.run.stage1_checkpoint!r}: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            state = checkpointing.read_model(checkpointing.fetch(uri, Path(tmp), ep))
-        except checkpointing.CheckpointError as e:  # it names the local copy: name the configured URI
-            raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r}: "
-                              f"{str(e).replace(tmp, uri)}") from None
+            state = checkpointing.read_model(checkpointing.fetch(uri, Path(tmp), ep), source=uri)
+        except checkpointing.CheckpointError as e:
+            raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r}: {e}") from None
     wanted = factory.build_networks(cfg, "meta")["G_stage1"].state_dict()
     got = state["trainer"].get("nets", {}).get("G", {})
     differ = sorted(k for k in set(wanted) | set(got)
@@ -179,20 +178,17 @@ def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
     if want is not None and want != shape:
         raise ConfigError(f"config key 'model.args': model {cfg.model.name!r} makes clips of {want} (C,T,H,W) "
                           f"but data.train_urls holds {shape}; set model.args.size/frames")
-    datasets = [("data.train_urls", train)]
-    if cfg.data.val_urls:
+    if cfg.data.val_urls:  # any size: validation pads and masks its last batches (score, every_clip)
         val = _dataset(cfg.data.val_urls, ep, "data.val_urls")
         if val.clip_shape != shape:
             raise ConfigError(f"config key 'data.val_urls' = {cfg.data.val_urls!r}: clip shape {val.clip_shape} "
                               f"!= {shape} of data.train_urls")
-        datasets.append(("data.val_urls", val))
     per_step = cfg.trainer.num_workers * cfg.trainer.batch_size
-    for key, info in datasets:  # each rank needs one whole batch (the loader's rule)
-        if info.clips < per_step:
-            raise ConfigError(f"config key {key!r} = {info.spec!r} holds {info.clips} clips, fewer than one batch "
-                              f"on every worker (trainer.num_workers={cfg.trainer.num_workers} x "
-                              f"trainer.batch_size={cfg.trainer.batch_size} = {per_step}); lower "
-                              "trainer.batch_size or trainer.num_workers, or add clips")
+    if train.clips < per_step:  # each rank needs one whole batch (the loader's rule)
+        raise ConfigError(f"config key 'data.train_urls' = {train.spec!r} holds {train.clips} clips, fewer than one "
+                          f"batch on every worker (trainer.num_workers={cfg.trainer.num_workers} x "
+                          f"trainer.batch_size={cfg.trainer.batch_size} = {per_step}); lower "
+                          "trainer.batch_size or trainer.num_workers, or add clips")
     if cfg.run.stage1_checkpoint and factory.registry.get(cfg.model.name).trainer == "refine":
         check_stage1_checkpoint(cfg)
     check_local_resources(cfg)
@@ -260,7 +256,7 @@ def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
     if storage.exists(marker, cfg.run.s3_endpoint):
         storage.remove(marker, cfg.run.s3_endpoint)  # a re-run (new settings) tries again
     if not ray.is_initialized():
-        ray.init(address=cfg.run.ray_address)
+        raycluster.init(cfg.run.ray_address)
     result = _fit_in_thread(build_ray_trainer(cfg, clip_shape))
     if storage.exists(marker, cfg.run.s3_endpoint):
         raise Diverged(json.loads(storage.read_bytes(marker, cfg.run.s3_endpoint))["error"])
@@ -362,8 +358,8 @@ def set_up(config: dict[str, Any]) -> Worker:
                          prefetch=cfg.data.prefetch, pin_memory=perf.pin_memory(cfg))
     train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, elastic=elastic(cfg),
                               **loader_kwargs)
-    val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, **loader_kwargs)
-                  if cfg.data.val_urls else None)
+    val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, drop_last=False,
+                             **loader_kwargs) if cfg.data.val_urls else None)
     tm = telemetry.TrainingTelemetry(cfg.metrics, run=cfg.run.name, trial=config.get("trial") or "", rank=rank,
                                      world=world, model=cfg.model.name)
     tm.start()
@@ -643,7 +639,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg, clip_shape = prepare(cfg)  # everything the driver can check, before Ray starts
         if started_ray:
             can_grow = joins_cluster(cfg)  # a cluster we join may autoscale; our own local Ray cannot
-            ray.init(address=cfg.run.ray_address)
+            raycluster.init(cfg.run.ray_address)  # a dead cluster's address: an error, not a long wait
             wait_for_resources(cfg, can_grow)
         result = fit(cfg, clip_shape)
     except Diverged as e:

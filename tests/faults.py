@@ -41,18 +41,19 @@ S3_503 = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>ServiceUnavaila
 
 class FlakyS3Proxy:
     """Forwards HTTP requests to ``upstream``, answering a share ``error`` of them with an S3 503
-    error and dropping a share ``drop`` (connection closed, no response), drawn from a seeded RNG;
-    counts what it injected. ``hold``: the first PUT whose path ends with it is held (``held`` is
+    error and dropping a share ``drop`` (connection closed, no response), and cutting a share ``cut``
+    of GET responses mid-body (the full Content-Length announced, half the bytes sent, the connection
+    closed), drawn from a seeded RNG; counts what it injected. ``hold``: the first PUT whose path ends with it is held (``held`` is
     set) until ``release`` is set, then dropped: a write caught in mid-flight for a test to kill
     its writer."""
 
-    def __init__(self, upstream: str, *, error: float = 0.0, drop: float = 0.0, seed: int = 0,
+    def __init__(self, upstream: str, *, error: float = 0.0, drop: float = 0.0, cut: float = 0.0, seed: int = 0,
                  hold: str | None = None):
         self.upstream = urlparse(upstream)
-        self.error, self.drop = error, drop
+        self.error, self.drop, self.cut = error, drop, cut
         self.hold, self.held, self.release = hold, threading.Event(), threading.Event()
         self.rng = random.Random(seed)
-        self.injected = {"error": 0, "drop": 0, "forwarded": 0}
+        self.injected = {"error": 0, "drop": 0, "cut": 0, "forwarded": 0}
         self.lock = threading.Lock()
         proxy = self
 
@@ -104,6 +105,7 @@ class FlakyS3Proxy:
                     if self.command != "HEAD":
                         self.wfile.write(S3_503)
                     return
+                cut = self.command == "GET" and draw < proxy.drop + proxy.error + proxy.cut
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in ("transfer-encoding", "connection")}
                 headers["Content-Length"] = str(len(body))
                 conn = http.client.HTTPConnection(proxy.upstream.hostname, proxy.upstream.port, timeout=30)
@@ -115,8 +117,18 @@ class FlakyS3Proxy:
                     for k, v in resp.getheaders():
                         if k.lower() not in ("transfer-encoding", "connection", "content-length"):
                             self.send_header(k, v)
-                    self.send_header("Content-Length", str(len(data)))
+                    # a HEAD answer has no body but the object's length
+                    self.send_header("Content-Length", resp.getheader("Content-Length", "0") if self.command == "HEAD"
+                                     else str(len(data)))
                     self.end_headers()
+                    if cut and len(data) > 1:
+                        self.wfile.write(data[: len(data) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.close()
+                        with proxy.lock:
+                            proxy.injected["cut"] += 1
+                        return
                     if self.command != "HEAD":
                         self.wfile.write(data)
                 finally:

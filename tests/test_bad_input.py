@@ -10,6 +10,8 @@ import shutil
 import struct
 import subprocess
 import sys
+import tempfile
+import time
 import zlib
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from PIL import Image
 from data_tools import shard as shard_tool
 from data_tools import synth
 from data_tools import verify as verify_tool
-from ssagan_dist import checkpointing, cli, factory, predict, train
+from ssagan_dist import checkpointing, cli, factory, predict, storage, train
 from ssagan_dist.config import ConfigError, load_config
 from ssagan_dist.data.index import inspect_dataset, read_index
 
@@ -41,9 +43,9 @@ def no_ray_started(tmp_path):
     """Asserts after the test that no Ray session was started and no run folder was written."""
     import ray
 
-    before = _raylets()
+    before, was_up = _raylets(), ray.is_initialized()  # (the session's shared Ray may be up)
     yield tmp_path / "runs"
-    assert not ray.is_initialized()
+    assert ray.is_initialized() == was_up
     assert not (_raylets() - before), "a raylet was started"
     assert not (tmp_path / "runs").exists(), "a run folder was created"
 
@@ -122,12 +124,6 @@ def test_train_index_lying_about_clip_shape(sky, tmp_path, capsys, no_ray_starte
     (data / "index.json").write_text(json.dumps(index))
     line = run_train(capsys, [f"data.train_urls={data}", "model.args.frames=16"], no_ray_started)
     assert "index.json" in line and "[3, 16, 32, 32]" in line and "[3, 8, 32, 32]" in line
-
-
-def test_train_val_smaller_than_one_batch_per_worker(sky, capsys, no_ray_started):
-    # 24 training clips fit one batch of 9; the 8 held-out clips do not
-    line = run_train(capsys, [*data_args(sky), "trainer.batch_size=9"], no_ray_started)
-    assert "'data.val_urls'" in line and "8 clips" in line and "trainer.batch_size=9" in line
 
 
 def test_train_set_smaller_than_workers_times_batch(sky, capsys, no_ray_started):
@@ -444,3 +440,83 @@ def test_predict_bad_input_one_line(tiny_ckpt, tmp_path, capsys, case):
     if case == "bomb":
         assert "megapixel" in err[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("damage", ["model.pt", "config.yaml"])
+def test_a_damaged_checkpoint_is_named_by_its_own_path_not_a_temporary_copy(sky, tmp_path, capsys, damage):
+    """evaluate/predict copy a checkpoint to a temporary folder to read it; the error names the
+    file the user gave (a run folder resolves to its checkpoint), never that copy."""
+    from ssagan_dist import evaluate
+
+    run = tmp_path / "run"
+    ckpt = _tiny_checkpoint(run / "checkpoint_000000001")
+    path = ckpt / damage
+    if damage == "model.pt":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # a save cut short
+    else:
+        path.write_text("model: {name: [unclosed\n")
+    for command, argv in ((evaluate.main, ["--checkpoint", str(run), "--data", str(sky / "val"), "--device", "cpu"]),
+                          (predict.main, ["--checkpoint", str(ckpt), "--from-data", str(sky / "val"),
+                                          "--out", str(tmp_path / "p.gif"), "--device", "cpu"])):
+        assert command(argv) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith(f"error: checkpoint file {path} cannot be read"), line
+        assert tempfile.gettempdir() not in line.replace(str(tmp_path), ""), line
+
+
+def test_a_damaged_checkpoint_on_s3_is_named_by_its_url(s3_bucket, tmp_path):
+    endpoint, bucket = s3_bucket
+    ckpt = _tiny_checkpoint(tmp_path / "ckpt")
+    url = f"s3://{bucket}/run/checkpoint_000000001"
+    for name in ("model.pt", "config.yaml"):
+        data = (ckpt / name).read_bytes()
+        storage.write_bytes_atomic(f"{url}/{name}", data[:100] if name == "model.pt" else data, endpoint)
+    with pytest.raises(checkpointing.DamagedCheckpoint, match=f"^checkpoint file {url}/model.pt cannot be read"):
+        checkpointing.load_trainer(f"s3://{bucket}/run", endpoint_url=endpoint)
+    with pytest.raises(checkpointing.DamagedCheckpoint, match=f"^checkpoint file {url}/model.pt cannot be read"):
+        checkpointing.load_for_worker(url, 0, "ssagan", endpoint_url=endpoint)
+
+
+def _train_subprocess(sky: Path, tmp_path: Path, extra: list[str], env: dict) -> tuple[subprocess.CompletedProcess, float]:
+    runs = tmp_path / "runs"
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "PYTHONPATH": str(REPO), **env}
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", *TINY, *data_args(sky),
+                             f"run.storage_path={runs}", *extra], capture_output=True, text=True, timeout=120,
+                            cwd=REPO, env=env)
+    assert not runs.exists(), "a run folder was created"
+    return result, time.monotonic() - start
+
+
+def test_a_dead_clusters_recorded_address_is_reported_at_once(sky, tmp_path):
+    """A `ray start` head that died leaves its address in Ray's ray_current_cluster file; train
+    with no address given used to wait on it for 13 minutes. Ray's temp dir is this test's own
+    (RAY_TMPDIR), so the machine's real file, and any cluster running here, are not touched."""
+    from tests.conftest import free_port
+
+    dead = f"127.0.0.1:{free_port()}"  # nothing listens there
+    (tmp_path / "ray").mkdir()
+    (tmp_path / "ray" / "ray_current_cluster").write_text(dead)
+    result, took = _train_subprocess(sky, tmp_path, [], {"RAY_TMPDIR": str(tmp_path)})
+    # (Ray itself may warn first that other clusters run on this machine)
+    line = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2, result.stderr
+    assert line.startswith(f"error: no Ray cluster answers at {dead} (Ray's recorded address in "
+                           f"{tmp_path / 'ray' / 'ray_current_cluster'}"), line
+    assert "ray start --head" in line and "run.ray_address=local" in line
+    assert took < 30  # the probe waits 3 s; the rest is Python starting on a loaded machine
+
+
+def test_an_explicit_address_that_does_not_answer_fails_after_a_bounded_printed_wait(sky, tmp_path):
+    from tests.conftest import free_port
+
+    dead = f"127.0.0.1:{free_port()}"
+    result, took = _train_subprocess(sky, tmp_path, [f"run.ray_address={dead}"],
+                                     {"RAY_TMPDIR": str(tmp_path), "SSAGAN_RAY_CONNECT_WAIT_S": "3"})
+    waiting, error = result.stderr.strip().splitlines()[-2:]
+    assert result.returncode == 2, result.stderr
+    assert waiting == (f"[ray] {dead} (run.ray_address = '{dead}') does not answer yet; waiting up to 3 s "
+                       "(SSAGAN_RAY_CONNECT_WAIT_S)")
+    assert error == (f"error: no Ray cluster answers at {dead} (run.ray_address = '{dead}') after 3 s: start it, "
+                     "or fix the address (SSAGAN_RAY_CONNECT_WAIT_S sets the wait)")
+    assert took < 30

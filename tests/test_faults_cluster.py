@@ -10,12 +10,16 @@ from ssagan_dist import checkpointing, train
 from tests.faults import ray_train_workers, wait_until
 from tests.test_faults import FAST, assert_same_weights, data_args, events, train_in_thread
 
+# Multi-node clusters and 120-step runs: with the slow tests (make test-slow, CI).
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def cluster():
     import ray
     from ray.cluster_utils import Cluster
 
+    ray.shutdown()  # the session's shared local Ray (conftest.ray_cluster), if up: this module has its own
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     nodes = [c.add_node(num_cpus=1) for _ in range(2)]
     c.wait_for_nodes()

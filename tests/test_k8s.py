@@ -2,8 +2,10 @@
 network, which the offline test blocks on purpose).
 
 The checker (ssagan_dist.deploy.check) validates core kinds with kubernetes-validate's bundled
-schemas, RayJob/RayCluster with the KubeRay v1.7.0 CRDs in ../shared/k8s-crds (unknown fields
-refused), and cross-checks the entrypoint, the run config, GPUs, images, security and secrets.
+schemas, RayJob/RayCluster with the KubeRay v1.7.0 CRDs (given explicitly by the `kuberay_crds`
+fixture of conftest.py; unknown fields refused), and cross-checks the entrypoint, the run config,
+GPUs, images, security and secrets. Where the CRDs come from `kubectl`, only the kubectl program
+is replaced (a script on PATH that prints what `kubectl get crd` would): no Kubernetes API here.
 """
 
 from __future__ import annotations
@@ -66,8 +68,8 @@ def dockerfile_base() -> re.Match:
     return match
 
 
-def test_repository_manifests_pass_every_check():
-    problems = k8s_check.check(K8S)
+def test_repository_manifests_pass_every_check(kuberay_crds):
+    problems = k8s_check.check(K8S, kuberay_crds)
     assert [str(p) for p in problems] == []
 
 
@@ -132,14 +134,14 @@ def test_every_manifest_names_the_one_image_of_this_version():
     assert f"ssagan-dist:$version" in (REPO / "jobs" / "build_image.sh").read_text()
 
 
-def test_valid_fixture_base_passes():
-    assert [str(p) for p in k8s_check.check(VALID)] == []
+def test_valid_fixture_base_passes(kuberay_crds):
+    assert [str(p) for p in k8s_check.check(VALID, kuberay_crds)] == []
 
 
 @pytest.mark.parametrize("case", sorted(BROKEN_CASES))
-def test_broken_manifest_fails_naming_file_and_field(case):
+def test_broken_manifest_fails_naming_file_and_field(case, kuberay_crds):
     broken_file, field = BROKEN_CASES[case]
-    problems = k8s_check.check(BROKEN / case)
+    problems = k8s_check.check(BROKEN / case, kuberay_crds)
     assert problems, f"{case}: no problem found"
     lines = [str(p) for p in problems]
     assert all(p.file == f"{case}/{broken_file}" or (case == "worker_without_gpu" and p.file.endswith("20-run-config.yaml"))
@@ -148,18 +150,18 @@ def test_broken_manifest_fails_naming_file_and_field(case):
     assert all("\n" not in line for line in lines)
 
 
-def test_broken_config_message_names_the_key():
-    [problem] = k8s_check.check(BROKEN / "config_unknown_key")
+def test_broken_config_message_names_the_key(kuberay_crds):
+    [problem] = k8s_check.check(BROKEN / "config_unknown_key", kuberay_crds)
     assert "loss.lambda_rank" in problem.message
 
 
-def test_typo_is_refused_deep_inside_the_pod_template_too():
+def test_typo_is_refused_deep_inside_the_pod_template_too(kuberay_crds):
     [(path, doc)] = [(p, d) for p, d in docs_in(VALID) if d["kind"] == "RayJob"]
     doc = copy.deepcopy(doc)
     worker = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
     worker["volumeMount"] = worker.pop("volumeMounts")
     manifest = k8s_check.Manifest("30-rayjob.yaml", True, doc)
-    schemas = k8s_check.crd_schemas(str(k8s_check.DEFAULT_CRDS.resolve()))
+    schemas = k8s_check.crd_schemas(str(kuberay_crds.resolve()))
     [problem] = k8s_check.check_crd_kind(manifest, schemas)
     assert problem.field.endswith("workerGroupSpecs[0].template.spec.containers[0].volumeMount")
     assert "did you mean 'volumeMounts'" in problem.message
@@ -176,17 +178,17 @@ def test_core_kinds_validate_strictly_against_kubernetes_schemas():
     assert problem.field == "ServiceAccount/x automountServiceAccountToken"
 
 
-def test_checks_run_offline(monkeypatch):
+def test_checks_run_offline(monkeypatch, kuberay_crds):
     def no_network(*args, **kwargs):
         raise OSError("network access during an offline check")
 
     monkeypatch.setattr(socket.socket, "connect", no_network)
     monkeypatch.setattr(socket, "getaddrinfo", no_network)
-    assert [str(p) for p in k8s_check.check(VALID)] == []
-    assert k8s_check.check(BROKEN / "typo_field")
+    assert [str(p) for p in k8s_check.check(VALID, kuberay_crds)] == []
+    assert k8s_check.check(BROKEN / "typo_field", kuberay_crds)
 
 
-def test_monitoring_objects_outside_a_sub_folder_are_refused(tmp_path):
+def test_monitoring_objects_outside_a_sub_folder_are_refused(tmp_path, kuberay_crds):
     for path in VALID.iterdir():
         (tmp_path / path.name).write_text(path.read_text())
     (tmp_path / "50-podmonitor.yaml").write_text(yaml.safe_dump({
@@ -194,15 +196,96 @@ def test_monitoring_objects_outside_a_sub_folder_are_refused(tmp_path):
         "metadata": {"name": "m", "namespace": "ssagan"},
         "spec": {"selector": {"matchLabels": {"app.kubernetes.io/name": "ssagan-dist"}},
                  "podMetricsEndpoints": [{"port": "metrics"}]}}))
-    problems = k8s_check.check(tmp_path)
+    problems = k8s_check.check(tmp_path, kuberay_crds)
     assert [p.field for p in problems] == ["PodMonitor/m kind"]
 
 
-def test_cli_prints_one_line_per_problem_and_exits_2():
-    result = subprocess.run([sys.executable, "-m", "ssagan_dist.deploy.check", str(BROKEN / "writable_root")],
+def test_cli_prints_one_line_per_problem_and_exits_2(kuberay_crds):
+    result = subprocess.run([sys.executable, "-m", "ssagan_dist.deploy.check", str(BROKEN / "writable_root"),
+                             "--crds", str(kuberay_crds)],
                             capture_output=True, text=True, cwd=REPO, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines[-1] == f"{len(lines) - 1} problem(s) in {BROKEN / 'writable_root'}"
     assert len(lines) > 1 and all(line.startswith("writable_root/30-rayjob.yaml: RayJob/ssagan-train spec.")
                                   for line in lines[:-1])
+
+
+# -- where the KubeRay CRDs come from ------------------------------------------------------------
+
+def _checker(*args: str, env_path: str, crds_env: str = "") -> subprocess.CompletedProcess:
+    import os
+
+    env = {**os.environ, "PATH": env_path, "SSAGAN_KUBERAY_CRDS": crds_env}
+    return subprocess.run([sys.executable, "-m", "ssagan_dist.deploy.check", *args], capture_output=True,
+                          text=True, cwd=REPO, timeout=120, env=env)
+
+
+def _fake_kubectl(folder: Path, script: str) -> str:
+    """A `kubectl` program on PATH (the only stand-in: no Kubernetes API can run here)."""
+    folder.mkdir()
+    kubectl = folder / "kubectl"
+    kubectl.write_text(f"#!/bin/sh\n{script}\n")
+    kubectl.chmod(0o755)
+    (folder / "calls").write_text("")
+    return f"{folder}:/usr/bin:/bin"
+
+
+def test_without_any_crds_everything_else_is_checked_and_the_skip_is_said_in_one_line(tmp_path):
+    no_kubectl = str(tmp_path)  # an empty PATH: the checker needs no program but Python (by its full path)
+    ok = _checker("k8s/", env_path=no_kubectl)
+    assert ok.returncode == 0, ok.stderr
+    lines = ok.stdout.strip().splitlines()
+    assert lines == [lines[0], "k8s: all manifests pass"]
+    assert lines[0].startswith("skipped: the RayJob/RayCluster schema check (no KubeRay CRDs: kubectl is not "
+                               "installed)") and "--crds DIR" in lines[0] and "SSAGAN_KUBERAY_CRDS" in lines[0]
+    # the cross-checks of RayJobs still run without their schema
+    bad = _checker(str(BROKEN / "writable_root"), env_path=no_kubectl)
+    assert bad.returncode == 2 and "readOnlyRootFilesystem" in bad.stderr
+    assert bad.stdout.startswith("skipped: the RayJob/RayCluster schema check")
+    # ...but a schema-only mistake needs the CRDs: with them it is found
+    assert _checker(str(BROKEN / "typo_field"), env_path=no_kubectl).returncode == 2  # via a cross-check
+    assert "unknown field 'shutdownAfterJobFinish'" not in _checker(str(BROKEN / "typo_field"), env_path=no_kubectl).stderr
+
+
+def test_crds_come_from_the_cluster_kubectl_reaches(tmp_path, kuberay_crds):
+    # what `kubectl get crd rayjobs.ray.io rayclusters.ray.io -o yaml` prints: a List of the CRDs
+    items = [doc for path in sorted(kuberay_crds.glob("*.y*ml")) for doc in yaml.safe_load_all(path.read_text()) if doc]
+    (tmp_path / "list.yaml").write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": items}))
+    path = _fake_kubectl(tmp_path / "bin", f'echo "$@" >> {tmp_path}/bin/calls\n'
+                         f'case "$1" in get) cat {tmp_path}/list.yaml ;; config) echo prod-east ;; esac')
+    result = _checker(str(BROKEN / "typo_field"), env_path=path)
+    assert result.returncode == 2
+    assert "unknown field 'shutdownAfterJobFinish' (did you mean 'shutdownAfterJobFinishes'?)" in result.stderr
+    assert "skipped" not in result.stdout
+    assert (tmp_path / "bin" / "calls").read_text().splitlines()[0].startswith(
+        "get crd rayjobs.ray.io rayclusters.ray.io -o yaml --request-timeout=")
+    assert _checker("k8s/", env_path=path).stdout.strip() == "k8s: all manifests pass"
+    # an explicit folder wins over kubectl
+    (tmp_path / "bin" / "calls").write_text("")
+    assert _checker("k8s/", "--crds", str(kuberay_crds), env_path=path).returncode == 0
+    assert _checker("k8s/", env_path=path, crds_env=str(kuberay_crds)).returncode == 0
+    assert (tmp_path / "bin" / "calls").read_text() == ""
+
+
+def test_kubectl_without_a_cluster_skips_the_schema_check_saying_why(tmp_path):
+    path = _fake_kubectl(tmp_path / "bin", 'echo "The connection to the server localhost:8080 was refused" >&2; exit 1')
+    result = _checker("k8s/", env_path=path)
+    assert result.returncode == 0, result.stderr
+    skipped, passed = result.stdout.strip().splitlines()
+    assert "kubectl get crd` failed: The connection to the server localhost:8080 was refused" in skipped
+    assert passed == "k8s: all manifests pass"
+
+
+def test_an_empty_crds_folder_is_a_problem_not_a_skip(tmp_path):
+    result = _checker("k8s/", "--crds", str(tmp_path), env_path=str(tmp_path))
+    assert result.returncode == 2
+    assert f"k8s/30-rayjob-train.yaml: RayJob/ssagan-train apiVersion: no KubeRay CRD files in --crds {tmp_path}" \
+        in result.stderr.splitlines()
+
+
+def test_missing_checker_packages_name_the_extra(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "kubernetes_validate", None)  # as if not installed
+    assert k8s_check.main([str(K8S)]) == 3
+    assert capsys.readouterr().err.strip() == ("error: the manifest checker needs kubernetes-validate: "
+                                               "pip install 'ssagan-dist[deploy]'")

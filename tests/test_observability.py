@@ -28,15 +28,6 @@ def cannot_exist_here(expr: str) -> bool:
     return "ssagan_accelerator_memory_bytes" in expr or "ssagan_s3_retries_total" in expr
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @needs_prometheus
 def test_two_worker_training_seen_through_prometheus(ray_cluster, prometheus, sky, tmp_path):  # noqa: F811
     run = f"obs-{uuid.uuid4().hex[:8]}"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -26,14 +25,17 @@ from ssagan_dist import telemetry
 from ssagan_dist.config import MetricsConfig
 from ssagan_dist.observability import dashboards
 from ssagan_dist.telemetry import TrainingTelemetry
-from tests.conftest import free_port
+from tests.conftest import free_port, require_programs
 
 OBS = Path(dashboards.__file__).resolve().parent
 K8S = OBS.parents[1] / "k8s" / "monitoring"
 
-needs_prometheus = pytest.mark.skipif(
-    not all(shutil.which(b) for b in ("prometheus", "promtool", "prometheus-pushgateway")),
-    reason="Debian's prometheus, promtool and prometheus-pushgateway (scripts/setup-system.sh)")
+needs_prometheus = pytest.mark.usefixtures("prometheus_programs")
+
+
+@pytest.fixture
+def prometheus_programs():
+    require_programs("prometheus", "promtool", "prometheus-pushgateway", why="Debian's prometheus packages")
 
 
 # -- a real Prometheus (and Pushgateway) on loopback, shared with tests/test_observability.py ----
@@ -115,6 +117,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory):
+    require_programs("prometheus", "promtool", "prometheus-pushgateway", why="Debian's prometheus packages")
     server = Prometheus(tmp_path_factory.mktemp("prometheus"))
     yield server
     server.stop()
@@ -421,8 +424,8 @@ def test_dashboards_are_well_formed():
         assert {v["name"] for v in board["templating"]["list"]} >= {"datasource", "run", "trial"}
 
 
-@pytest.mark.skipif(not shutil.which("promtool"), reason="Debian's promtool")
 def test_promtool_accepts_rules_and_local_config():
+    require_programs("promtool", why="Debian's prometheus package")
     for argv in (["check", "rules", str(OBS / "alerts.yml")], ["check", "config", str(OBS / "prometheus.local.yml")]):
         out = subprocess.run(["promtool", *argv], capture_output=True, text=True)
         assert out.returncode == 0, out.stdout + out.stderr

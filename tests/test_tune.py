@@ -24,6 +24,7 @@ import torch
 from ssagan_dist import checkpointing
 from ssagan_dist.config import ConfigError
 from ssagan_dist.tune import report, sweep as sweeps
+from tests.conftest import require_programs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -187,6 +188,7 @@ def check_report_renders(sweep_dir: Path, tmp_path: Path) -> None:
     assert "<script src=" not in text  # plotly.js is inline: the file opens without a network
     assert "data:image/png;base64," in text and "data:image/gif;base64," in text
     shot = tmp_path / "report.png"
+    require_programs("chromium", why="Debian's chromium: the report is opened in a headless browser")
     proc = subprocess.run(
         ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
          "--disable-background-networking",
@@ -207,6 +209,7 @@ def check_report_renders(sweep_dir: Path, tmp_path: Path) -> None:
 
 # -- PBT: the weaker trial continues from the stronger one's checkpoint -----------------------------
 
+@pytest.mark.slow  # a 4-trial PBT sweep, then a replay on its own Ray; ASHA and resume stay in the default suite
 def test_pbt_exploit_copies_the_donor_checkpoint_and_applies_explored_learning_rates(sky, tmp_path):
     result = run_sweep(sweep_cmd(sky, tmp_path, "tiny_pbt"))
     assert result.returncode == 0, result.stdout[-3000:]
@@ -241,6 +244,7 @@ def test_pbt_exploit_copies_the_donor_checkpoint_and_applies_explored_learning_r
     cfg.run.storage_path, cfg.run.name = str(tmp_path / "replay"), "replay"
     cfg.trainer.max_steps = after["step"]
     cfg.metrics.enabled = False
+    ray.shutdown()  # the session's shared local Ray (conftest.ray_cluster), if up
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a shared cluster
     try:
         train.build_ray_trainer(cfg, [3, 8, 32, 32], start_from=str(donor_ckpt)).fit()

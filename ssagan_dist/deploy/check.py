@@ -7,7 +7,10 @@ Every ``*.yaml``/``*.yml`` under the folder, recursively, is parsed and validate
 - core kinds against Kubernetes' own OpenAPI schemas (``kubernetes-validate``, shipped with the
   package, strict: unknown fields refused);
 - ``RayJob``/``RayCluster`` against the KubeRay CRDs' ``openAPIV3Schema`` with unknown fields
-  refused everywhere (the CRDs set no ``x-kubernetes-preserve-unknown-fields``);
+  refused everywhere (the CRDs set no ``x-kubernetes-preserve-unknown-fields``). The CRDs come from
+  ``--crds DIR`` or ``$SSAGAN_KUBERAY_CRDS`` (a folder of CRD YAML files), else from the cluster
+  ``kubectl`` reaches (``kubectl get crd rayjobs.ray.io rayclusters.ray.io -o yaml``); with none of
+  these, this one check is skipped, said in one line, and everything else is still checked;
 - Prometheus-Operator kinds: apiVersion/kind/metadata/spec structure, and that they sit in a
   sub-folder (``kubectl apply -f k8s/`` must not need the Prometheus Operator);
 
@@ -17,7 +20,11 @@ worker count, CPUs, metrics port), every worker group requests GPUs with request
 tolerations, a node selector or affinity and a memory-backed /dev/shm, the head has
 ``num-cpus: "0"``, autoscaling is on with min/max replicas, token auth is on, every container
 runs non-root with a read-only root filesystem, every image is pinned and the same, and no
-Secret value is in the folder. One line per problem, naming the file and the field; exit 2.
+Secret value is in the folder. One line per problem, naming the file and the field.
+
+Exit status: 0 all manifests pass (with a ``skipped:`` line when no CRDs were found); 2 one or
+more problems (one line each on stderr; also bad arguments); 3 the checker cannot run (its
+packages, ``pip install 'ssagan-dist[deploy]'``, are not installed).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import importlib.util
 import os
 import re
 import shlex
+import shutil
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -43,7 +52,9 @@ except ImportError:  # pragma: no cover
     from yaml import SafeLoader  # type: ignore[assignment]
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CRDS = PACKAGE_ROOT.parent.parent / "shared" / "k8s-crds"
+CRDS_ENV = "SSAGAN_KUBERAY_CRDS"
+KUBERAY_CRDS = ("rayjobs.ray.io", "rayclusters.ray.io")
+KUBECTL_TIMEOUT_S = 10
 DEFAULT_KUBERNETES_VERSION = "1.30"
 
 IMAGE_LABEL = "app.kubernetes.io/name"
@@ -168,18 +179,70 @@ def _strict(schema: Any) -> Any:
     return schema
 
 
+def _crd_schemas(docs: Iterator[Any]) -> dict[tuple[str, str], dict]:
+    """(apiVersion, kind) -> strict openAPIV3Schema of every CustomResourceDefinition in docs."""
+    schemas = {}
+    for doc in docs:
+        if not doc or doc.get("kind") != "CustomResourceDefinition":
+            continue
+        group, kind = doc["spec"]["group"], doc["spec"]["names"]["kind"]
+        for version in doc["spec"]["versions"]:
+            schemas[(f"{group}/{version['name']}", kind)] = _strict(version["schema"]["openAPIV3Schema"])
+    return schemas
+
+
 @functools.lru_cache(maxsize=4)
 def crd_schemas(crds_dir: str) -> dict[tuple[str, str], dict]:
     """(apiVersion, kind) -> strict openAPIV3Schema, from every CRD file in the folder."""
-    schemas = {}
-    for path in sorted(Path(crds_dir).glob("*.y*ml")):
-        for doc in yaml.load_all(path.read_text(), Loader=SafeLoader):
-            if not doc or doc.get("kind") != "CustomResourceDefinition":
-                continue
-            group, kind = doc["spec"]["group"], doc["spec"]["names"]["kind"]
-            for version in doc["spec"]["versions"]:
-                schemas[(f"{group}/{version['name']}", kind)] = _strict(version["schema"]["openAPIV3Schema"])
-    return schemas
+    return _crd_schemas(doc for path in sorted(Path(crds_dir).glob("*.y*ml"))
+                        for doc in yaml.load_all(path.read_text(), Loader=SafeLoader))
+
+
+@dataclass(frozen=True)
+class Crds:
+    """The KubeRay CRD schemas the RayJob/RayCluster check uses, and where they came from."""
+    schemas: dict
+    source: str  # "--crds DIR", "kubectl (context X)", or why there are none
+
+
+def kubectl_crds() -> tuple[dict, str]:
+    """The KubeRay CRDs of the cluster kubectl's current context reaches: (schemas, source)."""
+    if shutil.which("kubectl") is None:
+        return {}, "kubectl is not installed"
+    command = ["kubectl", "get", "crd", *KUBERAY_CRDS, "-o", "yaml", f"--request-timeout={KUBECTL_TIMEOUT_S}s"]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, timeout=3 * KUBECTL_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {}, f"`{' '.join(command[:5])}` did not answer in {3 * KUBECTL_TIMEOUT_S} s"
+    if result.returncode != 0:
+        lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+        return {}, f"`kubectl get crd` failed: {lines[-1].strip() if lines else f'exit {result.returncode}'}"
+    listing = yaml.load(result.stdout, Loader=SafeLoader) or {}
+    items = listing.get("items", [listing]) if isinstance(listing, dict) else []
+    context = subprocess.run(["kubectl", "config", "current-context"], capture_output=True, text=True,
+                             timeout=KUBECTL_TIMEOUT_S).stdout.strip()
+    return _crd_schemas(iter(items)), f"kubectl (context {context or '?'})"
+
+
+def find_crds(crds_dir: Optional[Path] = None) -> Crds:
+    """The CRDs from ``crds_dir``, else ``$SSAGAN_KUBERAY_CRDS``, else the cluster kubectl reaches.
+
+    ``schemas`` is empty when none of them has the CRDs; ``source`` then says why."""
+    if crds_dir is None and os.environ.get(CRDS_ENV):
+        crds_dir, option = Path(os.environ[CRDS_ENV]), f"${CRDS_ENV}"
+    else:
+        option = "--crds"
+    if crds_dir is not None:
+        crds_dir = Path(crds_dir)
+        schemas = crd_schemas(str(crds_dir.resolve())) if crds_dir.is_dir() else {}
+        return Crds(schemas, f"{option} {crds_dir}")
+    return Crds(*kubectl_crds())
+
+
+def skipped_line(crds: Crds) -> str:
+    return (f"skipped: the RayJob/RayCluster schema check (no KubeRay CRDs: {crds.source}); turn it on with "
+            f"--crds DIR or {CRDS_ENV}=DIR (KubeRay's CRD YAML files, ray-operator/config/crd/bases), "
+            "or a kubectl context whose cluster runs KubeRay")
 
 
 def _schema_error(m: Manifest, error: Any) -> Problem:
@@ -725,15 +788,19 @@ def check_ray_job(m: Manifest) -> list[Problem]:
 # Everything
 # ---------------------------------------------------------------------------------------------
 
-def check(root: Path, crds_dir: Optional[Path] = None,
+def check(root: Path, crds: "Crds | Path | None" = None,
           kubernetes_version: str = DEFAULT_KUBERNETES_VERSION) -> list[Problem]:
-    """All problems of the manifests under ``root`` (recursively)."""
+    """All problems of the manifests under ``root`` (recursively).
+
+    ``crds``: a folder of KubeRay CRD files or ``find_crds()``'s answer (default: ``find_crds()``).
+    Without CRD schemas the RayJob/RayCluster schema check is left out; the rest still runs."""
     root = Path(root)
     if not root.is_dir():
         return [Problem(str(root), "(folder)", "not a folder")]
     manifests, problems = load_manifests(root)
-    crds_dir = Path(crds_dir or os.environ.get("SSAGAN_KUBERAY_CRDS") or DEFAULT_CRDS)
-    schemas = crd_schemas(str(crds_dir.resolve())) if crds_dir.is_dir() else {}
+    if not isinstance(crds, Crds):
+        crds = find_crds(crds)
+    schemas = crds.schemas
     problems += check_layout(root, manifests)
     configmaps = {(m.namespace or "", m.name): m for m in manifests if m.kind == "ConfigMap"}
     for m in manifests:
@@ -747,10 +814,10 @@ def check(root: Path, crds_dir: Optional[Path] = None,
         if group != "ray.io":
             problems.append(m.problem("apiVersion", f"no schema known for {m.doc['apiVersion']} {m.kind}"))
             continue
-        if not schemas:
-            problems.append(m.problem("apiVersion", f"KubeRay CRDs not found in {crds_dir}: pass --crds DIR"))
+        if not schemas and crds.source.startswith(("--crds", "$")):
+            problems.append(m.problem("apiVersion", f"no KubeRay CRD files in {crds.source}"))
             continue
-        schema_problems = check_crd_kind(m, schemas)
+        schema_problems = check_crd_kind(m, schemas) if schemas else []
         problems += schema_problems
         try:
             problems += check_ray_job(m) + check_ray_cluster(m) + check_entrypoint(m, configmaps)
@@ -771,11 +838,20 @@ def main(argv: Optional[list[str]] = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("folder", type=Path, nargs="?", default=Path("k8s"), help="manifest folder (default: k8s)")
     p.add_argument("--crds", type=Path, default=None,
-                   help=f"folder of the KubeRay CRD YAML files (default: $SSAGAN_KUBERAY_CRDS or {DEFAULT_CRDS})")
+                   help=f"folder of the KubeRay CRD YAML files (default: ${CRDS_ENV}, else the CRDs of the "
+                        "cluster kubectl reaches, else the RayJob/RayCluster schema check is skipped)")
     p.add_argument("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION,
                    help="Kubernetes version whose schemas the core kinds must pass (default: %(default)s)")
     args = p.parse_args(argv)
-    problems = check(args.folder, args.crds, args.kubernetes_version)
+    missing = [name for name in ("kubernetes_validate", "jsonschema") if importlib.util.find_spec(name) is None]
+    if missing:
+        print(f"error: the manifest checker needs {' and '.join(m.replace('_', '-') for m in missing)}: "
+              "pip install 'ssagan-dist[deploy]'", file=sys.stderr)
+        return 3
+    crds = find_crds(args.crds)
+    problems = check(args.folder, crds, args.kubernetes_version)
+    if not crds.schemas and not crds.source.startswith(("--crds", "$")):
+        print(skipped_line(crds))
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:

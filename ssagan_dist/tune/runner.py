@@ -12,7 +12,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from ray.tune import Callback
 
-from ssagan_dist import storage
+from ssagan_dist import raycluster, storage
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config
 from ssagan_dist.tune import sweep as sweeps
 from ssagan_dist.tune.trainable import SweepContext, SweepTrial, trial_config
@@ -154,7 +154,7 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
         # No address and no RAY_ADDRESS (which `ray job submit` sets): a new local Ray of our own,
         # never whatever `ray start` cluster happens to run on this machine.
         address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, **({"num_cpus": num_cpus} if num_cpus and address == "local" else {}))
+        raycluster.init(address, **({"num_cpus": num_cpus} if num_cpus and address == "local" else {}))
     try:
         need = per_trial_resources(cfg, sweep.driver_cpus)
         fit = concurrent_trials(ray.cluster_resources(), need)
