@@ -81,11 +81,21 @@ def check_stage1_checkpoint(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'run.stage1_checkpoint' = {cfg.run.stage1_checkpoint!r}: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            state = checkpointing.read_model(checkpointing.fetch(uri, Path(tmp), ep))
+            local = checkpointing.fetch(uri, Path(tmp), ep)
+            state = checkpointing.read_model(local)
         except checkpointing.CheckpointError as e:  # it names the local copy: name the configured URI
             raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r}: "
                               f"{str(e).replace(tmp, uri)}") from None
-    wanted = factory.build_networks(cfg, "meta")["G_stage1"].state_dict()
+        stage1_cfg = OmegaConf.load(local / checkpointing.CONFIG_FILE)
+    g1 = factory.build_networks(cfg, "meta")["G_stage1"]
+    # A residual and a direct generator have the same tensors: only the config tells them apart,
+    # and a Stage I read in the wrong mode gives Stage II a meaningless Y1.
+    trained_output = OmegaConf.select(stage1_cfg, "model.args.output", default=None) or "direct"
+    if getattr(g1, "output", trained_output) != trained_output:
+        raise ConfigError(f"config key 'model.args.stage1_output' = {g1.output!r}, but the Stage-I checkpoint "
+                          f"{uri!r} was trained with model.args.output = {trained_output!r}; set "
+                          f"model.args.stage1_output={trained_output}")
+    wanted = g1.state_dict()
     got = state["trainer"].get("nets", {}).get("G", {})
     differ = sorted(k for k in set(wanted) | set(got)
                     if k not in wanted or k not in got or tuple(wanted[k].shape) != tuple(got[k].shape))
