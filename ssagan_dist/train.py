@@ -88,13 +88,16 @@ def check_stage1_checkpoint(cfg: ExperimentConfig) -> None:
                               f"{str(e).replace(tmp, uri)}") from None
         stage1_cfg = OmegaConf.load(local / checkpointing.CONFIG_FILE)
     g1 = factory.build_networks(cfg, "meta")["G_stage1"]
-    # A residual and a direct generator have the same tensors: only the config tells them apart,
+    # G_stage1 is built from model.args.stage1_*: they must be the Stage-I run's own arguments. A
+    # residual and a direct generator have the same tensors, so only the config tells them apart,
     # and a Stage I read in the wrong mode gives Stage II a meaningless Y1.
-    trained_output = OmegaConf.select(stage1_cfg, "model.args.output", default=None) or "direct"
-    if getattr(g1, "output", trained_output) != trained_output:
-        raise ConfigError(f"config key 'model.args.stage1_output' = {g1.output!r}, but the Stage-I checkpoint "
-                          f"{uri!r} was trained with model.args.output = {trained_output!r}; set "
-                          f"model.args.stage1_output={trained_output}")
+    for arg, default in (("output", "direct"), ("dropout", 0.0)):
+        trained = OmegaConf.select(stage1_cfg, f"model.args.{arg}", default=None)
+        trained = default if trained is None else trained
+        if getattr(g1, arg, trained) != trained:
+            raise ConfigError(f"config key 'model.args.stage1_{arg}' = {getattr(g1, arg)!r}, but the Stage-I "
+                              f"checkpoint {uri!r} was trained with model.args.{arg} = {trained!r}; set "
+                              f"model.args.stage1_{arg}={trained}")
     wanted = g1.state_dict()
     got = state["trainer"].get("nets", {}).get("G", {})
     differ = sorted(k for k in set(wanted) | set(got)

@@ -142,3 +142,29 @@ def test_zoo_chains_stage2_from_its_stage1_and_a_rerun_reuses_finished_runs(monk
     monkeypatch.setattr(quality, "train_run", lambda *a, **k: pytest.fail("a finished run was trained again"))
     again = zoo.run()
     assert [r["checkpoint"] for r in again["rows"]] == [r["checkpoint"] for r in results["rows"]]
+
+
+# -- a Stage-I checkpoint is read in the output mode it was trained with --------------------------
+
+@pytest.mark.parametrize("model, trained, key", [
+    ("mdgan_stage2", ["model.name=mdgan_stage1", "model.args.output=residual"], "output"),
+    ("ssagan_b", ["model.name=ssagan_a", "model.args.dropout=0.5"], "dropout")])
+def test_stage2_refuses_a_stage1_checkpoint_read_with_other_arguments(tmp_path, model, trained, key):
+    """A residual and a direct Stage I have the same tensors: read in the wrong mode, Y1 is
+    meaningless and Stage II trains on it silently; an SSA Stage I trained with dropout names its
+    tensors differently. The check names the key and the value to set."""
+    from ssagan_dist import train
+    from ssagan_dist.config import ConfigError
+
+    s1 = load_config(None, ["model.preset=tiny", *trained])
+    ckpt = tmp_path / "s1" / checkpointing.checkpoint_dir_name(1)
+    ckpt.mkdir(parents=True)
+    checkpointing.write(ckpt, rank=0, worker_state={}, trainer=factory.build_trainer(s1, "cpu"), step=1,
+                        clip_shape=[3, 8, 32, 32], cfg=s1)
+    stage2 = [f"model.name={model}", "model.preset=tiny", f"run.stage1_checkpoint={ckpt}"]
+    if model == "ssagan_b":
+        stage2.append("model.args.stage1_ssa=true")
+    value = trained[-1].split("=")[1]
+    with pytest.raises(ConfigError, match=f"model.args.stage1_{key}.*stage1_{key}={value}"):
+        train.check_stage1_checkpoint(load_config(None, stage2))
+    train.check_stage1_checkpoint(load_config(None, [*stage2, f"model.args.stage1_{key}={value}"]))  # it loads

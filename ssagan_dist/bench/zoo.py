@@ -39,6 +39,7 @@ Environment (like ``bench quality``'s):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import statistics
@@ -176,7 +177,8 @@ def figure_predictions(checkpoint: str, clips: torch.Tensor) -> torch.Tensor:
 
 
 def one_run(work: Path, data_name: str, data: dict, clips: dict, model: str, seed: int, picked: dict,
-            timeout: int) -> dict:
+            timeout: int, max_steps: int) -> dict:
+    """Train (unless a finished run of the same command is there), score, and record one run."""
     name = run_name(data_name, model, seed)
     overrides = [f"trainer.seed={seed}", *os.environ.get("ZOO_OVERRIDES", "").split()]
     if model in STAGE1:
@@ -185,22 +187,31 @@ def one_run(work: Path, data_name: str, data: dict, clips: dict, model: str, see
             raise RuntimeError(f"{name} needs the Stage-I run {stage1}, which has not finished")
         overrides.append(f"run.stage1_checkpoint={picked[stage1]}")
     result_file = work / "results" / f"{name}.json"
-    command = " ".join(["--config", recipe(model), data["train"], data["val"], *overrides])
+    # What makes a run: its command and the recipe's text (an edited recipe trains again).
+    recipe_text = (PRESET_DIR / f"{recipe(model)}.yaml").read_bytes()
+    command = " ".join(["--config", recipe(model), f"sha256:{hashlib.sha256(recipe_text).hexdigest()[:16]}",
+                        data["train"], data["val"], *overrides])
     if result_file.is_file():
         done = json.loads(result_file.read_text())
         if done.get("key") == command and Path(done["checkpoint"]).is_dir():
             print(f"[zoo] {name}: reused the finished run ({done['run']})", flush=True)
             return done
-    print(f"[zoo] {name}: training (recipe {recipe(model)}, seed {seed}"
-          + (f", Stage I {overrides[-1].split('=', 1)[1]}" if model in STAGE1 else "") + ")", flush=True)
-    trained = quality.train_run(work, name, recipe(model), data, overrides, timeout)
-    row = {"data": data_name, "model": model, "seed": seed, "key": command, **trained,
+    run_dir, trained_file = work / "runs" / name, work / "runs" / name / "zoo_trained.json"
+    trained = json.loads(trained_file.read_text()) if trained_file.is_file() else {}
+    if trained.get("key") == command and (run_dir / checkpointing.checkpoint_dir_name(max_steps)).is_dir():
+        print(f"[zoo] {name}: training finished before; scoring it", flush=True)
+    else:
+        print(f"[zoo] {name}: training (recipe {recipe(model)}, seed {seed}"
+              + (f", Stage I {overrides[-1].split('=', 1)[1]}" if model in STAGE1 else "") + ")", flush=True)
+        trained = {"key": command, **quality.train_run(work, name, recipe(model), data, overrides, timeout)}
+        trained_file.write_text(json.dumps(trained))
+    row = {"data": data_name, "model": model, "seed": seed, **trained,
            "load_1min_after": round(os.getloadavg()[0], 2)}
     row.update(score_noise(trained["run"], data, clips) if model in NOISE
                else score_conditional(trained["run"], data, work, name))
+    result_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(figure_predictions(row["checkpoint"], clips["test"][:FIGURE_CLIPS]),
                work / "results" / f"{name}.figure.pt")
-    result_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = result_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(row, indent=2))
     tmp.replace(result_file)  # the marker of a finished run: whole or absent
@@ -240,7 +251,7 @@ def run() -> dict:
         for d, model, seed in todo:
             if d != data_name:
                 continue
-            row = one_run(work, d, data, clips, model, seed, picked, timeout)
+            row = one_run(work, d, data, clips, model, seed, picked, timeout, int(budget["trainer.max_steps"]))
             picked[run_name(d, model, seed)] = row["checkpoint"]
             results["rows"].append(row)
             print(f"[zoo] {len(results['rows'])}/{len(todo)} {run_name(d, model, seed)}: step {row['step']} picked "
