@@ -142,38 +142,71 @@ def generate(trainer, driving: torch.Tensor, seed: int = 0, batch: int = 32) -> 
     return torch.cat([trainer.predict({"video": driving[i:i + batch]}) for i in range(0, len(driving), batch)])
 
 
+def keeps_ema(run: str) -> bool:
+    """Whether a run kept a moving average of G (``trainer.g_ema_decay`` > 0): it is then scored
+    with the average (what validation picked on) and, beside it, with G as trained."""
+    first = checkpointing.checkpoint_dirs(run)[-1]
+    cfg = OmegaConf.load(Path(first) / checkpointing.CONFIG_FILE)
+    return bool(OmegaConf.select(cfg, "trainer.g_ema_decay", default=0.0))
+
+
+def _weights(trainer, which: str | None):
+    """``trainer.generator_weights(which)`` where the trainer can switch, else G as trained."""
+    import contextlib
+
+    return trainer.generator_weights(which) if which else contextlib.nullcontext()
+
+
 def score_noise(run: str, data: dict, clips: dict) -> dict:
     """Pick the checkpoint whose samples are nearest the validation clips; score it on test."""
     driving = clips["train"][:SAMPLES]
+    ema = keeps_ema(run)
     by_step = []
     for ckpt in reversed(checkpointing.checkpoint_dirs(run)):
         trainer, _, state = checkpointing.load_trainer(ckpt)
-        samples = generate(trainer, driving)
+        with _weights(trainer, "ema" if ema else None):
+            samples = generate(trainer, driving)
         by_step.append((distribution.frechet_distance(samples, clips["val"]), state["step"], ckpt, samples))
     val_fd, step, ckpt, samples = min(by_step, key=lambda r: (r[0], -r[1]))
     static = driving[:, :, :1].expand_as(driving).contiguous()
-    return {"step": step, "checkpoint": ckpt, "pick_metric": "val Fréchet distance (random 3-D conv features)",
-            "pick_value": val_fd, "val_fd_by_step": {s: v for v, s, _, _ in by_step},
-            "fd": distribution.frechet_distance(samples, clips["test"]),
-            "fd_floor": distribution.frechet_distance(driving, clips["test"]),
-            "fd_static": distribution.frechet_distance(static, clips["test"]),
-            "change": distribution.mean_frame_change(samples),
-            "change_real": distribution.mean_frame_change(clips["test"]),
-            "change_train": distribution.mean_frame_change(driving), "samples": SAMPLES,
-            "test_count": len(clips["test"])}
+    row = {"step": step, "checkpoint": ckpt, "weights": "ema" if ema else "raw",
+           "pick_metric": "val Fréchet distance (random 3-D conv features)",
+           "pick_value": val_fd, "val_fd_by_step": {s: v for v, s, _, _ in by_step},
+           "fd": distribution.frechet_distance(samples, clips["test"]),
+           "fd_floor": distribution.frechet_distance(driving, clips["test"]),
+           "fd_static": distribution.frechet_distance(static, clips["test"]),
+           "change": distribution.mean_frame_change(samples),
+           "change_real": distribution.mean_frame_change(clips["test"]),
+           "change_train": distribution.mean_frame_change(driving), "samples": SAMPLES,
+           "test_count": len(clips["test"])}
+    if ema:
+        trainer, _, _ = checkpointing.load_trainer(ckpt)
+        with _weights(trainer, "raw"):
+            raw = generate(trainer, driving)
+        row.update({"raw_fd": distribution.frechet_distance(raw, clips["test"]),
+                    "raw_change": distribution.mean_frame_change(raw)})
+    return row
 
 
 def score_conditional(run: str, data: dict, work: Path, name: str) -> dict:
+    ema = keeps_ema(run)
     scores = evaluate.evaluate(run, data["test"], train_data=data["train"], pick="best",
-                               out=str(work / "report" / name), progress=False)
-    return {k: v for k, v in scores.items()
-            if k in ("step", "count", "checkpoint", "pick_metric") or not isinstance(v, (str, type(None)))}
+                               out=str(work / "report" / name), progress=False, **({"weights": "ema"} if ema else {}))
+    row = {k: v for k, v in scores.items()
+           if k in ("step", "count", "checkpoint", "pick_metric") or not isinstance(v, (str, type(None)))}
+    row["weights"] = "ema" if ema else "raw"
+    if ema:  # G as trained, at the same checkpoint
+        raw = evaluate.evaluate(run, data["test"], train_data="", pick="best", progress=False, weights="raw")
+        row.update({f"raw_{k}": raw[k] for k in ("mse", "psnr", "ssim")})
+    return row
 
 
 @torch.no_grad()
 def figure_predictions(checkpoint: str, clips: torch.Tensor) -> torch.Tensor:
-    trainer, _, _ = checkpointing.load_trainer(checkpoint)
-    return generate(trainer, clips)
+    """What the table scored: the moving average of G where the run kept one."""
+    trainer, cfg, _ = checkpointing.load_trainer(checkpoint)
+    with _weights(trainer, "ema" if OmegaConf.select(cfg, "trainer.g_ema_decay", default=0.0) else None):
+        return generate(trainer, clips)
 
 
 def one_run(work: Path, data_name: str, data: dict, clips: dict, model: str, seed: int, picked: dict,
@@ -207,8 +240,10 @@ def one_run(work: Path, data_name: str, data: dict, clips: dict, model: str, see
         trained_file.write_text(json.dumps(trained))
     row = {"data": data_name, "model": model, "seed": seed, **trained,
            "load_1min_after": round(os.getloadavg()[0], 2)}
+    scoring = time.perf_counter()
     row.update(score_noise(trained["run"], data, clips) if model in NOISE
                else score_conditional(trained["run"], data, work, name))
+    row["score_seconds"] = round(time.perf_counter() - scoring, 1)
     result_file.parent.mkdir(parents=True, exist_ok=True)
     torch.save(figure_predictions(row["checkpoint"], clips["test"][:FIGURE_CLIPS]),
                work / "results" / f"{name}.figure.pt")
@@ -283,10 +318,16 @@ def summarise(rows: list[dict]) -> list[dict]:
         s = {"data": data, "model": model, "seeds": [r["seed"] for r in rs], "steps": [r["step"] for r in rs],
              "train_seconds": spread([r["train_seconds"] for r in rs]),
              "cpu_seconds": spread([r.get("cpu_seconds", float("nan")) for r in rs])}
+        s["weights"] = rs[0].get("weights", "raw")
         if model in NOISE:
             for k in ("fd", "fd_floor", "fd_static", "change", "change_real"):
                 s[k] = spread([r[k] for r in rs])
+            if "raw_fd" in rs[0]:
+                s["raw_fd"] = spread([r["raw_fd"] for r in rs])
         else:
+            if "raw_psnr" in rs[0]:
+                s["raw_d_psnr"] = spread([r["raw_psnr"] - r["baseline_psnr"] for r in rs])
+                s["raw_d_ssim"] = spread([r["raw_ssim"] - r["baseline_ssim"] for r in rs])
             for k in ("mse", "psnr", "ssim", "baseline_mse", "baseline_psnr", "baseline_ssim", "mean_change_psnr",
                       "mean_change_ssim", "count"):
                 s[k] = spread([r[k] for r in rs])
@@ -325,12 +366,21 @@ def markdown(results: dict) -> str:
                       f"| {first['mean_change_ssim']['mean'] - first['baseline_ssim']['mean']:+.4f} | – | 0 | – | – |"]
             for s in cond:
                 lines.append(
-                    f"| {s['model']} | {' '.join(map(str, s['seeds']))} | {_pm(s['psnr'], '.2f')} "
+                    f"| {s['model']}{' (EMA of G)' if s['weights'] == 'ema' else ''} "
+                    f"| {' '.join(map(str, s['seeds']))} | {_pm(s['psnr'], '.2f')} "
                     f"| {_pm(s['d_psnr'], '+.2f')} (min {s['d_psnr']['min']:+.2f}) | {_pm(s['ssim'], '.4f')} "
                     f"| {_pm(s['d_ssim'], '+.4f')} (min {s['d_ssim']['min']:+.4f}) | {_pm(s['mse'], '.5f')} "
                     f"| {_pm(s['d_psnr_mean_change'], '+.2f')} | {' '.join(map(str, s['steps']))} "
                     f"| {s['train_seconds']['mean']:.0f} ({s['cpu_seconds']['mean']:.0f}) |")
             lines.append("")
+            ema = [s for s in cond if "raw_d_psnr" in s]
+            if ema:
+                lines += ["Moving average of G (what the rows above score) against G as trained, at the same "
+                          "checkpoint:", "", "| model | Δ PSNR EMA | Δ PSNR raw G | Δ SSIM EMA | Δ SSIM raw G |",
+                          "|---|---|---|---|---|"]
+                lines += [f"| {s['model']} | {_pm(s['d_psnr'], '+.2f')} | {_pm(s['raw_d_psnr'], '+.2f')} "
+                          f"| {_pm(s['d_ssim'], '+.4f')} | {_pm(s['raw_d_ssim'], '+.4f')} |" for s in ema]
+                lines.append("")
         if noise:
             lines += [f"### {data}: noise-only models (Fréchet distance of random 3-D conv features, not FVD; "
                       f"{SAMPLES} samples vs the test clips)", "",
@@ -338,8 +388,9 @@ def markdown(results: dict) -> str:
                       "| below reference | frame change (real test) | picked step | train s (CPU s) |",
                       "|---|---|---|---|---|---|---|---|---|"]
             for s in noise:
+                raw = f" (raw G {s['raw_fd']['mean']:.4f})" if "raw_fd" in s else ""
                 lines.append(
-                    f"| {s['model']} | {' '.join(map(str, s['seeds']))} | {s['fd']['mean']:.4f} "
+                    f"| {s['model']} | {' '.join(map(str, s['seeds']))} | {s['fd']['mean']:.4f}{raw} "
                     f"| {s['fd_floor']['mean']:.4f} | {s['fd_static']['mean']:.4f} "
                     f"| {'yes' if s['fd']['mean'] < s['fd_static']['mean'] else 'no'} "
                     f"| {s['change']['mean']:.4f} ({s['change_real']['mean']:.4f}) | {' '.join(map(str, s['steps']))} "
