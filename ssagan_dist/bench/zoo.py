@@ -402,9 +402,12 @@ def markdown(results: dict) -> str:
         lines.append(f"| {r['data']} | {r['model']} | {r['seed']} | {r['step']} | {describe(r)} "
                      f"| {r['train_seconds']:.0f} | {r.get('cpu_seconds', float('nan')):.0f} "
                      f"| {r['load_1min_after']} |")
+    runs = sum(r["train_seconds"] + r.get("score_seconds", 0.0) for r in results["rows"])
+    lines += ["", f"The runs took {runs / 60:.1f} min of wall time in all (training + scoring, summed over runs, "
+                  f"on {results['cpus']} CPUs; 1-min load after each run in the table above)."]
     if "wall_seconds" in results:
-        lines += ["", f"Whole benchmark: {results['wall_seconds'] / 60:.1f} min on {results['cpus']} CPUs; 1-min "
-                      f"load {results['load_1min_at_start']} at start, {results['load_1min_at_end']} at the end."]
+        lines.append(f"This invocation: {results['wall_seconds'] / 60:.1f} min (finished runs reused); 1-min load "
+                     f"{results['load_1min_at_start']} at start, {results['load_1min_at_end']} at the end.")
     return "\n".join(lines) + "\n"
 
 
