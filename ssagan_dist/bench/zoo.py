@@ -26,8 +26,8 @@ Environment (like ``bench quality``'s):
 
 - ZOO_DIR: work folder (default /tmp/ssagan_zoo): data, ``runs/``, logs, ``results/<run>.json``
   (one per finished run), ``report/``, and the outputs ``zoo.json``, ``zoo.md``, ``zoo.png``,
-  ``zoo.gif``. A rerun reuses every finished run whose command is unchanged (resumable);
-  delete ``results/<run>.json`` to train that run again.
+  ``zoo.gif``. A rerun reuses every finished run whose command and recipe settings are unchanged
+  (resumable); delete ``results/<run>.json`` to train that run again.
 - ZOO_MODELS: models (default: the whole registry), space-separated.
 - ZOO_DATA: ``sky``, ``real`` or both (default ``sky real``).
 - ZOO_SEEDS: training seeds of the image-conditioned models (default ``0 1 2`` on skies, ``0`` on
@@ -220,9 +220,10 @@ def one_run(work: Path, data_name: str, data: dict, clips: dict, model: str, see
             raise RuntimeError(f"{name} needs the Stage-I run {stage1}, which has not finished")
         overrides.append(f"run.stage1_checkpoint={picked[stage1]}")
     result_file = work / "results" / f"{name}.json"
-    # What makes a run: its command and the recipe's text (an edited recipe trains again).
-    recipe_text = (PRESET_DIR / f"{recipe(model)}.yaml").read_bytes()
-    command = " ".join(["--config", recipe(model), f"sha256:{hashlib.sha256(recipe_text).hexdigest()[:16]}",
+    # What makes a run: its command and the recipe's settings (an edited recipe trains again; an
+    # edited comment does not).
+    settings = json.dumps(OmegaConf.to_container(OmegaConf.load(PRESET_DIR / f"{recipe(model)}.yaml")), sort_keys=True)
+    command = " ".join(["--config", recipe(model), f"sha256:{hashlib.sha256(settings.encode()).hexdigest()[:16]}",
                         data["train"], data["val"], *overrides])
     if result_file.is_file():
         done = json.loads(result_file.read_text())
