@@ -24,5 +24,9 @@ bench: setup
 bench-quality:  # prediction quality vs copy-frame (docs/quality.md); real footage also needs `apt-get install opencv-doc`
 	EXTRAS=test,quality scripts/setup.sh
 	RAY_AUTH_MODE=token .venv/bin/python -m ssagan_dist.bench quality
+.PHONY: bench-zoo
+bench-zoo:  # every registry model side by side vs copy-frame (docs/zoo.md); real footage also needs `apt-get install opencv-doc`
+	EXTRAS=test,quality scripts/setup.sh
+	RAY_AUTH_MODE=token .venv/bin/python -m ssagan_dist.bench zoo
 clean:
 	rm -rf runs data/synth_sky .pytest_cache

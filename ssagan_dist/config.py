@@ -148,7 +148,9 @@ class ExperimentConfig:
 
 
 def preset_names() -> list[str]:
-    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+    """Presets by the name ``--config`` takes: ``tiny_cpu``, and ``zoo/<model>`` for the zoo recipes."""
+    return sorted([p.stem for p in PRESET_DIR.glob("*.yaml")]
+                  + [f"zoo/{p.stem}" for p in (PRESET_DIR / "zoo").glob("*.yaml")])
 
 
 def _preset(name_or_path: str) -> DictConfig:

@@ -81,10 +81,23 @@ def check_stage1_checkpoint(cfg: ExperimentConfig) -> None:
         raise ConfigError(f"config key 'run.stage1_checkpoint' = {cfg.run.stage1_checkpoint!r}: {e}") from None
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            state = checkpointing.read_model(checkpointing.fetch(uri, Path(tmp), ep), source=uri)
+            local = checkpointing.fetch(uri, Path(tmp), ep)
+            state = checkpointing.read_model(local, source=uri)
+            stage1_cfg = checkpointing.read_config(local, source=uri)
         except checkpointing.CheckpointError as e:
             raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r}: {e}") from None
-    wanted = factory.build_networks(cfg, "meta")["G_stage1"].state_dict()
+    g1 = factory.build_networks(cfg, "meta")["G_stage1"]
+    # G_stage1 is built from model.args.stage1_*: they must be the Stage-I run's own arguments. A
+    # residual and a direct generator have the same tensors, so only the config tells them apart,
+    # and a Stage I read in the wrong mode gives Stage II a meaningless Y1.
+    for arg, default in (("output", "direct"), ("dropout", 0.0)):
+        trained = OmegaConf.select(stage1_cfg, f"model.args.{arg}", default=None)
+        trained = default if trained is None else trained
+        if getattr(g1, arg, trained) != trained:
+            raise ConfigError(f"config key 'model.args.stage1_{arg}' = {getattr(g1, arg)!r}, but the Stage-I "
+                              f"checkpoint {uri!r} was trained with model.args.{arg} = {trained!r}; set "
+                              f"model.args.stage1_{arg}={trained}")
+    wanted = g1.state_dict()
     got = state["trainer"].get("nets", {}).get("G", {})
     differ = sorted(k for k in set(wanted) | set(got)
                     if k not in wanted or k not in got or tuple(wanted[k].shape) != tuple(got[k].shape))

@@ -145,6 +145,59 @@ def sample_strip(
     return image
 
 
+# -- several models side by side ------------------------------------------------------------
+MODEL_LABEL_W = 120  # row labels are model names
+
+
+def _check_series(series: Sequence[tuple[str, Tensor]]) -> tuple[int, ...]:
+    if not series:
+        raise ValueError("series is empty: give at least one (label, clips) pair")
+    shape = tuple(series[0][1].shape)
+    for label, clips in series:
+        if clips.dim() != 5 or tuple(clips.shape) != shape:
+            raise ValueError(f"series {label!r}: expected (N, C, T, H, W) clips of shape {shape}, got "
+                             f"{tuple(clips.shape)}")
+    return shape
+
+
+def model_grid(series: Sequence[tuple[str, Tensor]], times: list[int] | None = None,
+               scale: int | None = None, first_time: int = 0) -> Image.Image:
+    """One row per (label, clips) entry (e.g. the true future, then each model's prediction of the
+    same held-out clips), the clips side by side, each as its frames at ``times`` (default every
+    frame; t = 0 is the input frame; ``first_time`` is added to the column labels)."""
+    n, _, t, h, w = _check_series(series)
+    times = list(range(t)) if times is None else list(times)
+    scale = _auto_scale(h, w, 48, scale)
+    th, tw = h * scale, w * scale
+    block = len(times) * (tw + GAP) + CLIP_GAP
+    image = Image.new("RGB", (MODEL_LABEL_W + n * block - CLIP_GAP, HEADER_H + len(series) * (th + GAP)), BACKGROUND)
+    draw, font = ImageDraw.Draw(image), _font()
+    for clip in range(n):
+        for j, i in enumerate(times):
+            x = MODEL_LABEL_W + clip * block + j * (tw + GAP)
+            label = f"t={i + first_time}"
+            draw.text((x + tw // 2, HEADER_H // 2), f"{clip}: {label}" if j == 0 else label, fill=TEXT, font=font,
+                      anchor="mm")
+    for row, (label, clips) in enumerate(series):
+        y = HEADER_H + row * (th + GAP)
+        draw.text((4, y + th // 2), label, fill=TEXT, font=font, anchor="lm")
+        for clip in range(n):
+            frames = _enlarge(to_uint8_frames(clips[clip][:, times]), scale)
+            for j, frame in enumerate(frames):
+                image.paste(Image.fromarray(frame), (MODEL_LABEL_W + clip * block + j * (tw + GAP), y))
+    return image
+
+
+def save_model_grid_gif(series: Sequence[tuple[str, Tensor]], path: str | os.PathLike, fps: float = 4,
+                        scale: int | None = None) -> None:
+    """The animated ``model_grid``: one row per entry, the clips side by side, all playing together."""
+    n, _, t, h, w = _check_series(series)
+    frames = [model_grid([(label, clips[:, :, i:i + 1]) for label, clips in series], first_time=i,
+                         scale=scale or _auto_scale(h, w, 64, None)) for i in range(t)]
+    with _atomic_path(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=round(1000 / fps), loop=0)
+
+
 # -- animated clips --------------------------------------------------------------------------
 def _video_frames(clip: Tensor, real: Tensor | None, scale: int | None) -> np.ndarray:
     frames = to_uint8_frames(clip)

@@ -18,6 +18,7 @@ BENCHMARKS = {
     "overhead": "the tiny_cpu step under Ray Train (1 worker) vs a bare loop; command-to-first-step time",
     "scaling": "1 vs 2 Ray Train workers (gloo), clips/s, efficiency; compute / all-reduce / data wait",
     "quality": "tiny_cpu vs copy-frame on held-out skies (3 seeds) and real footage, best-on-validation checkpoint (~30 min)",
+    "zoo": "every registry model trained, picked on validation, scored on test: skies (3 seeds) and real footage",
 }
 
 

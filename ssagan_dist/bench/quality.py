@@ -137,22 +137,72 @@ def sky_dataset(work: Path) -> dict:
 
 
 def train(work: Path, name: str, data: dict, output: str, seed: int, timeout: int) -> dict:
+    return train_run(work, name, "tiny_cpu", data, [f"model.args.output={output}", f"trainer.seed={seed}",
+                                                    *os.environ.get("QUALITY_OVERRIDES", "").split()], timeout)
+
+
+def train_run(work: Path, name: str, preset: str, data: dict, overrides: list[str], timeout: int) -> dict:
+    """Train ``preset`` afresh as run ``name`` under ``work/runs`` through the real entry point
+    (``python -m ssagan_dist.train``, its own local Ray), validating on ``data["val"]``; the log goes
+    to ``work/<name>.log``. Returns the run folder, the wall and CPU seconds and the command."""
     runs = work / "runs"
     shutil.rmtree(runs / name, ignore_errors=True)
-    cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", f"data.train_urls={data['train']}",
+    cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", preset, f"data.train_urls={data['train']}",
            f"data.val_urls={data['val']}", f"run.storage_path={runs}", f"run.name={name}",
-           f"model.args.output={output}", f"trainer.seed={seed}",
-           "run.keep_checkpoints=1000",  # every checkpoint stays, for the per-checkpoint test record
+           "run.keep_checkpoints=1000",  # every checkpoint stays, for the per-checkpoint record
            "run.ray_address=local",  # its own Ray: never join (or be stopped with) another user's cluster
-           *os.environ.get("QUALITY_OVERRIDES", "").split()]
+           *overrides]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     start = time.perf_counter()
     with open(work / f"{name}.log", "w") as log:
-        proc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=timeout)
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        cpu = TreeCPU(proc.pid)
+        try:
+            while proc.poll() is None:
+                cpu.sample()
+                if time.perf_counter() - start > timeout:
+                    proc.kill()
+                    proc.wait()
+                    raise subprocess.TimeoutExpired(cmd, timeout)
+                time.sleep(0.5)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     seconds = time.perf_counter() - start
     if proc.returncode:
         raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {work / (name + '.log')}")
-    return {"run": str(runs / name), "train_seconds": round(seconds, 1), "command": " ".join(cmd[1:])}
+    return {"run": str(runs / name), "train_seconds": round(seconds, 1), "cpu_seconds": round(cpu.total(), 1),
+            "command": " ".join(cmd[1:])}
+
+
+class TreeCPU:
+    """CPU seconds (user + system) of a process and every descendant it starts (the Ray workers
+    included), from samples of their counters: a process that ends between two samples loses at
+    most one sampling interval."""
+
+    def __init__(self, pid: int):
+        import psutil
+
+        self.root = psutil.Process(pid)
+        self.seen: dict[tuple[int, float], float] = {}  # (pid, create time) -> latest CPU seconds
+
+    def sample(self) -> None:
+        import psutil
+
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return
+        for p in procs:
+            try:
+                t = p.cpu_times()
+                self.seen[(p.pid, p.create_time())] = t.user + t.system
+            except psutil.Error:
+                continue
+
+    def total(self) -> float:
+        return sum(self.seen.values())
 
 
 def checkpoint_record(run: str, test_urls: str) -> list[dict]:

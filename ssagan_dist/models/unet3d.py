@@ -123,6 +123,7 @@ class UNet3DGenerator(nn.Module):
             raise ValueError(f"dropout = {dropout}: must be in [0, 1)")
         self.size, self.frames, self.in_channels = size, frames, in_channels
         self.output = check_output(output)
+        self.dropout = dropout
         plan = encoder_plan(size, frames, base_width, in_channels, stem)
         depth = len(plan)
         self.skips = tuple(sorted(range(1, depth) if skips is None else skips))
@@ -237,11 +238,15 @@ def build_one_stage(size: int = 128, frames: int = 32, base_width: int = 32, ssa
 def build_refine(size: int = 128, frames: int = 32, base_width: int = 32, ssa: bool = False,
                  stage1_ssa: bool = False, reduced_channels: int | None = None,
                  stem: bool | None = None, output: str = "direct",
-                 stage1_output: str = "direct") -> dict[str, nn.Module]:
+                 stage1_output: str = "direct", dropout: float = 0.0,
+                 stage1_dropout: float = 0.0) -> dict[str, nn.Module]:
+    """``stage1_*``: the Stage-I run's own arguments (its dropout never acts, G_stage1 is frozen in
+    eval mode, but it places the layers after it: an SSA Stage I's tensor names depend on it)."""
     return _initialised({
-        "G": _generator(size, frames, base_width, ssa, 2, reduced_channels, stem, output),
+        "G": _generator(size, frames, base_width, ssa, 2, reduced_channels, stem, output, dropout),
         "D": UNet3DDiscriminator(size, frames, base_width, stem=stem),
-        "G_stage1": _generator(size, frames, base_width, stage1_ssa, 1, reduced_channels, stem, stage1_output),
+        "G_stage1": _generator(size, frames, base_width, stage1_ssa, 1, reduced_channels, stem, stage1_output,
+                               stage1_dropout),
     })
 
 
@@ -271,8 +276,10 @@ def mdgan_stage1(size: int = 128, frames: int = 32, base_width: int = 32,
                       "frozen Stage-I output; D2 with the Gram-matrix ranking loss")
 def mdgan_stage2(size: int = 128, frames: int = 32, base_width: int = 32,
                  stem: bool | None = None, output: str = "direct",
-                 stage1_output: str = "direct") -> dict[str, nn.Module]:
-    return build_refine(size, frames, base_width, False, False, None, stem, output, stage1_output)
+                 stage1_output: str = "direct", dropout: float = 0.0,
+                 stage1_dropout: float = 0.0) -> dict[str, nn.Module]:
+    return build_refine(size, frames, base_width, False, False, None, stem, output, stage1_output, dropout,
+                        stage1_dropout)
 
 
 @register("ssagan_b", trainer="refine", presets=PRESETS,
@@ -280,5 +287,7 @@ def mdgan_stage2(size: int = 128, frames: int = 32, base_width: int = 32,
                       "is MD-GAN's (stage1_ssa=True for an SSA Stage I)")
 def ssagan_b(size: int = 128, frames: int = 32, base_width: int = 32, stage1_ssa: bool = False,
              reduced_channels: int | None = None, stem: bool | None = None, output: str = "direct",
-             stage1_output: str = "direct") -> dict[str, nn.Module]:
-    return build_refine(size, frames, base_width, True, stage1_ssa, reduced_channels, stem, output, stage1_output)
+             stage1_output: str = "direct", dropout: float = 0.0,
+             stage1_dropout: float = 0.0) -> dict[str, nn.Module]:
+    return build_refine(size, frames, base_width, True, stage1_ssa, reduced_channels, stem, output, stage1_output,
+                        dropout, stage1_dropout)
