@@ -87,6 +87,8 @@ class RunLog:
                 self.lines.append(json.dumps(event, sort_keys=True))
 
     def flush(self) -> None:
+        if self.tracker is not None:
+            self.tracker.flush()
         self._tracker_problems()
         storage.write_bytes_atomic(self.metrics_url, ("\n".join(self.lines) + "\n").encode(), self.endpoint)
         self.tb.flush()

@@ -310,13 +310,21 @@ class Tracker:
 
     def samples(self, step: int, files: dict[str, bytes]) -> None:
         folder = self._tmp / f"step_{step:09d}"
-        folder.mkdir(exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
         paths = {}
         for name, data in files.items():  # step_N.png, step_N.gif, psnr_per_frame.png (the run folder's names)
             (folder / name).write_bytes(data)
             label = "clip" if name.endswith(".gif") else "psnr_per_frame" if name.startswith("psnr") else "strip"
             paths[label] = folder / name
         self._submit("samples", lambda sink: sink.samples(step, paths))
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait (at a checkpoint) until the tracker has everything logged so far, so a run resumed
+        from this checkpoint continues a complete curve; a stuck tracker delays it at most timeout_s."""
+        done = threading.Event()
+        self._submit("flush", lambda _: done.set(), per_sink=False)
+        if not done.wait(timeout_s):
+            self._warn("all", f"still uploading after {timeout_s:.0f} s at step {self.step}", off=False)
 
     def take_problems(self) -> list[dict[str, Any]]:
         out, self.problems = self.problems, []
@@ -350,16 +358,20 @@ class Tracker:
                     self.sinks.remove(sink)
                     self._warn(sink.name, f"{what} failed: {type(e).__name__}: {redact(str(e)).splitlines()[0][:300]}")
 
-    def _warn(self, tracker: str, message: str) -> None:
-        self.problems.append({"step": self.step, "event": "tracking_failed", "tracker": tracker, "problem": message})
-        print(f"[tracking] warning: {tracker} {message}; {tracker} tracking is off for the rest of this run "
-              "(training goes on; metrics.jsonl has every metric)", file=sys.stderr, flush=True)
+    def _warn(self, tracker: str, message: str, off: bool = True) -> None:
+        event = "tracking_failed" if off else "tracking_slow"
+        self.problems.append({"step": self.step, "event": event, "tracker": tracker, "problem": message})
+        then = f"{tracker} tracking is off for the rest of this run" if off else "going on"
+        print(f"[tracking] warning: {tracker} {message}; {then} (training goes on; metrics.jsonl has every "
+              "metric)", file=sys.stderr, flush=True)
 
     def _open(self, sink: Any, cfg, resumed_step: int) -> None:
         ctx = self.context
         tags = tags_of(cfg)
         if ctx.get("group"):
             tags.update(sweep=ctx["group"], trial_id=ctx.get("trial_id", ""))
+        else:
+            tags["run_folder"] = redact(self.run_url)
         if ctx.get("mlflow_parent") and sink.name == "mlflow":
             tags["mlflow.parentRunId"] = ctx["mlflow_parent"]
         own = self.state.get(sink.name, {})

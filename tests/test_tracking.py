@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import uuid
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,10 @@ class MlflowServer:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    if os.environ.get("DEVTMP_PORT"):  # DEVTMP
+        server.port = int(os.environ["DEVTMP_PORT"]); server.url = f"http://127.0.0.1:{server.port}"  # DEVTMP
+        yield server  # DEVTMP
+        return  # DEVTMP
     server.start()
     yield server
     server.stop()
@@ -162,7 +167,7 @@ def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, 
     state = json.loads((run_dir / tracking.STATE_FILE).read_text())
 
     # MLflow: exactly one run, the keys the model reads as params, every metric at its step
-    runs = server.runs(run_name="both")
+    runs = server.runs(run_folder=str(tmp_path / "both"))
     assert len(runs) == 1
     run = runs[0]
     assert run.info.run_id == state["mlflow"]["run_id"] and run.info.status == "FINISHED"
@@ -171,14 +176,14 @@ def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, 
     assert run.data.params["optim.lr_g"] == str(cfg.optim.lr_g) and "loss.lambda_rank" not in run.data.params
     assert {"model": "ssagan", "preset": "tiny", "trainer_family": "onestage"}.items() <= run.data.tags.items()
     client = server.client()
-    for key in ("train/loss_g", "train/loss_d", "train/lr_g", "val/psnr", "val/baseline_psnr", "val/ssim",
+    for key in ("train/g_loss", "train/d_loss", "train/lr_g", "val/psnr", "val/baseline_psnr", "val/ssim",
                 "val/baseline_ssim"):
         want = {ln["step"]: ln[key] for ln in lines if key in ln}
         assert want, key
         got = steps_of(client, run.info.run_id, key)
         assert got.keys() == want.keys(), key
         assert all(got[s] == pytest.approx(want[s], rel=1e-9) for s in want), key
-    assert sorted(steps_of(client, run.info.run_id, "train/loss_g")) == [1, 2, 3, 4]
+    assert sorted(steps_of(client, run.info.run_id, "train/g_loss")) == [1, 2, 3, 4]
     assert sorted(steps_of(client, run.info.run_id, "val/psnr")) == [2, 4]
     best_step = max((ln for ln in lines if "val/psnr" in ln), key=lambda ln: ln["val/psnr"])["step"]
     assert run.data.tags["best_checkpoint"] == str(run_dir / f"checkpoint_{best_step:09d}")
@@ -191,7 +196,7 @@ def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, 
     # W&B offline: the run directory, read back through wandb's own record format
     records = wandb_records(run_dir)
     by_step = {h["_step"]: h for h in (items(r.history.item) for r in records if r.HasField("history"))}
-    for key in ("train/loss_g", "val/psnr", "val/baseline_psnr"):
+    for key in ("train/g_loss", "val/psnr", "val/baseline_psnr"):
         want = {ln["step"]: ln[key] for ln in lines if key in ln}
         assert {s: by_step[s][key] for s in want} == pytest.approx(want, rel=1e-9), key
     for s in (2, 4):
@@ -215,12 +220,13 @@ def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, 
 
 
 def check_run_page_renders(server: MlflowServer, run, tmp_path: Path) -> None:
-    """The MLflow UI's run page in headless Chromium: not blank."""
+    """The MLflow UI's run page in headless Chromium, on the last validation's sample strip: not blank."""
     from tests.browser import pixel_variance, screenshot
 
     shot = tmp_path / "mlflow_run.png"
-    url = f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
-    proc = screenshot(url, shot, tmp_path / "chrome", size="1400,1000", budget_ms=15000)
+    url = (f"{server.url}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+           "/artifacts/samples/step_000000004.png")
+    proc = screenshot(url, shot, tmp_path / "chrome", size="1400,1100", budget_ms=15000)
     assert shot.exists(), proc.stderr[-2000:]
     assert pixel_variance(shot) > 100, "the MLflow run page screenshot is blank"
     out = os.environ.get("SSAGAN_TRACKING_SCREENSHOT")  # docs/tracking.md's picture: set to a path to keep it
@@ -245,13 +251,13 @@ def test_a_killed_and_resumed_run_continues_the_same_mlflow_run(tracked_ray, sky
     assert out.get("rc") == 0
     resumed = [ln for ln in jsonl(run_dir / "metrics.jsonl") if ln.get("event") == "resumed"]
     assert len(resumed) == 1
-    runs = server.runs(run_name="killed")
+    runs = server.runs(run_folder=str(tmp_path / "killed"))
     assert len(runs) == 1, "a resumed run must continue its tracker run, not start another"
     run = runs[0]
     assert run.info.status == "FINISHED"
     assert run.data.tags["resumed_at_step"] == str(resumed[0]["step"])
     assert f"event.resumed.step_{resumed[0]['step']}" in run.data.tags
-    steps = steps_of(server.client(), run.info.run_id, "train/loss_g")
+    steps = steps_of(server.client(), run.info.run_id, "train/g_loss")
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # one curve, start to end
 
 
@@ -275,10 +281,10 @@ def test_a_tracker_that_fails_mid_run_never_fails_training(tracked_ray, sky, tmp
     failed = [ln for ln in lines if ln.get("event") == "tracking_failed"]
     assert len(failed) == 1 and failed[0]["tracker"] == "mlflow", failed
     assert max(ln["step"] for ln in lines) == 30
-    assert {ln["step"] for ln in lines if "train/loss_g" in ln} == set(range(1, 31))
+    assert {ln["step"] for ln in lines if "train/g_loss" in ln} == set(range(1, 31))
     assert checkpointing_step(run_dir) == 30
-    run = server.runs(run_name="cut")[0]
-    assert max(steps_of(server.client(), run.info.run_id, "train/loss_g")) < 30  # the tracker was cut off
+    run = server.runs(run_folder=str(tmp_path / "cut"))[0]
+    assert max(steps_of(server.client(), run.info.run_id, "train/g_loss")) < 30  # the tracker was cut off
 
 
 def checkpointing_step(run_dir: Path) -> int:
@@ -295,7 +301,7 @@ def test_pbt_exploits_and_swept_values_show_on_the_trial_run(tracker_env, tmp_pa
     cfg = load_config("tiny_cpu", ["run.tracking=mlflow", "run.name=t1-g001", f"run.storage_path={tmp_path}"])
     start = {"event": "exploit", "trial_id": "t1", "generation": 1, "donor_trial": "t0", "step": 4,
              "explored": {"optim.lr_g": 0.0003}, "start_from": str(tmp_path / "t0-g000" / "checkpoint_000000004")}
-    sweep_ctx = {"group": "pbt-sweep"}
+    sweep_ctx = {"group": f"pbt-{uuid.uuid4().hex[:8]}"}  # the sweep's name
     for generation_start, step in ((None, 0), (start, 4)):  # generation 0, then the exploit
         ctx = tracking.trial_context(sweep_ctx, str(tmp_path), "t1", {"optim.lr_g": 0.0003 if step else 0.0002},
                                      generation_start or {"event": "start", "step": 0, "generation": 0})
@@ -303,7 +309,7 @@ def test_pbt_exploits_and_swept_values_show_on_the_trial_run(tracker_env, tmp_pa
         tracker.record({"step": step + 2, "train/loss_g": 1.0, "val/psnr": 20.0 + step})
         tracker.close()
         assert tracker.take_problems() == []
-    runs = server.runs(sweep="pbt-sweep")
+    runs = server.runs(sweep=sweep_ctx["group"])
     assert len(runs) == 1  # one tracker run per trial, across its generations
     tags = runs[0].data.tags
     exploit = json.loads(tags["pbt.exploit.g001"])
@@ -327,20 +333,30 @@ report_timeout_s: 300
 
 
 def test_a_two_trial_sweep_logs_two_child_runs_under_one_parent_with_the_winner(mlflow_server, sky, tmp_path):
-    from tests.test_tune import run_sweep, sweep_cmd
+    from tests.test_tune import assert_nothing_left, processes_marked, start_sweep, sweep_cmd
 
     (tmp_path / "two.yaml").write_text(TWO_TRIALS)
+    name = f"tracked-{uuid.uuid4().hex[:8]}"
     env = {"MLFLOW_TRACKING_URI": mlflow_server.url, "MLFLOW_EXPERIMENT_NAME": "ssagan-sweeps"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the CLI's environment (run_sweep passes os.environ on)
     try:
-        result = run_sweep(sweep_cmd(sky, tmp_path, str(tmp_path / "two.yaml"), "--name", "tracked", "--no-report"))
+        mark = uuid.uuid4().hex
+        proc = start_sweep(sweep_cmd(sky, tmp_path, str(tmp_path / "two.yaml"), "--name", name, "--no-report"), mark)
+        try:
+            stdout, _ = proc.communicate(timeout=420)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                for p in processes_marked(mark):
+                    p.kill()
     finally:
         for k, v in saved.items():
             os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
-    assert result.returncode == 0, result.stdout[-3000:]
-    assert "[tracking] warning" not in result.stdout
-    runs = mlflow_server.runs(sweep="tracked")
+    assert proc.returncode == 0, stdout[-3000:]
+    assert_nothing_left(mark, grace_s=120)  # nothing the sweep started outlives it (Ray's daemons exit slowly here)
+    assert "[tracking] warning" not in stdout
+    runs = mlflow_server.runs(sweep=name)
     parents = [r for r in runs if r.data.tags.get("sweep_parent") == "true"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
     assert len(parents) == 1 and len(children) == 2 and len(runs) == 3
@@ -349,7 +365,7 @@ def test_a_two_trial_sweep_logs_two_child_runs_under_one_parent_with_the_winner(
     assert sorted(float(c.data.params["optim.lr_g"]) for c in children) == [1e-4, 1e-3]  # the swept values
     winners = [c for c in children if c.data.tags.get("winner") == "true"]
     assert len(winners) == 1
-    best_line = next(ln for ln in result.stdout.splitlines() if ln.startswith("[tune] best val/psnr"))
+    best_line = next(ln for ln in stdout.splitlines() if ln.startswith("[tune] best val/psnr"))
     winner_trial = best_line.rsplit("trial ", 1)[1].strip()
     assert winners[0].data.tags["trial_id"] == winner_trial == parent.data.tags["winner_trial"]
     assert float(winners[0].data.metrics["val/psnr"]) == max(float(c.data.metrics["val/psnr"]) for c in children)
