@@ -186,8 +186,8 @@ class MLflowSink:
         for path in files.values():
             self.client.log_artifact(self.run_id, str(path), artifact_path="samples")
 
-    def close(self) -> None:
-        self.client.set_terminated(self.run_id, "FINISHED")
+    def close(self, failed: bool = False) -> None:
+        self.client.set_terminated(self.run_id, "FAILED" if failed else "FINISHED")
 
 
 def experiment_id(client) -> str:
@@ -251,8 +251,8 @@ class WandbSink:
                                        else wandb.Image(str(path)))
         self.run.log(media, step=step)
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, failed: bool = False) -> None:
+        self.run.finish(exit_code=1 if failed else 0)
 
 
 # -- rank 0's tracker: all sinks behind one background thread ----------------------------------------
@@ -274,6 +274,7 @@ class Tracker:
         self.best_metric = cfg.run.best_metric
         self.run_url = run_url
         self.problems: list[dict[str, Any]] = []  # tracking_failed events for metrics.jsonl
+        self.failed = False
         self.step = resumed_step
         self._tmp = Path(tempfile.mkdtemp(prefix="ssagan-tracking-"))
         wandb_dir = run_url if not storage.is_s3(run_url) else str(self._tmp / "wandb")
@@ -291,6 +292,8 @@ class Tracker:
     def record(self, record: dict[str, Any]) -> None:
         step = int(record.get("step", self.step))
         self.step = step
+        if "error" in record:  # the run diverged (train.stop_diverged): the tracker run ends as failed
+            self.failed = True
         if "event" in record:
             event = {k: redact(v) for k, v in record.items() if k != "step"}
             self._submit("event", lambda sink: sink.tags({f"event.{event['event']}.step_{step}": json.dumps(event)}))
@@ -331,7 +334,7 @@ class Tracker:
         return out
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
-        self._submit("close", lambda sink: sink.close())
+        self._submit("close", lambda sink: sink.close(self.failed))
         self._queue.put(None)
         self._thread.join(timeout_s)
         if self._thread.is_alive():

@@ -81,10 +81,6 @@ class MlflowServer:
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    if os.environ.get("DEVTMP_PORT"):  # DEVTMP
-        server.port = int(os.environ["DEVTMP_PORT"]); server.url = f"http://127.0.0.1:{server.port}"  # DEVTMP
-        yield server  # DEVTMP
-        return  # DEVTMP
     server.start()
     yield server
     server.stop()
