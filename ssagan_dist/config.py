@@ -104,6 +104,9 @@ class RunConfig:
     # checkpoint; -1 = unlimited. A diverged run (non-finite loss) is not restarted.
     max_failures: int = 3
     ray_train_log_level: str = "WARNING"  # Ray Train's own console logs (INFO: every report and checkpoint)
+    # Experiment tracking by rank 0: none, mlflow, wandb or a list ([mlflow, wandb]); where and who
+    # from the trackers' environment variables (MLFLOW_TRACKING_URI, WANDB_PROJECT, ...; docs/tracking.md)
+    tracking: Any = "none"
 
 
 @dataclass
@@ -241,6 +244,10 @@ def validate(cfg: ExperimentConfig) -> None:
         if not ok:
             value = OmegaConf.select(cfg, key)
             raise ConfigError(f"config key {key!r} = {value!r}: must be {want}")
+    from ssagan_dist import tracking
+
+    if (why := tracking.problem(cfg.run.tracking)) is not None:
+        raise ConfigError(f"config key 'run.tracking' = {cfg.run.tracking!r}: must be {why}")
     if cfg.perf.autocast not in ("none", "bf16", "fp16"):
         raise ConfigError(f"config key 'perf.autocast' = {cfg.perf.autocast!r}: must be 'none', 'bf16' or 'fp16'")
     if cfg.perf.autocast == "fp16" and not cfg.trainer.use_gpu:

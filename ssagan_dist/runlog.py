@@ -6,6 +6,7 @@
     samples/step_<step>.gif     the first held-out clip, prediction beside truth
     samples/psnr_per_frame.png  PSNR per future frame, model against the copy-frame baseline
     tensorboard/                TensorBoard event files (losses, PSNR/SSIM, learning rates, samples)
+    tracking.json               the MLflow / W&B run ids (run.tracking), so a resumed run continues them
 
 Object stores cannot append, so metrics.jsonl is rewritten and the TensorBoard files uploaded
 when ``flush`` is called (at every checkpoint); a resumed run keeps the lines up to its step.
@@ -23,7 +24,7 @@ from typing import Any, Optional
 
 import torch
 
-from ssagan_dist import config, storage, visualize
+from ssagan_dist import config, storage, tracking, visualize
 
 
 def _json_safe(value: Any) -> Any:
@@ -32,7 +33,7 @@ def _json_safe(value: Any) -> Any:
 
 class RunLog:
     def __init__(self, cfg: config.ExperimentConfig, url: str, resumed_step: int,
-                 tensorboard_url: Optional[str] = None):
+                 tensorboard_url: Optional[str] = None, tracking_context: Optional[dict[str, Any]] = None):
         self.url, self.endpoint = url, cfg.run.s3_endpoint
         self.metrics_url = storage.join(url, "metrics.jsonl")
         self.lines: list[str] = []
@@ -47,6 +48,8 @@ class RunLog:
 
         # purge_step hides events a previous attempt wrote past the step this run resumed from.
         self.tb = SummaryWriter(str(self._tb_local), purge_step=resumed_step or None, flush_secs=30)
+        self.tracker = (tracking.Tracker(cfg, url, resumed_step, tracking_context)
+                        if tracking.names(cfg.run.tracking) else None)
 
     def append(self, record: dict[str, Any]) -> None:
         self.lines.append(json.dumps({k: _json_safe(v) for k, v in record.items()}, sort_keys=True))
@@ -54,8 +57,11 @@ class RunLog:
         for key, value in record.items():
             if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
                 self.tb.add_scalar(key, value, step)
+        if self.tracker is not None:
+            self.tracker.record(record)
 
     def samples(self, step: int, real: torch.Tensor, pred: torch.Tensor, psnr_curves: dict[str, list[float]]) -> None:
+        tracked: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory() as tmp:
             outputs = {
                 f"samples/step_{step:09d}.png": lambda p: visualize.sample_strip(real[:, :, 0], pred, real).save(p),
@@ -65,17 +71,33 @@ class RunLog:
             for rel, write in outputs.items():
                 local = Path(tmp) / rel.replace("/", "_")
                 write(str(local))
-                storage.write_bytes_atomic(storage.join(self.url, rel), local.read_bytes(), self.endpoint)
+                data = local.read_bytes()
+                storage.write_bytes_atomic(storage.join(self.url, rel), data, self.endpoint)
+                tracked[rel.rsplit("/", 1)[1]] = data
+        if self.tracker is not None:
+            self.tracker.samples(step, tracked)
         # prediction | truth, frames side by side, as one image per validation
         strip = torch.cat([pred[0], real[0]], dim=2).add(1).div(2).clamp(0, 1)  # (C, T, 2H, W)
         self.tb.add_image("samples/prediction_over_truth", torch.cat(list(strip.unbind(1)), dim=2), step)
 
+    def _tracker_problems(self) -> None:
+        """A tracker that failed (on its own thread) is recorded here, on the training thread."""
+        if self.tracker is not None:
+            for event in self.tracker.take_problems():
+                self.lines.append(json.dumps(event, sort_keys=True))
+
     def flush(self) -> None:
+        if self.tracker is not None:
+            self.tracker.flush()
+        self._tracker_problems()
         storage.write_bytes_atomic(self.metrics_url, ("\n".join(self.lines) + "\n").encode(), self.endpoint)
         self.tb.flush()
         self._upload_tensorboard()
 
     def close(self) -> None:
+        if self.tracker is not None:
+            self.tracker.close()
+        self._tracker_problems()
         storage.write_bytes_atomic(self.metrics_url, ("\n".join(self.lines) + "\n").encode(), self.endpoint)
         self.tb.close()
         self._upload_tensorboard()

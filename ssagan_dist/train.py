@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, cli, factory, perf, raycluster, storage, telemetry
+from ssagan_dist import checkpointing, cli, factory, perf, raycluster, storage, telemetry, tracking
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
 from ssagan_dist.data import ClipLoader, resolve_urls
 from ssagan_dist.data.index import DatasetInfo, inspect_dataset
@@ -176,6 +176,7 @@ def wait_for_resources(cfg: ExperimentConfig, can_grow: bool) -> None:
 def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
     """Absolute local paths, and the training data's clip shape checked against the model's.
     Raises ConfigError naming the key; starts nothing."""
+    tracking.check_ready(cfg.run.tracking)  # a tracker's package and address, before any data or Ray
     if not cfg.data.train_urls:
         raise ConfigError("config key 'data.train_urls' is empty: name a sharded dataset "
                           "(python -m data_tools.shard) or generate synthetic skies first "
@@ -228,12 +229,13 @@ def run_url(cfg: ExperimentConfig) -> str:
 
 def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks: Sequence[Any] = (),
                       start_from: Optional[str] = None, trial: Optional[str] = None,
-                      tensorboard_url: Optional[str] = None):
+                      tensorboard_url: Optional[str] = None, tracking_context: Optional[dict[str, Any]] = None):
     """The Ray Train ``TorchTrainer`` of a run (``cfg.run.name`` under ``cfg.run.storage_path``).
 
     ``start_from``: a checkpoint directory URI to initialise from when the run has no checkpoint of
     its own (a sweep's exploit); ``trial``: the label metrics carry under Tune;
-    ``tensorboard_url``: where rank 0 writes TensorBoard files (default: the run folder's).
+    ``tensorboard_url``: where rank 0 writes TensorBoard files (default: the run folder's);
+    ``tracking_context``: a sweep trial's tracker grouping (``tracking.trial_context``).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -242,7 +244,7 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": OmegaConf.to_container(cfg), "clip_shape": clip_shape, "start_from": start_from,
-                           "trial": trial, "tensorboard_url": tensorboard_url},
+                           "trial": trial, "tensorboard_url": tensorboard_url, "tracking": tracking_context},
         torch_config=TorchConfig(backend="nccl" if cfg.trainer.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=((cfg.trainer.min_workers, cfg.trainer.num_workers) if elastic(cfg) else cfg.trainer.num_workers),
@@ -308,7 +310,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         w.trainer.wrap(_wrap_for_ddp(w.cfg))
         check_ranks_agree(w, "after resuming" if step else "at start")
         if w.rank == 0:
-            w.runlog = RunLog(w.cfg, run_url(w.cfg), step, config.get("tensorboard_url"))
+            w.runlog = RunLog(w.cfg, run_url(w.cfg), step, config.get("tensorboard_url"), config.get("tracking"))
             for event in w.events:
                 w.runlog.append({"step": step, **event})
             say(f"[train] {w.cfg.model.name} ({w.cfg.model.preset}) on {w.world} worker(s), {w.device}; "

@@ -24,7 +24,6 @@ import torch
 from ssagan_dist import checkpointing
 from ssagan_dist.config import ConfigError
 from ssagan_dist.tune import report, sweep as sweeps
-from tests.conftest import require_programs
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -180,30 +179,21 @@ def test_asha_sweep_stops_trials_early_and_reports_the_winner(sky, tmp_path):
 
 def check_report_renders(sweep_dir: Path, tmp_path: Path) -> None:
     """Headless Chromium opens report.html offline: no console errors, a non-blank screenshot."""
-    import numpy as np
-    from PIL import Image
+    from tests.browser import pixel_variance, screenshot
 
     page = sweep_dir / "report.html"
     text = page.read_text()
     assert "<script src=" not in text  # plotly.js is inline: the file opens without a network
     assert "data:image/png;base64," in text and "data:image/gif;base64," in text
     shot = tmp_path / "report.png"
-    require_programs("chromium", why="Debian's chromium: the report is opened in a headless browser")
-    proc = subprocess.run(
-        ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--enable-unsafe-swiftshader",
-         "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", f"--user-data-dir={tmp_path / 'chrome'}",
-         "--enable-logging=stderr", "--v=0", "--virtual-time-budget=5000", f"--screenshot={shot}",
-         "--window-size=1400,2400", page.as_uri()],
-        capture_output=True, text=True, timeout=120)
+    proc = screenshot(page.as_uri(), shot, tmp_path / "chrome")
     # Every console message of the page fails the test, except the notices the browser itself adds
     # when its software WebGL (the parallel-coordinates plot) runs without a GPU
     console = [ln for ln in proc.stderr.splitlines() if ("CONSOLE" in ln or "Uncaught" in ln)
                and '"[.WebGL-' not in ln and "software WebGL" not in ln]
     assert not console, console
     assert shot.exists(), proc.stderr[-2000:]
-    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float64)
-    assert pixels.var() > 100, "the report screenshot is blank"
+    assert pixel_variance(shot) > 100, "the report screenshot is blank"
     assert (sweep_dir / "report_png" / "curves.png").stat().st_size > 5000
 
 

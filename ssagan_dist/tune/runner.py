@@ -12,7 +12,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 from ray.tune import Callback
 
-from ssagan_dist import raycluster, storage
+from ssagan_dist import raycluster, storage, tracking
 from ssagan_dist.config import ConfigError, ExperimentConfig, load_config
 from ssagan_dist.tune import sweep as sweeps
 from ssagan_dist.tune.trainable import SweepContext, SweepTrial, trial_config
@@ -170,6 +170,7 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
                 "max_steps": cfg.trainer.max_steps, "val_every": cfg.trainer.val_every,
                 "per_trial": need, "max_concurrent_trials": limit}
         storage.write_bytes_atomic(storage.join(sweep_url, SWEEP_FILE), json.dumps(meta, indent=1).encode(), endpoint)
+        ctx.tracking = tracking.start_sweep(cfg, sweep_url, name, meta)
 
         trainable = tune.with_resources(tune.with_parameters(SweepTrial, ctx=ctx), {"cpu": sweep.driver_cpus})
         storage_path, storage_fs = train.storage_for_ray(cfg)
@@ -204,6 +205,7 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
             print("[tune] no trial reported a checkpoint; nothing to pick", flush=True)
             return 1
         best_yaml = write_best_yaml(ctx, best, name, storage.join(cfg.run.storage_path))
+        tracking.mark_winner(cfg, sweep_url, ctx.tracking, best.trial_id, sweep.metric, best.value, best.checkpoint)
         base = f" (copy-frame baseline {best.baseline:.4g})" if isinstance(best.baseline, (int, float)) else ""
         print(f"[tune] best {sweep.metric} = {best.value:.4g}{base} at step {best.step}, trial {best.trial_id}", flush=True)
         print(f"[tune] best config: {json.dumps(best.values, sort_keys=True)}", flush=True)

@@ -22,13 +22,13 @@ import logging
 import queue as std_queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from ssagan_dist import storage
+from ssagan_dist import storage, tracking
 from ssagan_dist.config import ConfigError, ExperimentConfig, validate
 
 POINTER_FILE = "train_checkpoint.json"
@@ -51,6 +51,7 @@ class SweepContext:
     sweep_url: str  # the Tune experiment folder: train_runs/, tensorboard/, history/ live in it
     keys: list[str]  # the swept config keys
     report_timeout_s: float
+    tracking: dict[str, Any] = field(default_factory=dict)  # tracking.start_sweep: W&B group, MLflow parent
 
     @property
     def endpoint(self) -> Optional[str]:
@@ -266,7 +267,9 @@ class SweepTrial(Trainable):
 
         def trainer_factory(callbacks):
             return train.build_ray_trainer(cfg, ctx.clip_shape, callbacks=callbacks, start_from=start["start_from"],
-                                           trial=trial_id, tensorboard_url=ctx.url("tensorboard", trial_id))
+                                           trial=trial_id, tensorboard_url=ctx.url("tensorboard", trial_id),
+                                           tracking_context=tracking.trial_context(ctx.tracking, ctx.sweep_url,
+                                                                                   trial_id, self.values, start))
 
         self.run = TrainRun(trainer_factory)
         self.run.start()
