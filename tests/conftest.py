@@ -69,6 +69,19 @@ def ray_cluster():
     yield
 
 
+@pytest.fixture
+def ray_must_not_start(monkeypatch):
+    """For what must be refused before Ray: joining or starting Ray, or training, fails the test,
+    whether or not the session's shared Ray is up in this process."""
+    from ssagan_dist import raycluster, train
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("Ray was started or training began; the command should have stopped before")
+
+    monkeypatch.setattr(raycluster, "init", refuse)
+    monkeypatch.setattr(train, "fit", refuse)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _ray_down_at_the_end():
     yield

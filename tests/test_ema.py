@@ -17,7 +17,7 @@ from ssagan_dist import checkpointing, evaluate, factory, predict, train
 from ssagan_dist.config import ConfigError, load_config
 from ssagan_dist.data import ClipLoader
 from ssagan_dist.trainers.ema import GeneratorEMA, ema_beta, half_life
-from tests.test_faults import FAST, assert_same_weights, data_args, ray_cluster  # noqa: F401 (a fixture)
+from tests.test_faults import FAST, assert_same_weights, data_args
 from tests.test_trainers_zoo import sky_clips
 
 

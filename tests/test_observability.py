@@ -13,7 +13,8 @@ import pytest
 
 from ssagan_dist import train
 from tests.conftest import free_port
-from tests.test_telemetry import check_alert_rules, missing_data, needs_prometheus, prometheus  # noqa: F401 (fixture)
+from tests.test_telemetry import (  # noqa: F401 (fixtures)
+    check_alert_rules, missing_data, needs_prometheus, prometheus, prometheus_programs)
 
 STEPS = 240
 # Long enough for Prometheus (1 s scrapes) to see the workers train after a validation and a
