@@ -59,6 +59,15 @@ def names(value: Any) -> list[str]:
     return [] if out in ([], ["none"]) else out
 
 
+WANDB_TAG_MAX = 64
+
+
+def one_line(e: BaseException) -> str:
+    """An exception as one short line, credentials masked (a pydantic error names its field on the
+    second line: joined, not cut)."""
+    return f"{type(e).__name__}: {' '.join(redact(str(e)).split())[:300]}"
+
+
 def problem(value: Any) -> Optional[str]:
     """Why ``run.tracking`` is invalid, or None (for config.validate)."""
     try:
@@ -225,10 +234,15 @@ class WandbSink:
 
         run_id = state.get("run_id") or generate_id()
         Path(self.dir).mkdir(parents=True, exist_ok=True)
-        self.run = setup_wandb(config=params, rank_zero_only=False, trial_id=run_id, trial_name=run_name,
+        # W&B tags are short labels (it refuses one over 64 characters): a longer one, such as the
+        # run folder's URL, goes into the run's config instead
+        labels = {f"{k}:{v}" for k, v in tags.items()}
+        long = {f"tag.{k}": v for k, v in tags.items() if len(f"{k}:{v}") > WANDB_TAG_MAX}
+        self.run = setup_wandb(config={**params, **long}, rank_zero_only=False, trial_id=run_id, trial_name=run_name,
                                group=group or os.environ.get("WANDB_RUN_GROUP"),
                                project=os.environ.get("WANDB_PROJECT") or "ssagan-dist", dir=self.dir,
-                               resume="allow", reinit="create_new", tags=sorted(f"{k}:{v}" for k, v in tags.items()),
+                               resume="allow", reinit="create_new",
+                               tags=sorted(t for t in labels if len(t) <= WANDB_TAG_MAX),
                                settings=wandb.Settings(console="off", x_disable_stats=True))
         return {"run_id": run_id, "dir": self.dir}
 
@@ -359,7 +373,7 @@ class Tracker:
                     call(sink)
                 except Exception as e:  # noqa: BLE001 - a tracker never fails training
                     self.sinks.remove(sink)
-                    self._warn(sink.name, f"{what} failed: {type(e).__name__}: {redact(str(e)).splitlines()[0][:300]}")
+                    self._warn(sink.name, f"{what} failed: {one_line(e)}")
 
     def _warn(self, tracker: str, message: str, off: bool = True) -> None:
         event = "tracking_failed" if off else "tracking_slow"
@@ -429,8 +443,8 @@ def start_sweep(cfg, sweep_url: str, name: str, meta: dict[str, Any]) -> dict[st
             write_state(url, state, cfg.run.s3_endpoint)
             context["mlflow_parent"] = sink.run_id
         except Exception as e:  # noqa: BLE001 - the sweep runs without its parent run
-            print(f"[tracking] warning: mlflow: could not open the sweep's parent run: {type(e).__name__}: "
-                  f"{redact(str(e)).splitlines()[0][:300]}", file=sys.stderr, flush=True)
+            print(f"[tracking] warning: mlflow: could not open the sweep's parent run: "
+                  f"{one_line(e)}", file=sys.stderr, flush=True)
     return context
 
 
@@ -470,5 +484,5 @@ def mark_winner(cfg, sweep_url: str, sweep_context: dict[str, Any], trial_id: st
                 sink.tags(marks)
                 sink.close()
         except Exception as e:  # noqa: BLE001
-            print(f"[tracking] warning: {name}: could not mark the winner: {type(e).__name__}: "
-                  f"{redact(str(e)).splitlines()[0][:300]}", file=sys.stderr, flush=True)
+            print(f"[tracking] warning: {name}: could not mark the winner: "
+                  f"{one_line(e)}", file=sys.stderr, flush=True)

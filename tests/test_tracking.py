@@ -204,6 +204,7 @@ def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, 
     assert {"model:ssagan", "preset:tiny", "trainer_family:onestage"} <= set(run_record.tags)
     wandb_config = {k: v for r in records if r.HasField("run") for k, v in items(r.run.config.update).items()}
     assert wandb_config["optim.lr_g"] == cfg.optim.lr_g
+    assert wandb_config["tag.run_folder"] == str(run_dir)  # over W&B's 64-character tag limit: in the config
 
     # nothing secret in what the run wrote or what the trackers were given
     for text in [(run_dir / f).read_text() for f in ("config.yaml", "metrics.jsonl", tracking.STATE_FILE)]:

@@ -60,7 +60,7 @@ CONDITIONAL = ("mdgan_stage1", "mdgan_stage2", "ssagan_a", "ssagan_b", "ssagan",
 NOISE = ("video3d_gan", "hrvgan", "dcgan")
 STAGE1 = {"mdgan_stage2": "mdgan_stage1", "ssagan_b": "ssagan_a"}
 BUDGET_KEYS = ("trainer.max_steps", "trainer.batch_size", "trainer.num_workers", "trainer.val_every",
-               "trainer.val_batches")
+               "trainer.val_batches", "trainer.g_ema_decay", "trainer.g_ema_rampup")
 DATASETS = ("sky", "real")
 SAMPLES = 256  # clips drawn from a noise-only model, and training clips for its floor and reference
 FIGURE_CLIPS = 3
@@ -150,13 +150,6 @@ def keeps_ema(run: str) -> bool:
     return bool(OmegaConf.select(cfg, "trainer.g_ema_decay", default=0.0))
 
 
-def _weights(trainer, which: str | None):
-    """``trainer.generator_weights(which)`` where the trainer can switch, else G as trained."""
-    import contextlib
-
-    return trainer.generator_weights(which) if which else contextlib.nullcontext()
-
-
 def score_noise(run: str, data: dict, clips: dict) -> dict:
     """Pick the checkpoint whose samples are nearest the validation clips; score it on test."""
     driving = clips["train"][:SAMPLES]
@@ -164,7 +157,7 @@ def score_noise(run: str, data: dict, clips: dict) -> dict:
     by_step = []
     for ckpt in reversed(checkpointing.checkpoint_dirs(run)):
         trainer, _, state = checkpointing.load_trainer(ckpt)
-        with _weights(trainer, "ema" if ema else None):
+        with trainer.generator_weights():  # the average where the run kept one
             samples = generate(trainer, driving)
         by_step.append((distribution.frechet_distance(samples, clips["val"]), state["step"], ckpt, samples))
     val_fd, step, ckpt, samples = min(by_step, key=lambda r: (r[0], -r[1]))
@@ -181,7 +174,7 @@ def score_noise(run: str, data: dict, clips: dict) -> dict:
            "test_count": len(clips["test"])}
     if ema:
         trainer, _, _ = checkpointing.load_trainer(ckpt)
-        with _weights(trainer, "raw"):
+        with trainer.generator_weights("raw"):
             raw = generate(trainer, driving)
         row.update({"raw_fd": distribution.frechet_distance(raw, clips["test"]),
                     "raw_change": distribution.mean_frame_change(raw)})
@@ -204,8 +197,8 @@ def score_conditional(run: str, data: dict, work: Path, name: str) -> dict:
 @torch.no_grad()
 def figure_predictions(checkpoint: str, clips: torch.Tensor) -> torch.Tensor:
     """What the table scored: the moving average of G where the run kept one."""
-    trainer, cfg, _ = checkpointing.load_trainer(checkpoint)
-    with _weights(trainer, "ema" if OmegaConf.select(cfg, "trainer.g_ema_decay", default=0.0) else None):
+    trainer, _, _ = checkpointing.load_trainer(checkpoint)
+    with trainer.generator_weights():
         return generate(trainer, clips)
 
 
