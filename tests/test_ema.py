@@ -228,6 +228,7 @@ def test_asking_for_an_average_that_was_not_kept_names_the_key(sky, tmp_path, ca
 
 # -- through the real entry point: two ranks, exact resume ------------------------------------------
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_two_ranks_agree_and_resume_bit_identically_with_an_average(ray_cluster, sky, tmp_path):
     """2 + 2 steps equal 4 straight, bit for bit, the average and its update count included; every
     checkpoint's ranks hold the same average (check_ranks_agree compares it); validation scored the

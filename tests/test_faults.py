@@ -107,6 +107,7 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning(ray_cluster, sky,
     assert checkpointing.read_model(tmp_path / "dmg" / "checkpoint_000000006")["step"] == 6
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_resume_takes_the_newest_complete_checkpoint_on_storage(ray_cluster, sky, tmp_path):
     """A checkpoint on storage that Ray's bookkeeping never recorded (a kill after the upload)
     is still the one resumed from."""
@@ -121,10 +122,10 @@ def test_resume_takes_the_newest_complete_checkpoint_on_storage(ray_cluster, sky
 
 # -- exact resume for every trainer family ---------------------------------------------------------
 
-# onestage and refine in the default suite; the other three families (the same loop, other
-# trainers) with the slow tests (make test-slow, CI)
-@pytest.mark.parametrize("model", ["ssagan", "mdgan_stage2", *(pytest.param(m, marks=pytest.mark.slow)
-                                                                for m in ("hrvgan", "video3d_gan", "pix2pix_video"))])
+# onestage in the default suite; the other four families (the same loop, other trainers) with the
+# slow tests (make test-slow, CI)
+@pytest.mark.parametrize("model", ["ssagan", *(pytest.param(m, marks=pytest.mark.slow)
+                                               for m in ("mdgan_stage2", "hrvgan", "video3d_gan", "pix2pix_video"))])
 def test_resume_is_exact_for_every_trainer_family(ray_cluster, sky, tmp_path, model):
     """onestage, refine, wgan_gp, noise and pix2pix: 2 + 2 steps equal 4 straight, bit for bit
     (weights, optimizers, every RNG stream, the data position)."""
@@ -170,6 +171,7 @@ def test_a_killed_worker_is_survived_with_the_same_final_weights(ray_cluster, sk
     assert_same_weights(tmp_path / "straight", tmp_path / "killed")
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_a_worker_killed_during_a_checkpoint_save_is_survived(ray_cluster, sky, s3_bucket, tmp_path):
     """Checkpoints on S3 behind a proxy that holds the upload of step 20's model.pt: the worker is
     SIGKILLed in mid-save, the group restarts from the newest *complete* checkpoint (step 10, not
@@ -199,6 +201,7 @@ def test_a_worker_killed_during_a_checkpoint_save_is_survived(ray_cluster, sky, 
     assert cut.keys() == straight.keys() and all(torch.equal(cut[k], straight[k]) for k in cut)
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_a_checkpoint_missing_a_ranks_file_is_skipped(ray_cluster, sky, tmp_path):
     """Each rank uploads its own files: a save cut short can leave model.pt without worker-1.pt.
     Resuming from it would give rank 1 another rank's data position and RNG, so it is skipped."""
@@ -229,6 +232,7 @@ def _ray_processes(mark: str) -> set[int]:
     return pids
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_process(sky, tmp_path):
     mark = f"ctrl-c-{os.getpid()}-{time.time_ns()}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1", "SSAGAN_TEST_MARK": mark}

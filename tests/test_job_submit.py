@@ -61,6 +61,7 @@ def ray_local(*args: str, state: Path, env: dict) -> subprocess.CompletedProcess
                           capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_the_demos_head_and_another_cluster_do_not_touch_each_other(other_cluster, sky, tmp_path):
     env = {k: v for k, v in other_cluster["env"].items() if k != "RAY_ADDRESS"}
     state = tmp_path / "state"

@@ -229,6 +229,7 @@ def check_run_page_renders(server: MlflowServer, run, tmp_path: Path) -> None:
         Path(out).write_bytes(shot.read_bytes())
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_a_killed_and_resumed_run_continues_the_same_mlflow_run(tracked_ray, sky, tmp_path):
     server = tracked_ray
     from tests.test_faults import train_in_thread
@@ -256,6 +257,7 @@ def test_a_killed_and_resumed_run_continues_the_same_mlflow_run(tracked_ray, sky
     assert sorted(steps) == [1, 2, 3, 4, 5, 6]  # one curve, start to end
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_a_tracker_that_fails_mid_run_never_fails_training(tracked_ray, sky, tmp_path):
     server = tracked_ray
     from tests.test_faults import train_in_thread
@@ -327,6 +329,7 @@ report_timeout_s: 300
 """
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_a_two_trial_sweep_logs_two_child_runs_under_one_parent_with_the_winner(mlflow_server, sky, tmp_path):
     from tests.test_tune import assert_nothing_left, processes_marked, start_sweep, sweep_cmd
 

@@ -134,6 +134,7 @@ def test_sweeping_a_key_the_model_does_not_read_is_refused(tmp_path, space, key)
 
 # -- ASHA: early stopping, the winner, its checkpoint, best.yaml, the report ------------------------
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_asha_sweep_stops_trials_early_and_reports_the_winner(sky, tmp_path):
     result = run_sweep(sweep_cmd(sky, tmp_path, "tiny_asha"))
     assert result.returncode == 0, result.stdout[-3000:]
@@ -260,6 +261,7 @@ report_timeout_s: 300
 """
 
 
+@pytest.mark.slow  # long: make test-slow (CI runs it)
 def test_killed_sweep_resumes_without_rerunning_finished_trials(sky, tmp_path):
     (tmp_path / "two.yaml").write_text(RESUME_SWEEP)
     args = sweep_cmd(sky, tmp_path, str(tmp_path / "two.yaml"), "--name", "resumed", "--no-report")
