@@ -127,16 +127,23 @@ def sky(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def kuberay_crds() -> "Path":
+def kuberay_crds(tmp_path_factory) -> "Path":
     """The KubeRay v1.7.0 CRD files, for the RayJob/RayCluster schema tests (tests/test_k8s.py).
 
-    The only place a test reads outside the repository: this machine's and CI's workspace keep the
-    CRDs in `../shared/k8s-crds`, beside the clone (the product never looks there: its checker takes
-    --crds DIR, $SSAGAN_KUBERAY_CRDS or kubectl). $SSAGAN_KUBERAY_CRDS, when set, wins."""
+    The only way tests get KubeRay's CRDs (the product never reads them from a path of its own: its
+    checker takes --crds DIR, $SSAGAN_KUBERAY_CRDS or the cluster kubectl reaches). They come from
+    tests/data/kuberay-crds (KubeRay's ray-operator/config/crd/bases at v1.7.0, Apache-2.0,
+    xz-compressed, unpacked here), so a fresh clone runs every test; $SSAGAN_KUBERAY_CRDS, when
+    set, names another CRD folder to test against."""
+    import lzma
     from pathlib import Path
 
-    crds = Path(os.environ.get("SSAGAN_KUBERAY_CRDS") or Path(__file__).resolve().parents[2] / "shared" / "k8s-crds")
-    if not sorted(crds.glob("*.y*ml")):
-        missing_part(f"KubeRay CRD files in {crds} (set SSAGAN_KUBERAY_CRDS=DIR: KubeRay's "
-                     "ray-operator/config/crd/bases)")
+    if os.environ.get("SSAGAN_KUBERAY_CRDS"):
+        crds = Path(os.environ["SSAGAN_KUBERAY_CRDS"])
+        if not sorted(crds.glob("*.y*ml")):
+            missing_part(f"KubeRay CRD files in {crds} ($SSAGAN_KUBERAY_CRDS)")
+        return crds
+    crds = tmp_path_factory.mktemp("kuberay-crds")
+    for packed in sorted((Path(__file__).parent / "data" / "kuberay-crds").glob("*.yaml.xz")):
+        (crds / packed.name[: -len(".xz")]).write_bytes(lzma.decompress(packed.read_bytes()))
     return crds

@@ -168,15 +168,15 @@ def test_a_checkpoint_of_another_model_is_named_as_such(tmp_path):
 
 def test_the_product_names_no_path_outside_the_repository():
     """A fresh clone is the whole product: no code, default, doc or script reads a sibling folder of
-    the clone or this workspace's paths (only tests/conftest.py's `kuberay_crds` fixture may)."""
-    tracked = subprocess.run(["git", "ls-files", "ssagan_dist", "data_tools", "jobs", "scripts", "docs", "k8s",
+    the clone or this workspace's paths; neither do the tests (KubeRay's CRDs ship in tests/data)."""
+    tracked = subprocess.run(["git", "ls-files", "ssagan_dist", "data_tools", "jobs", "scripts", "docs", "k8s", "tests",
                               ".ci", "Makefile", "README.md", "Dockerfile", "pyproject.toml"],
                              cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     assert len(tracked) > 50
     outside = re.compile(r"\.\./shared|/work/|parents?\[?\d?\]?\.parent\s*/\s*[\"']shared|[\"']shared[\"']\s*/")
     found = [f"{name}:{n}: {line.strip()}" for name in tracked if (ROOT / name).is_file()
              for n, line in enumerate((ROOT / name).read_text(errors="replace").splitlines(), 1)
-             if outside.search(line)]
+             if outside.search(line) and name != "tests/test_structure.py"]
     assert found == []
 
 
