@@ -248,6 +248,7 @@ def test_without_any_crds_everything_else_is_checked_and_the_skip_is_said_in_one
     assert "unknown field 'shutdownAfterJobFinish'" not in _checker(str(BROKEN / "typo_field"), env_path=no_kubectl).stderr
 
 
+@pytest.mark.slow
 def test_crds_come_from_the_cluster_kubectl_reaches(tmp_path, kuberay_crds):
     # what `kubectl get crd rayjobs.ray.io rayclusters.ray.io -o yaml` prints: a List of the CRDs
     items = [doc for path in sorted(kuberay_crds.glob("*.y*ml")) for doc in yaml.safe_load_all(path.read_text()) if doc]

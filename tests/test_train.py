@@ -133,6 +133,7 @@ def test_a_val_set_smaller_than_one_batch_per_worker_is_scored_whole(ray_cluster
     assert scored["count"] == 5 and scored["psnr"] == pytest.approx(record["val/psnr"], rel=1e-9)
 
 
+@pytest.mark.slow
 def test_data_and_checkpoints_on_s3_and_resume_from_there(ray_cluster, s3_bucket, tmp_path):
     from data_tools import synth
 
@@ -171,7 +172,7 @@ def test_every_trainer_runs_through_the_entry_point(ray_cluster, model, tmp_path
     assert checkpointing.read_model(latest(tmp_path / model))["step"] == 2
 
 
-@pytest.mark.parametrize("model", ["mdgan_stage2", "ssagan_b"])
+@pytest.mark.parametrize("model", ["mdgan_stage2", pytest.param("ssagan_b", marks=pytest.mark.slow)])
 def test_refine_trainers_start_from_a_stage1_checkpoint(ray_cluster, model, sky, tmp_path):
     stage1 = "mdgan_stage1"  # SSA-GAN (b) adds SSA to Stage II only; its Stage I is MD-GAN's
     base = [*FAST, *data_args(sky), f"run.storage_path={tmp_path}"]
