@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +25,7 @@ import torch
 
 from ssagan_dist import checkpointing
 from ssagan_dist.config import ConfigError
-from ssagan_dist.tune import report, sweep as sweeps
+from ssagan_dist.tune import results, sweep as sweeps
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -91,8 +93,54 @@ def tune_statuses(sweep_dir: Path) -> dict[str, str]:
     return {t["trial_id"]: t["status"] for t in (json.loads(pair[0]) for pair in data["trial_data"])}
 
 
-def trial_results(sweep_dir: Path) -> list[report.Trial]:
-    return report.load_trials(str(sweep_dir))
+def trial_results(sweep_dir: Path) -> list[results.Trial]:
+    return results.load_trials(str(sweep_dir))
+
+
+TINY = ("trainer.num_workers=1, trainer.cpus_per_worker=0.5, trainer.batch_size=2, trainer.val_batches=1, "
+        "trainer.log_every=2, data.loader_workers=0, optim.n_critic=1")
+
+
+def named_best(sweep_dir: Path) -> dict[str, tuple[str, str]]:
+    """(trial, checkpoint) of the winner as best.yaml and report.html name it."""
+    head = (sweep_dir / "best.yaml").read_text()
+    page = (sweep_dir / "report.html").read_text()
+    in_report = re.search(r"<h2>Best</h2><p>Trial <b>(\w+)</b>.*?checkpoint <code>([^<]+)</code>", page)
+    in_yaml = re.search(r"of trial (\w+)\n# checkpoint: (\S+)", head)
+    return {"best.yaml": in_yaml.groups(), "report": in_report.groups()}
+
+
+def progress_best(stdout: str) -> str:
+    """The trial the last progress line names as the best so far."""
+    return re.findall(r"^\[tune\] \d\d:\d\d:\d\d .*\| best .*\(trial (\w+)", stdout, re.M)[-1]
+
+
+def kept(uri: str) -> bool:
+    return (Path(uri) / checkpointing.MODEL_FILE).exists()
+
+
+# -- the winner: one rule for the progress line, best.yaml and the report ----------------------------
+
+def test_find_best_follows_the_mode_and_skips_deleted_checkpoints_and_diverged_trials(tmp_path):
+    def report(step: int, mse: float, on_storage: bool = True) -> dict:
+        ckpt = tmp_path / f"checkpoint_{mse}"
+        if on_storage:
+            ckpt.mkdir()
+            (ckpt / checkpointing.MODEL_FILE).write_bytes(b"")
+        return {"step": step, "val/mse": mse, "val/baseline_mse": 0.4, "hp/optim.lr_g": mse / 10,
+                "checkpoint_uri": str(ckpt)}
+
+    deleted = results.Trial("a", [report(2, 0.5), report(4, 0.2, on_storage=False)], "TERMINATED")
+    kept_both = results.Trial("b", [report(2, 0.3), report(4, 0.35)], "TERMINATED")
+    diverged = results.Trial("c", [report(2, 0.1), {"step": 3, results.DIVERGED: "training diverged at step 3"}],
+                             "TERMINATED")
+    trials = [deleted, kept_both, diverged]
+    best = results.find_best(trials, "val/mse", "min", ["optim.lr_g"], None)
+    assert (best.trial_id, best.step, best.value, best.baseline) == ("b", 2, 0.3, 0.4)
+    assert best.values == {"optim.lr_g": pytest.approx(0.03)}
+    assert results.best_report(deleted, "val/mse", "min", None)["step"] == 2  # its best left on storage
+    assert results.find_best(trials, "val/mse", "max", ["optim.lr_g"], None).trial_id == "a"
+    assert [t.status(max_steps=4) for t in trials] == ["finished", "finished", "diverged"]
 
 
 # -- sweep files are checked before Ray starts ------------------------------------------------------
@@ -146,7 +194,7 @@ def test_asha_sweep_stops_trials_early_and_reports_the_winner(sky, tmp_path):
     max_steps = json.loads((sweep_dir / "sweep.json").read_text())["max_steps"]
     stopped = [t for t in trials if t.last["step"] < max_steps]
     assert stopped, "ASHA stopped no trial early"
-    assert all(not t.errored for t in trials)
+    assert all(t.tune_status != "ERROR" for t in trials)
 
     # the printed checkpoint is the best report, and it loads with evaluate
     best_line = next(ln for ln in out.splitlines() if ln.startswith("[tune] best checkpoint:"))
@@ -159,7 +207,7 @@ def test_asha_sweep_stops_trials_early_and_reports_the_winner(sky, tmp_path):
     assert scored["psnr"] == pytest.approx(best_psnr, abs=1e-3)  # the same held-out clips as validation
 
     # best.yaml is a full config with the winner's values that load_config accepts
-    from ssagan_dist.config import load_config
+    from ssagan_dist.experiment import load_config
 
     best_cfg = load_config(str(sweep_dir / "best.yaml"))
     winner = next(t for t in trials if any(r["val/psnr"] == best_psnr for r in t.results))
@@ -196,6 +244,76 @@ def check_report_renders(sweep_dir: Path, tmp_path: Path) -> None:
     assert shot.exists(), proc.stderr[-2000:]
     assert pixel_variance(shot) > 100, "the report screenshot is blank"
     assert (sweep_dir / "report_png" / "curves.png").stat().st_size > 5000
+
+
+MIN_SWEEP = f"""\
+metric: val/mse
+mode: min
+search: {{algorithm: grid}}
+space: {{optim.lr_g: {{grid: [3.0e-3, 1.0e-4]}}}}
+# only each trial's newest checkpoint survives Train's retention
+overrides: [{TINY}, trainer.max_steps=4, trainer.val_every=2, run.keep_checkpoints=1, run.best_metric=step]
+driver_cpus: 0.1
+max_concurrent_trials: 1
+report_timeout_s: 300
+"""
+
+
+@pytest.mark.slow  # two sweeps of two trials: about a minute and a half
+def test_a_min_sweep_names_one_winner_everywhere_also_after_retention_deleted_its_checkpoint(sky, tmp_path):
+    (tmp_path / "min.yaml").write_text(MIN_SWEEP)
+    args = sweep_cmd(sky, tmp_path, str(tmp_path / "min.yaml"), "--name", "min")
+    sweep_dir = tmp_path / "min"
+    result = run_sweep(args)
+    assert result.returncode == 0, result.stdout[-3000:]
+    trials = trial_results(sweep_dir)
+    lowest = min((r["val/mse"], t.trial_id, r["checkpoint_uri"]) for t in trials for r in t.results
+                 if kept(r["checkpoint_uri"]))
+    named = named_best(sweep_dir)
+    assert named == {"best.yaml": lowest[1:], "report": lowest[1:]}
+    assert progress_best(result.stdout) == lowest[1]
+
+    # retention deletes the winning checkpoint; the same sweep again picks the best one left
+    shutil.rmtree(lowest[2])
+    again = run_sweep(args)
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "resuming sweep min" in again.stdout
+    runner_up = min((r["val/mse"], t.trial_id, r["checkpoint_uri"]) for t in trial_results(sweep_dir)
+                    for r in t.results if kept(r["checkpoint_uri"]))
+    assert named_best(sweep_dir) == {"best.yaml": runner_up[1:], "report": runner_up[1:]}
+    rows = {r["trial_id"]: r for r in csv.DictReader((sweep_dir / "trials.csv").open())}
+    assert rows[runner_up[1]]["best checkpoint"] == runner_up[2]
+
+
+DIVERGING_SWEEP = f"""\
+metric: val/psnr
+search: {{algorithm: grid}}
+space: {{optim.lr_g: {{grid: [1.0e+30]}}}}
+overrides: [{TINY}, optim.lr_d=1.0e+30, trainer.max_steps=4, trainer.val_every=2]
+driver_cpus: 0.1
+max_concurrent_trials: 1
+max_failures: 1
+report_timeout_s: 300
+"""
+
+
+@pytest.mark.slow  # a one-trial sweep: about a minute
+def test_a_diverged_trial_is_not_retried_and_shows_as_diverged(sky, tmp_path):
+    (tmp_path / "nan.yaml").write_text(DIVERGING_SWEEP)
+    result = run_sweep(sweep_cmd(sky, tmp_path, str(tmp_path / "nan.yaml"), "--name", "nan"))
+    out = result.stdout
+    assert result.returncode == 1, out[-3000:]  # no winner: the only trial diverged
+    assert "nothing to pick" in out and "diverged 1" in out and "training diverged at step" in out
+    sweep_dir = tmp_path / "nan"
+    [trial] = trial_results(sweep_dir)
+    assert [h["event"] for h in trial.history] == ["start"]  # one Train run: not started again
+    assert tune_statuses(sweep_dir) == {trial.trial_id: "TERMINATED"}
+    assert trial.diverged.startswith("training diverged at step") and "lr_g=1e+30" in trial.diverged
+    [row] = csv.DictReader((sweep_dir / "trials.csv").open())
+    assert row["status"] == "diverged"
+    page = (sweep_dir / "report.html").read_text()
+    assert f"Trial <b>{trial.trial_id}</b> diverged: training diverged at step" in page
+    assert not (sweep_dir / "best.yaml").exists()
 
 
 # -- PBT: the weaker trial continues from the stronger one's checkpoint -----------------------------

@@ -1,8 +1,9 @@
 """A sweep's report: report.html (self-contained: plotly inline, images as data URIs), static
 PNGs beside it in report_png/, and trials.csv (one row per trial).
 
-It reads only files: each Tune trial folder's result.json, the sweep's sweep.json and
-history/*.jsonl, and the best trial's sample strip and GIF from its Train run folder. No Ray.
+It reads only files, through ``results`` (Tune's experiment state and result.json files, the
+sweep's sweep.json and history/*.jsonl), and the winner's sample strip and GIF from its Train
+run folder; no Ray cluster.
 """
 
 from __future__ import annotations
@@ -13,89 +14,24 @@ import html
 import io
 import json
 import math
-import re
-from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from ssagan_dist import storage
+from ssagan_dist.tune.results import (Best, Trial, baseline_key, best_report, find_best, finite, load_trials,
+                                      read_sweep_meta)
 
-TRIAL_ID = re.compile(r"_([0-9a-f]{5}_\d{5})(?:_|$)")
-
-
-@dataclass
-class Trial:
-    trial_id: str
-    folder: str
-    results: list[dict[str, Any]]
-    errored: bool
-    history: list[dict[str, Any]] = field(default_factory=list)
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.results[-1] if self.results else {}
-
-    def values(self, keys: list[str]) -> dict[str, Any]:
-        """The trial's hyperparameters as of its last report (PBT changes them)."""
-        last = self.last
-        return {k: last.get(f"hp/{k}") for k in keys}
-
-
-def _fs(url: str, endpoint: Optional[str]):
-    return storage.filesystem(url, endpoint)
-
-
-def load_trials(sweep_url: str, endpoint: Optional[str] = None) -> list[Trial]:
-    """Every Tune trial folder of the sweep, with its reported results in order."""
-    from ssagan_dist.tune.trainable import read_history
-
-    fs, root = _fs(sweep_url, endpoint)
-    trials = []
-    for entry in sorted(fs.ls(root, detail=False)):
-        name = entry.rstrip("/").rsplit("/", 1)[-1]
-        if not fs.isdir(entry) or not fs.exists(f"{entry}/params.json"):
-            continue
-        text = fs.cat_file(f"{entry}/result.json").decode() if fs.exists(f"{entry}/result.json") else ""
-        results = [json.loads(ln) for ln in text.splitlines() if ln.strip()]
-        results = [r for r in results if "step" in r]
-        match = TRIAL_ID.search(name)
-        trial_id = results[0]["trial_id"] if results else (match.group(1) if match else name)
-        errored = fs.exists(f"{entry}/error.txt")
-        trials.append(Trial(trial_id, name, results, errored, read_history(sweep_url, trial_id, endpoint)))
-    return trials
-
-
-def read_sweep_meta(sweep_url: str, endpoint: Optional[str] = None) -> dict[str, Any]:
-    url = storage.join(sweep_url, "sweep.json")
-    if not storage.exists(url, endpoint):
-        raise FileNotFoundError(f"{sweep_url} is not a sweep folder (no sweep.json)")
-    return json.loads(storage.read_bytes(url, endpoint))
-
-
-def status(trial: Trial, max_steps: int) -> str:
-    step = trial.last.get("step", 0)
-    if step >= max_steps:
-        return "finished"
-    if trial.errored:
-        return "errored"
-    return "stopped early" if trial.results else "no result"
-
-
-def best_row(trial: Trial, metric: str, mode: str) -> Optional[dict[str, Any]]:
-    rows = [r for r in trial.results if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric])]
-    if not rows:
-        return None
-    return (max if mode == "max" else min)(rows, key=lambda r: r[metric])
+Bests = dict[str, Optional[dict[str, Any]]]  # trial id -> its best report (results.best_report)
 
 
 # -- trials.csv ------------------------------------------------------------------------------------
 
-def trials_table(trials: list[Trial], meta: dict[str, Any]) -> list[dict[str, Any]]:
-    keys, metric, mode = list(meta["space"]), meta["metric"], meta["mode"]
+def trials_table(trials: list[Trial], bests: Bests, meta: dict[str, Any]) -> list[dict[str, Any]]:
+    keys, metric = list(meta["space"]), meta["metric"]
     rows = []
     for t in trials:
-        best = best_row(t, metric, mode) or {}
+        best = bests[t.trial_id] or {}
         exploits = [h for h in t.history if h.get("event") == "exploit"]
-        rows.append({"trial_id": t.trial_id, "status": status(t, meta["max_steps"]), **t.values(keys),
+        rows.append({"trial_id": t.trial_id, "status": t.status(meta["max_steps"]), **t.values(keys),
                      f"final {metric}": t.last.get(metric), f"best {metric}": best.get(metric),
                      "best step": best.get("step"), "last step": t.last.get("step"),
                      "generations": len(t.history), "exploits": len(exploits),
@@ -118,14 +54,22 @@ def _log_axis(meta: dict[str, Any], key: str) -> bool:
     return "loguniform" in meta["space"][key]
 
 
-def figures(trials: list[Trial], meta: dict[str, Any]) -> list[tuple[str, str, Any]]:
+def _scored(trials: list[Trial], bests: Bests) -> list[tuple[Trial, dict[str, Any]]]:
+    return [(t, bests[t.trial_id]) for t in trials if bests[t.trial_id] is not None]
+
+
+def _curve(trial: Trial, metric: str) -> tuple[list, list]:
+    rows = [r for r in trial.results if finite(r.get(metric))]
+    return [r["step"] for r in rows], [r[metric] for r in rows]
+
+
+def figures(trials: list[Trial], bests: Bests, meta: dict[str, Any]) -> list[tuple[str, str, Any]]:
     """(id, title, plotly figure) in report order."""
     import plotly.graph_objects as go
     from plotly.subplots import make_subplots
 
-    keys, metric, mode, max_steps = list(meta["space"]), meta["metric"], meta["mode"], meta["max_steps"]
-    scored = [(t, best_row(t, metric, mode)) for t in trials]
-    scored = [(t, r) for t, r in scored if r is not None]
+    keys, metric, max_steps = list(meta["space"]), meta["metric"], meta["max_steps"]
+    scored = _scored(trials, bests)
     figs = []
 
     if scored:
@@ -160,15 +104,16 @@ def figures(trials: list[Trial], meta: dict[str, Any]) -> list[tuple[str, str, A
 
     curves = go.Figure()
     for t in trials:
-        xs = [r["step"] for r in t.results if metric in r]
-        ys = [r[metric] for r in t.results if metric in r]
+        xs, ys = _curve(t, metric)
         if not xs:
             continue
         curves.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", name=t.trial_id))
-        if status(t, max_steps) == "stopped early":
+        status = t.status(max_steps)
+        if status in ("stopped early", "diverged"):
             curves.add_trace(go.Scatter(x=[xs[-1]], y=[ys[-1]], mode="markers", showlegend=False,
-                                        marker={"symbol": "x", "size": 14, "color": "black"},
-                                        name=f"{t.trial_id} stopped", hovertext=f"{t.trial_id} stopped early"))
+                                        marker={"symbol": "x", "size": 14,
+                                                "color": "crimson" if status == "diverged" else "black"},
+                                        name=f"{t.trial_id} {status}", hovertext=f"{t.trial_id} {status}"))
         for h in t.history:
             if h.get("event") == "exploit":
                 curves.add_trace(go.Scatter(
@@ -183,7 +128,8 @@ def figures(trials: list[Trial], meta: dict[str, Any]) -> list[tuple[str, str, A
                                     line={"dash": "dash", "color": "grey"}))
     curves.update_layout(height=420, xaxis_title="training step", yaxis_title=metric,
                          margin={"t": 30})
-    figs.append(("curves", f"{metric} per trial (x: stopped early by the scheduler; star: PBT exploit)", curves))
+    title = f"{metric} per trial (x: stopped early by the scheduler; red x: diverged; star: PBT exploit)"
+    figs.append(("curves", title, curves))
     return figs
 
 
@@ -193,8 +139,6 @@ def _value_at(trial: Trial, step: int, metric: str) -> Optional[float]:
 
 
 def _baseline_curve(trials: list[Trial], metric: str) -> Optional[tuple[list, list]]:
-    from ssagan_dist.tune.runner import baseline_key
-
     key = baseline_key(metric)
     if key is None:
         return None
@@ -204,23 +148,23 @@ def _baseline_curve(trials: list[Trial], metric: str) -> Optional[tuple[list, li
 
 # -- static PNGs (matplotlib, no browser needed) ---------------------------------------------------
 
-def static_pngs(trials: list[Trial], meta: dict[str, Any]) -> dict[str, bytes]:
+def static_pngs(trials: list[Trial], bests: Bests, meta: dict[str, Any]) -> dict[str, bytes]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys, metric, mode = list(meta["space"]), meta["metric"], meta["mode"]
+    keys, metric = list(meta["space"]), meta["metric"]
     out: dict[str, bytes] = {}
 
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
     for t in trials:
-        xs = [r["step"] for r in t.results if metric in r]
-        ys = [r[metric] for r in t.results if metric in r]
+        xs, ys = _curve(t, metric)
         if xs:
             ax.plot(xs, ys, marker="o", label=t.trial_id)
-            if status(t, meta["max_steps"]) == "stopped early":
-                ax.plot(xs[-1:], ys[-1:], "kx", markersize=10)
+            status = t.status(meta["max_steps"])
+            if status in ("stopped early", "diverged"):
+                ax.plot(xs[-1:], ys[-1:], "x", color="crimson" if status == "diverged" else "black", markersize=10)
     base = _baseline_curve(trials, metric)
     if base:
         ax.plot(*base, "--", color="grey", label="copy-frame baseline")
@@ -230,8 +174,7 @@ def static_pngs(trials: list[Trial], meta: dict[str, Any]) -> dict[str, bytes]:
     ax.grid(alpha=0.3)
     out["curves.png"] = _png(fig, plt)
 
-    scored = [(t, best_row(t, metric, mode)) for t in trials]
-    scored = [(t, r) for t, r in scored if r is not None]
+    scored = _scored(trials, bests)
     if scored:
         fig, axes = plt.subplots(1, len(keys), figsize=(3.2 * len(keys), 3.2), dpi=100, sharey=True, squeeze=False)
         for ax, k in zip(axes[0], keys):
@@ -260,15 +203,13 @@ def _data_uri(data: bytes, mime: str) -> str:
     return f"data:{mime};base64,{base64.b64encode(data).decode()}"
 
 
-def best_samples(sweep_url: str, row: dict[str, Any], endpoint: Optional[str]) -> dict[str, bytes]:
-    """The best checkpoint's step's sample strip (PNG) and GIF from its Train run folder."""
-    uri = row.get("checkpoint_uri") or ""
-    run = uri.rsplit("/", 1)[0] if uri else ""
-    step = int(row.get("step", 0))
+def best_samples(best: Best, endpoint: Optional[str]) -> dict[str, bytes]:
+    """The winning checkpoint's step's sample strip (PNG) and GIF from its Train run folder."""
+    run = best.checkpoint.rsplit("/", 1)[0]
     out = {}
     for ext in ("png", "gif"):
-        url = storage.join(run, "samples", f"step_{step:09d}.{ext}")
-        if run and storage.exists(url, endpoint):
+        url = storage.join(run, "samples", f"step_{best.step:09d}.{ext}")
+        if storage.exists(url, endpoint):
             out[ext] = storage.read_bytes(url, endpoint)
     return out
 
@@ -301,18 +242,15 @@ def write_report(sweep_url: str, endpoint: Optional[str] = None) -> str:
     """Write report.html, report_png/*.png and trials.csv into the sweep folder; returns the HTML's URL."""
     meta = read_sweep_meta(sweep_url, endpoint)
     trials = load_trials(sweep_url, endpoint)
-    metric, mode = meta["metric"], meta["mode"]
-    rows = trials_table(trials, meta)
+    keys, metric, mode = list(meta["space"]), meta["metric"], meta["mode"]
+    bests = {t.trial_id: best_report(t, metric, mode, endpoint) for t in trials}
+    rows = trials_table(trials, bests, meta)
     storage.write_bytes_atomic(storage.join(sweep_url, "trials.csv"), write_csv(rows), endpoint)
-    pngs = static_pngs(trials, meta)
+    pngs = static_pngs(trials, bests, meta)
     for name, data in pngs.items():
         storage.write_bytes_atomic(storage.join(sweep_url, "report_png", name), data, endpoint)
 
-    best_pair = None
-    for t in trials:
-        r = best_row(t, metric, mode)
-        if r is not None and (best_pair is None or (r[metric] > best_pair[1][metric]) == (mode == "max")):
-            best_pair = (t, r)
+    best = find_best(trials, metric, mode, keys, endpoint)
     parts = [f"<h1>Sweep {html.escape(meta['experiment'])}</h1>",
              f"<p>{html.escape(meta.get('description') or '')} Model config <code>{html.escape(meta['config'])}"
              f"</code>; {len(trials)} trials; metric <b>{html.escape(metric)}</b> ({mode}); search "
@@ -322,17 +260,19 @@ def write_report(sweep_url: str, endpoint: Optional[str] = None) -> str:
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
     parts.append("<p>" + ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) + ".</p>")
-    if best_pair is not None:
-        t, r = best_pair
-        from ssagan_dist.tune.runner import baseline_key
-
-        base = r.get(baseline_key(metric) or "")
-        base_text = f" (copy-frame baseline {base:.4g})" if isinstance(base, (int, float)) else ""
-        parts.append(f"<h2>Best</h2><p>Trial <b>{t.trial_id}</b>: {html.escape(metric)} = <b>{r[metric]:.4g}</b>"
-                     f"{base_text} at step {r['step']}; values "
-                     f"<code>{html.escape(json.dumps(t.values(list(meta['space'])), sort_keys=True))}</code>; "
-                     f"checkpoint <code>{html.escape(r.get('checkpoint_uri', ''))}</code>.</p>")
-        samples = best_samples(sweep_url, r, endpoint)
+    diverged = [t for t in trials if t.diverged]
+    if diverged:
+        parts.append("<h2>Diverged</h2><ul>" + "".join(
+            f"<li>Trial <b>{t.trial_id}</b> diverged: {html.escape(t.diverged)}</li>" for t in diverged) + "</ul>")
+    if best is None:
+        parts.append("<h2>Best</h2><p>No trial that did not diverge has a checkpoint.</p>")
+    else:
+        base_text = f" (copy-frame baseline {best.baseline:.4g})" if finite(best.baseline) else ""
+        parts.append(f"<h2>Best</h2><p>Trial <b>{best.trial_id}</b>: {html.escape(metric)} = <b>{best.value:.4g}</b>"
+                     f"{base_text} at step {best.step}; values "
+                     f"<code>{html.escape(json.dumps(best.values, sort_keys=True))}</code>; "
+                     f"checkpoint <code>{html.escape(best.checkpoint)}</code>.</p>")
+        samples = best_samples(best, endpoint)
         if samples:
             parts.append("<div class='samples'>" + "".join(
                 f"<figure><img alt='best {ext}' src='{_data_uri(data, 'image/' + ext)}'><figcaption>"
@@ -340,7 +280,7 @@ def write_report(sweep_url: str, endpoint: Optional[str] = None) -> str:
                 "</figcaption></figure>" for ext, data in samples.items()) + "</div>")
 
     first = True
-    for fig_id, title, fig in figures(trials, meta):
+    for fig_id, title, fig in figures(trials, bests, meta):
         parts.append(f"<h2>{html.escape(title)}</h2>")
         parts.append(fig.to_html(full_html=False, include_plotlyjs=True if first else False, div_id=fig_id,
                                  config={"displaylogo": False, "responsive": True}))

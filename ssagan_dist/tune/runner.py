@@ -6,24 +6,18 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import OmegaConf
 from ray.tune import Callback
 
 from ssagan_dist import raycluster, storage, tracking
-from ssagan_dist.config import ConfigError, ExperimentConfig, load_config
+from ssagan_dist.config import ConfigError, ExperimentConfig
+from ssagan_dist.experiment import dump, load_config
 from ssagan_dist.tune import sweep as sweeps
+from ssagan_dist.tune.report import write_report as make_report
+from ssagan_dist.tune.results import DIVERGED, SWEEP_FILE, Best, Trial, find_best, finite, load_trials
 from ssagan_dist.tune.trainable import SweepContext, SweepTrial, trial_config
-
-SWEEP_FILE = "sweep.json"
-
-
-def baseline_key(metric: str) -> Optional[str]:
-    """val/psnr -> val/baseline_psnr: the copy-frame baseline scored on the same clips."""
-    head, _, tail = metric.rpartition("/")
-    return f"{head}/baseline_{tail}" if head == "val" and not tail.startswith("baseline_") else None
 
 
 def per_trial_resources(cfg: ExperimentConfig, driver_cpus: float) -> dict[str, float]:
@@ -42,20 +36,29 @@ def concurrent_trials(cluster: dict[str, float], need: dict[str, float]) -> int:
 
 class ProgressLines(Callback):
     """A Tune callback printing one line per change: trials running/finished/stopped early/
-    errored, and the best value so far with its copy-frame baseline."""
+    diverged/errored, and the winner so far (``results.find_best``, as best.yaml and the report
+    will name it) with its copy-frame baseline."""
 
-    def __init__(self, metric: str, mode: str, max_steps: int, every_s: float = 30.0):
-        self.metric, self.mode, self.max_steps, self.every_s = metric, mode, max_steps, every_s
-        self.baseline = baseline_key(metric)
-        self.best: Optional[tuple[float, str, Any]] = None
+    STATUSES = ("running", "pending", "paused", "finished", "stopped early", "diverged", "errored")
+
+    def __init__(self, sweep: sweeps.Sweep, sweep_url: str, endpoint: Optional[str], max_steps: int,
+                 every_s: float = 30.0):
+        self.metric, self.mode, self.keys = sweep.metric, sweep.mode, sweep.keys
+        self.sweep_url, self.endpoint, self.max_steps, self.every_s = sweep_url, endpoint, max_steps, every_s
+        self.trials: dict[str, Trial] = {}
+        self.best: Optional[Best] = None
         self.last_line, self.last_time = "", 0.0
 
+    def setup(self, **info):
+        """A resumed sweep: the trials' earlier reports count for the winner too."""
+        self.trials = {t.trial_id: t for t in load_trials(self.sweep_url, self.endpoint)}
+        self._find_best()
+
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        value = result.get(self.metric)
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            better = self.best is None or (value > self.best[0] if self.mode == "max" else value < self.best[0])
-            if better:
-                self.best = (float(value), trial.trial_id, result.get(self.baseline) if self.baseline else None)
+        self._trial(trial).results.append(dict(result))
+        if result.get(DIVERGED):
+            print(f"[tune] trial {trial.trial_id} diverged (not retried): {result[DIVERGED]}", flush=True)
+        self._find_best()
         self._print(trials)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
@@ -68,65 +71,50 @@ class ProgressLines(Callback):
     def on_step_end(self, iteration, trials, **info):
         self._print(trials)
 
+    def _trial(self, tune_trial) -> Trial:
+        mine = self.trials.setdefault(tune_trial.trial_id, Trial(tune_trial.trial_id, [], tune_trial.status))
+        mine.tune_status = tune_trial.status
+        return mine
+
+    def _find_best(self) -> None:
+        self.best = find_best(list(self.trials.values()), self.metric, self.mode, self.keys, self.endpoint)
+
     def _print(self, trials, force: bool = False) -> None:
-        counts = {"running": 0, "pending": 0, "paused": 0, "finished": 0, "stopped early": 0, "errored": 0}
+        counts = dict.fromkeys(self.STATUSES, 0)
         for t in trials:
-            status = t.status
-            if status == "TERMINATED":
-                step = (t.last_result or {}).get("step", 0)
-                counts["finished" if step >= self.max_steps else "stopped early"] += 1
-            elif status == "ERROR":
-                counts["errored"] += 1
-            elif status.lower() in counts:
-                counts[status.lower()] += 1
+            status = self._trial(t).status(self.max_steps)
+            counts[status] = counts.get(status, 0) + 1
         line = " | ".join(f"{k} {v}" for k, v in counts.items() if v or k in ("running", "finished"))
         if self.best is not None:
-            value, trial_id, base = self.best
-            line += f" | best {self.metric} {value:.4g} (trial {trial_id}"
-            line += f", copy-frame {base:.4g})" if isinstance(base, (int, float)) else ")"
+            base = self.best.baseline
+            line += f" | best {self.metric} {self.best.value:.4g} (trial {self.best.trial_id}"
+            line += f", copy-frame {base:.4g})" if finite(base) else ")"
         now = time.monotonic()
         if force or (line != self.last_line and now - self.last_time >= 5.0) or now - self.last_time >= self.every_s:
             print(f"[tune] {time.strftime('%H:%M:%S')} {line}", flush=True)
             self.last_line, self.last_time = line, now
 
 
-@dataclass
-class Best:
-    trial_id: str
-    value: float
-    baseline: Optional[float]
-    checkpoint: str
-    step: int
-    values: dict[str, Any]
-
-
-def find_best(sweep_url: str, metric: str, mode: str, keys: list[str], endpoint: Optional[str]) -> Optional[Best]:
-    """The best validation of any trial whose checkpoint still exists (Train keeps the best K)."""
-    from ssagan_dist.tune.report import load_trials
-
-    rows = [(r, t) for t in load_trials(sweep_url, endpoint) for r in t.results
-            if isinstance(r.get(metric), (int, float)) and math.isfinite(r[metric]) and r.get("checkpoint_uri")]
-    rows.sort(key=lambda rt: rt[0][metric], reverse=mode == "max")
-    base = baseline_key(metric)
-    for r, t in rows:
-        if storage.exists(storage.join(r["checkpoint_uri"], "model.pt"), endpoint):
-            return Best(t.trial_id, float(r[metric]), r.get(base) if base else None, r["checkpoint_uri"],
-                        int(r.get("step", 0)), {k: r.get(f"hp/{k}") for k in keys})
-    return None
-
-
 def write_best_yaml(ctx: SweepContext, best: Best, name: str, storage_path: str) -> str:
     """A full configuration with the winner's values: ``python -m ssagan_dist.train --config best.yaml``."""
-    from ssagan_dist import config as config_module
-
     cfg = trial_config(ctx, best.values)
     cfg.run.name, cfg.run.storage_path = f"{name}-best", storage_path
-    dump = getattr(config_module, "dump", OmegaConf.to_yaml)  # only the keys the model reads, where available
     text = (f"# Sweep {name}: best {best.value:.6g} at step {best.step} of trial {best.trial_id}\n"
             f"# checkpoint: {best.checkpoint}\n# retrain: python -m ssagan_dist.train --config best.yaml\n" + dump(cfg))
     url = ctx.url("best.yaml")
     storage.write_bytes_atomic(url, text.encode(), ctx.endpoint)
     return url
+
+
+def announce_winner(cfg: ExperimentConfig, ctx: SweepContext, best: Best, metric: str, name: str) -> None:
+    """best.yaml, the trackers' winner mark, and the lines that say where the winner is."""
+    best_yaml = write_best_yaml(ctx, best, name, storage.join(cfg.run.storage_path))
+    tracking.mark_winner(cfg, ctx.sweep_url, ctx.tracking, best.trial_id, metric, best.value, best.checkpoint)
+    base = f" (copy-frame baseline {best.baseline:.4g})" if finite(best.baseline) else ""
+    print(f"[tune] best {metric} = {best.value:.4g}{base} at step {best.step}, trial {best.trial_id}", flush=True)
+    print(f"[tune] best config: {json.dumps(best.values, sort_keys=True)}", flush=True)
+    print(f"[tune] best checkpoint: {best.checkpoint}", flush=True)
+    print(f"[tune] best.yaml: {best_yaml}  (retrain: python -m ssagan_dist.train --config {best_yaml})", flush=True)
 
 
 def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optional[str] = None,
@@ -147,7 +135,7 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
     sweep_url = storage.join(cfg.run.storage_path, name)
     endpoint = cfg.run.s3_endpoint
     ctx = SweepContext(base=OmegaConf.to_container(cfg), clip_shape=list(clip_shape), sweep_url=sweep_url,
-                       keys=sweep.keys, report_timeout_s=sweep.report_timeout_s)
+                       keys=sweep.keys, metric=sweep.metric, report_timeout_s=sweep.report_timeout_s)
 
     started_ray = not ray.is_initialized()
     if started_ray:
@@ -193,30 +181,21 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
                 run_config=tune.RunConfig(
                     name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                    callbacks=[ProgressLines(sweep.metric, sweep.mode, cfg.trainer.max_steps)],
+                    callbacks=[ProgressLines(sweep, sweep_url, endpoint, cfg.trainer.max_steps)],
                     verbose=0))
         results = tuner.fit()
         errored = [r for r in results if r.error is not None]
         for r in errored:
             print(f"[tune] failed trial: {r.path}: {type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}",
                   flush=True)
-        best = find_best(sweep_url, sweep.metric, sweep.mode, sweep.keys, endpoint)
+        best = find_best(load_trials(sweep_url, endpoint), sweep.metric, sweep.mode, sweep.keys, endpoint)
         if best is None:
-            print("[tune] no trial reported a checkpoint; nothing to pick", flush=True)
-            return 1
-        best_yaml = write_best_yaml(ctx, best, name, storage.join(cfg.run.storage_path))
-        tracking.mark_winner(cfg, sweep_url, ctx.tracking, best.trial_id, sweep.metric, best.value, best.checkpoint)
-        base = f" (copy-frame baseline {best.baseline:.4g})" if isinstance(best.baseline, (int, float)) else ""
-        print(f"[tune] best {sweep.metric} = {best.value:.4g}{base} at step {best.step}, trial {best.trial_id}", flush=True)
-        print(f"[tune] best config: {json.dumps(best.values, sort_keys=True)}", flush=True)
-        print(f"[tune] best checkpoint: {best.checkpoint}", flush=True)
-        print(f"[tune] best.yaml: {best_yaml}  (retrain: python -m ssagan_dist.train --config {best_yaml})", flush=True)
+            print("[tune] no trial that did not diverge has a checkpoint; nothing to pick", flush=True)
+        else:
+            announce_winner(cfg, ctx, best, sweep.metric, name)
         if write_report:
-            from ssagan_dist.tune.report import write_report as make_report
-
-            out = make_report(sweep_url, endpoint=endpoint)
-            print(f"[tune] report: {out}", flush=True)
-        return 0 if len(errored) < len(results) else 1
+            print(f"[tune] report: {make_report(sweep_url, endpoint=endpoint)}", flush=True)
+        return 0 if best is not None and len(errored) < len(results) else 1
     finally:
         if started_ray:
             ray.shutdown()

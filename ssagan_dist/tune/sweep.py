@@ -274,16 +274,14 @@ def check_against_config(sweep: Sweep, config: str, overrides: list[str]) -> Non
     Each bound or listed value is merged into the configuration through ``load_config``, so
     types and ranges are checked by the same code that checks a training run.
     """
-    from ssagan_dist import config as config_module
+    from ssagan_dist.experiment import load_config, require_read
 
-    base = config_module.load_config(config, [*sweep.overrides, *overrides])
-    require_read = getattr(config_module, "require_read", None)
+    base = load_config(config, [*sweep.overrides, *overrides])
     for dim in sweep.space:
-        if require_read is not None:
-            require_read(base, [dim.key], source=f"swept in {sweep.source}")
+        require_read(base, [dim.key], source=f"swept in {sweep.source}")
         for value in dim.extremes():
             try:
-                config_module.load_config(config, [*sweep.overrides, *overrides, value_override(dim.key, value)])
+                load_config(config, [*sweep.overrides, *overrides, value_override(dim.key, value)])
             except ConfigError as e:
                 raise SweepError(f"sweep file {sweep.source} field 'space.{dim.key}': value {value!r}: {e}") from None
     max_steps, val_every = base.trainer.max_steps, base.trainer.val_every

@@ -1,6 +1,6 @@
 """One Tune trial = one real distributed training run of ``ssagan_dist.train``'s loop.
 
-Ray 2.60 drives Train V2 from a Tune trainable (SPEC §8): ``SweepTrial`` builds a ``TorchTrainer``
+In Ray 2.60 Tune drives Train V2 only through a trainable: ``SweepTrial`` builds a ``TorchTrainer``
 with ``train.build_ray_trainer`` and runs ``fit()`` in a thread. Train's own
 ``TuneReportCallback`` forwards metrics but never a Tune checkpoint, so PBT could not exploit.
 Here a Train callback in the controller puts every (metrics, checkpoint) report on a Ray queue;
@@ -13,13 +13,18 @@ pause, a retry after a failure, a resumed sweep) starts its new generation from 
 Tune hands it, which is its own latest or, after a PBT exploit, the donor's; the training loop
 loads G, D, both optimizers, the loader position, RNG and step from it and then applies this
 trial's (explored) learning rates. Every start is recorded in ``history/<trial_id>.jsonl``.
+
+A Train run that diverged (a loss went non-finite: ``train.stop_diverged``) ends its trial with a
+last report that says so (``DIVERGED``) and the sweep's metric as NaN: the trial is over, as a
+fault of its values, and Tune does not start it again with the same values as it would after an
+error.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import queue as std_queue
+import math
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,9 +34,11 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from ssagan_dist import storage, tracking
-from ssagan_dist.config import ConfigError, ExperimentConfig, validate
+from ssagan_dist.config import ConfigError, ExperimentConfig
+from ssagan_dist.experiment import validate
 
 POINTER_FILE = "train_checkpoint.json"
+DIVERGED = "diverged"  # in a trial's last report when its training diverged: the error message
 logger = logging.getLogger(__name__)
 
 try:  # Train V2's controller hooks; only the UserCallback interface is public in 2.60
@@ -50,6 +57,7 @@ class SweepContext:
     clip_shape: list[int]
     sweep_url: str  # the Tune experiment folder: train_runs/, tensorboard/, history/ live in it
     keys: list[str]  # the swept config keys
+    metric: str  # the sweep's metric
     report_timeout_s: float
     tracking: dict[str, Any] = field(default_factory=dict)  # tracking.start_sweep: W&B group, MLflow parent
 
@@ -235,13 +243,16 @@ class SweepTrial(Trainable):
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         """Called before the first step when Tune restores this trial (its own checkpoint, or
-        after a PBT exploit, the donor's): the new generation starts from that Train checkpoint."""
-        self.restored = json.loads((Path(checkpoint_dir) / POINTER_FILE).read_text())
+        after a PBT exploit, the donor's): the new generation starts from that Train checkpoint,
+        or afresh when there was none yet."""
+        pointer = Path(checkpoint_dir) / POINTER_FILE
+        self.restored = json.loads(pointer.read_text()) if pointer.exists() else None
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        if self.pointer is None:
-            raise RuntimeError("no Train checkpoint to point at yet")
-        (Path(checkpoint_dir) / POINTER_FILE).write_text(json.dumps(self.pointer, sort_keys=True))
+        """Tune saves every reported checkpoint and a trial's end, which may come before any
+        Train checkpoint (a run that diverged at once): then there is nothing to point at."""
+        if self.pointer is not None:
+            (Path(checkpoint_dir) / POINTER_FILE).write_text(json.dumps(self.pointer, sort_keys=True))
 
     def _start(self) -> None:
         from ssagan_dist import train
@@ -282,9 +293,15 @@ class SweepTrial(Trainable):
                 return {**self.restored.get("metrics", {}), "done": True}
             self._start()
         item = self.run.next_report(self.ctx.report_timeout_s)
-        if item is None:  # fit() ended without reaching max_steps: raise its error (Tune retries)
+        if item is None:  # fit() ended without reaching max_steps: diverged, else raise its error (Tune retries)
             self.run.finish()
-            raise RuntimeError(f"Train run {self.cfg.run.name} ended before trainer.max_steps")
+            diverged = self._diverged()
+            if diverged is None:
+                raise RuntimeError(f"Train run {self.cfg.run.name} ended before trainer.max_steps")
+            self.finished = True
+            return {"step": diverged["step"], self.ctx.metric: math.nan, DIVERGED: diverged["error"],
+                    **{f"hp/{k}": v for k, v in self.values.items()}, "generation": self.generation,
+                    "train_run": self.cfg.run.name, "checkpoint_uri": "", "done": True}
         metrics = dict(item["metrics"])
         run_url = storage.join(self.cfg.run.storage_path, self.cfg.run.name)
         uri = storage.join(run_url, item["checkpoint"]) if item["checkpoint"] else ""
@@ -298,6 +315,15 @@ class SweepTrial(Trainable):
             metrics["should_checkpoint"] = True  # every report: PBT copies it, a resumed sweep starts from it
         metrics["done"] = self.finished
         return metrics
+
+    def _diverged(self) -> Optional[dict[str, Any]]:
+        """What rank 0 wrote when the Train run diverged (its error and step), if it did."""
+        from ssagan_dist import train
+
+        marker = storage.join(train.run_url(self.cfg), train.DIVERGED_FILE)
+        if not storage.exists(marker, self.ctx.endpoint):
+            return None
+        return json.loads(storage.read_bytes(marker, self.ctx.endpoint))
 
     def cleanup(self) -> None:
         if self.run is None:
