@@ -5,7 +5,7 @@ For models that generate from noise (no ground-truth future to compare frame by 
 - ``frechet_distance(a, b)``: the Fréchet distance between Gaussians fitted to the features
   that ``RandomVideoFeatures`` extracts from each set. The feature net is a small 3-D conv net
   with *random* weights from a fixed seed, never trained. This is **not FVD**: FVD uses an I3D
-  network trained on Kinetics, which nothing here may download (SPEC §6). Random conv features
+  network trained on Kinetics, which nothing here may download. Random conv features
   still respond to colour, texture and motion statistics, so the distance is 0 for identical
   sets and grows as one set drifts from the other; its absolute value means nothing outside
   this code, so it is only ever reported beside a floor and a reference computed the same way.

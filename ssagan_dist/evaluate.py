@@ -40,7 +40,7 @@ from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
-from ssagan_dist import checkpointing, cli, metrics, storage
+from ssagan_dist import checkpointing, cli, experiment, metrics, storage
 from ssagan_dist.data import ClipLoader, resolve_urls
 from ssagan_dist.trainers import GANTrainer
 from ssagan_dist.trainers.base import WEIGHTS
@@ -221,7 +221,7 @@ def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: in
     folder for scores.json and the PNGs; ``weights``: "ema" (G's moving average), "raw" (G as
     trained) or None (the average when the checkpoint keeps one)."""
     checkpoint, picked = pick_checkpoint(checkpoint, pick, endpoint_url)
-    trainer, cfg, state = checkpointing.load_trainer(checkpoint, device, endpoint_url)
+    trainer, cfg, state = experiment.load_trainer(checkpoint, device, endpoint_url)
     try:
         weights = trainer.weights_for(weights)
     except ValueError as e:

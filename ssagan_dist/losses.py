@@ -1,7 +1,8 @@
-"""GAN objectives of the seed papers (SPEC §3). Every function returns a scalar tensor.
+"""GAN objectives of the papers the models implement (docs/models.md: Objectives, References).
+Every function returns a scalar tensor.
 
 Conventions: discriminators return logits (no sigmoid; BCE-with-logits is the stable form of
-eq. 4), critics return unbounded scores; the weights (λ_con, λ_rank, λ_gp, λ_mse) are applied
+SSA-GAN eq. 4), critics return unbounded scores; the weights (λ_con, λ_rank, λ_gp, λ_mse) are applied
 by the trainer, never here.
 """
 

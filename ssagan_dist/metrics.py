@@ -1,4 +1,4 @@
-"""Frame-level MSE, PSNR and SSIM between predicted and real clips (SPEC §6).
+"""Frame-level MSE, PSNR and SSIM between predicted and real clips.
 
 Conventions (docs/metrics.md explains them and how they differ from the papers' code):
 - Clips are (N, C, T, H, W) in [-1, 1], the pipeline's range. Metrics convert them to [0, 1]

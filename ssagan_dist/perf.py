@@ -1,6 +1,6 @@
 """The speed switches of the ``perf:`` config section, applied to a built trainer.
 
-    trainer = factory.build_trainer(cfg, device)
+    trainer = experiment.build_trainer(cfg, device)
     perf.apply(trainer, cfg.perf)                 # autocast, channels-last, compile, fp16 scaler
     ddp = DDP(net, **perf.ddp_kwargs(cfg.perf))   # bucket size, gradients as bucket views
 

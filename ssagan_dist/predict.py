@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ssagan_dist import checkpointing, cli, visualize
+from ssagan_dist import cli, experiment, visualize
 from ssagan_dist.data import ClipLoader, resolve_urls
 from ssagan_dist.trainers.base import WEIGHTS
 
@@ -92,7 +92,7 @@ def predict(checkpoint: str, out: str, *, image: Optional[str] = None, data: Opt
             weights: Optional[str] = None) -> torch.Tensor:
     """Write the predicted clip for a photo (``image``) or a held-out clip's first frame (``data``);
     ``weights``: "ema", "raw" or None (G's moving average when the checkpoint keeps one)."""
-    trainer, cfg, state = checkpointing.load_trainer(checkpoint, device, endpoint_url)
+    trainer, cfg, state = experiment.load_trainer(checkpoint, device, endpoint_url)
     try:
         weights = trainer.weights_for(weights)
     except ValueError as e:

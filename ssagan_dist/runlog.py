@@ -1,6 +1,6 @@
 """Rank 0's human-facing record of a run, in the run folder (local or s3://):
 
-    config.yaml                 the keys this run reads (``config.dump``): ``--config`` it to retrain
+    config.yaml                 the keys this run reads (``experiment.dump``): ``--config`` it to retrain
     metrics.jsonl               one JSON object per log step and per validation
     samples/step_<step>.png     held-out strip: input | prediction | truth, a few frames each
     samples/step_<step>.gif     the first held-out clip, prediction beside truth
@@ -24,7 +24,8 @@ from typing import Any, Optional
 
 import torch
 
-from ssagan_dist import config, storage, tracking, visualize
+from ssagan_dist import experiment, storage, tracking, visualize
+from ssagan_dist.config import ExperimentConfig
 
 
 def _json_safe(value: Any) -> Any:
@@ -32,7 +33,7 @@ def _json_safe(value: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, cfg: config.ExperimentConfig, url: str, resumed_step: int,
+    def __init__(self, cfg: ExperimentConfig, url: str, resumed_step: int,
                  tensorboard_url: Optional[str] = None, tracking_context: Optional[dict[str, Any]] = None):
         self.url, self.endpoint = url, cfg.run.s3_endpoint
         self.metrics_url = storage.join(url, "metrics.jsonl")
@@ -40,7 +41,8 @@ class RunLog:
         if resumed_step and storage.exists(self.metrics_url, self.endpoint):
             text = storage.read_bytes(self.metrics_url, self.endpoint).decode()
             self.lines = [ln for ln in text.splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resumed_step]
-        storage.write_bytes_atomic(storage.join(url, "config.yaml"), config.dump(cfg).encode(), self.endpoint)
+        config_yaml = experiment.dump(cfg)
+        storage.write_bytes_atomic(storage.join(url, "config.yaml"), config_yaml.encode(), self.endpoint)
         self.tensorboard_url = tensorboard_url or storage.join(url, "tensorboard")
         self._tb_local = (Path(tempfile.mkdtemp(prefix="ssagan-tb-")) if storage.is_s3(self.tensorboard_url)
                           else Path(self.tensorboard_url))
@@ -48,7 +50,7 @@ class RunLog:
 
         # purge_step hides events a previous attempt wrote past the step this run resumed from.
         self.tb = SummaryWriter(str(self._tb_local), purge_step=resumed_step or None, flush_secs=30)
-        self.tracker = (tracking.Tracker(cfg, url, resumed_step, tracking_context)
+        self.tracker = (tracking.Tracker(cfg, url, resumed_step, tracking_context, config_yaml=config_yaml)
                         if tracking.names(cfg.run.tracking) else None)
 
     def append(self, record: dict[str, Any]) -> None:

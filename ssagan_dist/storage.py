@@ -4,7 +4,8 @@
 ``file://`` URL gives the local filesystem. The S3 endpoint comes from the argument, else
 ``AWS_ENDPOINT_URL_S3``, else ``AWS_ENDPOINT_URL`` (else AWS itself); credentials come from the
 standard AWS variables, profile or instance role through botocore and are never logged here.
-Importing this module also teaches ``webdataset.gopen`` to open ``s3://`` URLs (SPEC §8).
+Importing this module also teaches ``webdataset.gopen`` to open ``s3://`` URLs (webdataset 1.0 has
+no ``s3://`` opener of its own).
 
 Transient S3 faults (5xx, throttling, timeouts, dropped connections) are retried here, with
 exponential backoff, and counted (``telemetry.count_s3_retry``); s3fs's and botocore's own

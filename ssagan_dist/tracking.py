@@ -7,7 +7,7 @@ come from the trackers' own environment variables, never from the config: ``MLFL
 
 One tracker run per training run, and per sweep trial (docs/tracking.md):
 
-- parameters: the keys the model reads (``config.dump``), once, when the tracker run is created;
+- parameters: the keys the model reads (``experiment.dump``), once, when the tracker run is created;
 - metrics: every line of metrics.jsonl at its step (train/*, val/* beside val/baseline_*);
 - artifacts: each validation's sample strip (PNG), clip (GIF; a ``wandb.Video`` on W&B) and PSNR
   per frame; the best checkpoint's location as a tag; events (resumed, PBT exploit) as tags;
@@ -44,6 +44,11 @@ TRACKERS = ("mlflow", "wandb")
 STATE_FILE = "tracking.json"
 EXTRAS = {"mlflow": "mlflow", "wandb": "wandb"}  # pip install 'ssagan-dist[<extra>]'
 CLOSE_TIMEOUT_S = 120.0
+# The writer sends metrics at most this often: the lines logged in between go in one request per
+# tracker (each at its own step), so a run logging every step does not make a server round trip
+# per step on the cores the step runs on (docs/benchmarks.md, "Experiment tracking").
+METRICS_INTERVAL_S = 2.0
+MLFLOW_BATCH_MAX = 1000  # metrics per log_batch request (MLflow's limit)
 # The MLflow client retries a dead server for minutes by default; a background writer that falls
 # behind only delays its own uploads, but a short retry budget makes a stopped server show soon.
 MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -69,7 +74,7 @@ def one_line(e: BaseException) -> str:
 
 
 def problem(value: Any) -> Optional[str]:
-    """Why ``run.tracking`` is invalid, or None (for config.validate)."""
+    """Why ``run.tracking`` is invalid, or None (for ``experiment.validate``)."""
     try:
         got = names(value)
     except TypeError:
@@ -104,11 +109,10 @@ def redact(value: Any) -> Any:
     return _USERINFO.sub("***@", value) if isinstance(value, str) else value
 
 
-def params_of(cfg) -> dict[str, Any]:
-    """The keys the model reads (``config.dump``), flat: {"optim.lr_g": 0.0002, "model.args.size": 32}."""
+def params_of(config_yaml: str) -> dict[str, Any]:
+    """A run's config.yaml (``experiment.dump``: the keys it reads), flat:
+    {"optim.lr_g": 0.0002, "model.args.size": 32}."""
     import yaml
-
-    from ssagan_dist import config
 
     out: dict[str, Any] = {}
 
@@ -118,15 +122,15 @@ def params_of(cfg) -> dict[str, Any]:
                 flat(f"{prefix}.{k}" if prefix else str(k), v)
         else:
             out[prefix] = redact(node)
-    flat("", yaml.safe_load(config.dump(cfg)))
+    flat("", yaml.safe_load(config_yaml))
     return out
 
 
 def tags_of(cfg) -> dict[str, str]:
-    from ssagan_dist import factory
+    from ssagan_dist.models import registry
 
     return {"model": cfg.model.name, "preset": cfg.model.preset,
-            "trainer_family": factory.registry.get(cfg.model.name).trainer, "run_name": cfg.run.name}
+            "trainer_family": registry.get(cfg.model.name).trainer, "run_name": cfg.run.name}
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -180,11 +184,13 @@ class MLflowSink:
         for i in range(0, len(items), 100):  # MLflow's batch limit
             self.client.log_batch(self.run_id, params=items[i:i + 100])
 
-    def metrics(self, step: int, values: dict[str, float]) -> None:
+    def metrics(self, points: list[tuple[int, dict[str, float]]]) -> None:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in values.items()])
+        items = [Metric(k, v, now, step) for step, values in points for k, v in values.items()]
+        for i in range(0, len(items), MLFLOW_BATCH_MAX):
+            self.client.log_batch(self.run_id, metrics=items[i:i + MLFLOW_BATCH_MAX])
 
     def tags(self, tags: dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -246,8 +252,9 @@ class WandbSink:
                                settings=wandb.Settings(console="off", x_disable_stats=True))
         return {"run_id": run_id, "dir": self.dir}
 
-    def metrics(self, step: int, values: dict[str, float]) -> None:
-        self.run.log(values, step=step)
+    def metrics(self, points: list[tuple[int, dict[str, float]]]) -> None:
+        for step, values in points:
+            self.run.log(values, step=step)
 
     def tags(self, tags: dict[str, str]) -> None:
         for k, v in tags.items():
@@ -271,6 +278,8 @@ class WandbSink:
 
 # -- rank 0's tracker: all sinks behind one background thread ----------------------------------------
 
+_CLOSED = ("closed", None, False)  # the queue's last item
+
 class Tracker:
     """What RunLog calls on rank 0; every call returns at once (a queue to one writer thread).
 
@@ -279,10 +288,12 @@ class Tracker:
     (this trial's values) and ``start`` (the trial's start event: resume or PBT exploit).
     """
 
-    def __init__(self, cfg, run_url: str, resumed_step: int, context: Optional[dict[str, Any]] = None):
+    def __init__(self, cfg, run_url: str, resumed_step: int, context: Optional[dict[str, Any]] = None, *,
+                 config_yaml: str):
         from ssagan_dist import storage
 
         self.context = context or {}
+        self.params = params_of(config_yaml)  # the run's config.yaml: the keys it reads
         self.endpoint = cfg.run.s3_endpoint
         self.state_url = self.context.get("state_url") or storage.join(run_url, STATE_FILE)
         self.best_metric = cfg.run.best_metric
@@ -296,7 +307,7 @@ class Tracker:
         for name in names(cfg.run.tracking):
             self.sinks.append(MLflowSink() if name == "mlflow" else WandbSink(wandb_dir))
         self.state: dict[str, Any] = read_state(self.state_url, self.endpoint)
-        self._queue: "queue.Queue[Optional[tuple[str, Callable[[Any], None], bool]]]" = queue.Queue()
+        self._queue: "queue.Queue[tuple[str, Any, bool]]" = queue.Queue()  # (what, call or metrics, per sink)
         self._thread = threading.Thread(target=self._work, name="tracking", daemon=True)
         self._thread.start()
         self._submit("open", lambda sink: self._open(sink, cfg, resumed_step))
@@ -314,7 +325,7 @@ class Tracker:
             return
         values = scalars(record)
         if values:
-            self._submit("metrics", lambda sink: sink.metrics(step, values))
+            self._queue.put(("metrics", [(step, values)], True))
         best = values.get(self.best_metric)
         if best is not None and best > self.state.get("best", {}).get("value", -math.inf):
             from ssagan_dist import checkpointing, storage
@@ -349,7 +360,7 @@ class Tracker:
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
         self._submit("close", lambda sink: sink.close(self.failed))
-        self._queue.put(None)
+        self._queue.put(_CLOSED)
         self._thread.join(timeout_s)
         if self._thread.is_alive():
             self._warn("all", f"{self._queue.qsize()} call(s) still queued after {timeout_s:.0f} s; giving up")
@@ -363,8 +374,16 @@ class Tracker:
         self._queue.put((what, call, per_sink))
 
     def _work(self) -> None:
-        while (item := self._queue.get()) is not None:
+        last_metrics = -math.inf
+        pending = None
+        while (item := pending if pending is not None else self._queue.get()) is not _CLOSED:
+            pending = None
             what, call, per_sink = item
+            if what == "metrics":  # call holds [(step, values)]: gather what follows, send it as one
+                points = list(call)
+                pending = self._gather_metrics(points, last_metrics + METRICS_INTERVAL_S)
+                last_metrics = time.monotonic()
+                call = lambda sink, points=points: sink.metrics(points)  # noqa: E731
             if not per_sink:
                 call(None)
                 continue
@@ -374,6 +393,20 @@ class Tracker:
                 except Exception as e:  # noqa: BLE001 - a tracker never fails training
                     self.sinks.remove(sink)
                     self._warn(sink.name, f"{what} failed: {one_line(e)}")
+
+    def _gather_metrics(self, points: list, send_at: float) -> Any:
+        """Append the metrics queued right behind into points, waiting until send_at for more; stop
+        at the first other call (returned, to run after the metrics: the order of calls is kept,
+        so a tracker never sees a step before one it already has)."""
+        while True:
+            remaining = send_at - time.monotonic()
+            try:
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                return None
+            if item[0] != "metrics":
+                return item
+            points.extend(item[1])
 
     def _warn(self, tracker: str, message: str, off: bool = True) -> None:
         event = "tracking_failed" if off else "tracking_slow"
@@ -394,9 +427,9 @@ class Tracker:
         own = self.state.get(sink.name, {})
         run_name = ctx.get("run_name") or cfg.run.name
         if sink.name == "wandb":
-            own = sink.open(own, run_name, params_of(cfg), tags, group=ctx.get("group"))
+            own = sink.open(own, run_name, self.params, tags, group=ctx.get("group"))
         else:
-            own = sink.open(own, run_name, params_of(cfg), tags)
+            own = sink.open(own, run_name, self.params, tags)
         resumed = bool(self.state.get(sink.name))
         self.state[sink.name] = own
         self._save_state()
@@ -404,8 +437,8 @@ class Tracker:
             sink.tags({"resumed_at_step": resumed_step})
         start = ctx.get("start") or {}
         if ctx.get("swept"):
-            sink.metrics(start.get("step", resumed_step), {f"hp/{k}": float(v) for k, v in ctx["swept"].items()
-                                                           if isinstance(v, (int, float))})
+            sink.metrics([(start.get("step", resumed_step), {f"hp/{k}": float(v) for k, v in ctx["swept"].items()
+                                                             if isinstance(v, (int, float))})])
         if start.get("event") == "exploit":
             exploit = {k: start.get(k) for k in ("donor_trial", "explored", "step", "generation", "start_from")}
             sink.tags({f"pbt.exploit.g{start.get('generation', 0):03d}": json.dumps(exploit, sort_keys=True),

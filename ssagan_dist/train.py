@@ -8,6 +8,7 @@ Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the 
 The loop is the same for every model: the trainer (``ssagan_dist/trainers``) supplies the phases.
 Driver side: ``prepare`` (no Ray) -> ``build_ray_trainer`` -> ``fit``. Worker side:
 ``train_loop_per_worker`` reads top to bottom: set up, resume, loop, validate and checkpoint, finish.
+Which checkpoint a rank starts from and what it saves is ``checkpointing.CheckpointManager``'s.
 """
 
 from __future__ import annotations
@@ -18,10 +19,9 @@ import json
 import math
 import os
 import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -29,16 +29,17 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, cli, factory, perf, raycluster, storage, telemetry, tracking
-from ssagan_dist.config import ConfigError, ExperimentConfig, load_config, preset_names
+from ssagan_dist import checkpointing, cli, experiment, perf, raycluster, storage, telemetry, tracking
+from ssagan_dist.checkpointing import CheckpointManager
+from ssagan_dist.config import ConfigError, ExperimentConfig, preset_names
 from ssagan_dist.data import ClipLoader, resolve_urls
-from ssagan_dist.data.index import DatasetInfo, inspect_dataset
 from ssagan_dist.evaluate import score
+from ssagan_dist.experiment import load_config
 from ssagan_dist.runlog import RunLog
 from ssagan_dist.trainers import GANTrainer, Stats, unwrap
 
 VAL_METRIC_PREFIX = "val/"
-DIVERGED_FILE = "diverged.json"  # written by rank 0 when a loss goes non-finite; the driver reads it
+DIVERGED_FILE = "diverged.json"  # rank 0 writes it when a loss goes non-finite; fit or a sweep trial reads it
 
 
 class Diverged(Exception):
@@ -54,58 +55,6 @@ def _absolute(url: str) -> str:
     if not url or "://" in url:
         return url
     return ",".join(str(Path(u).expanduser().resolve()) if not u.startswith("{") else u for u in url.split(","))
-
-
-def clip_shape_of_model(cfg: ExperimentConfig) -> Optional[list[int]]:
-    """(C, T, H, W) that the model produces, when its constructor arguments say so."""
-    args = factory.model_args(cfg)
-    if "size" in args and "frames" in args:
-        return [args.get("channels", 3), args["frames"], args["size"], args["size"]]
-    return None
-
-
-def _dataset(spec: str, endpoint_url: Optional[str], key: str) -> DatasetInfo:
-    """A dataset named by a config key, checked against its index (shard sizes, clip shape)."""
-    try:
-        return inspect_dataset(spec, endpoint_url, what=f"config key {key!r} = {spec!r}")
-    except (FileNotFoundError, ValueError) as e:
-        raise ConfigError(str(e)) from None
-
-
-def check_stage1_checkpoint(cfg: ExperimentConfig) -> None:
-    """run.stage1_checkpoint exists and its generator fits this refine model's Stage-I generator."""
-    uri, ep = cfg.run.stage1_checkpoint, cfg.run.s3_endpoint
-    try:
-        uri = checkpointing.resolve(uri, ep)
-    except FileNotFoundError as e:
-        raise ConfigError(f"config key 'run.stage1_checkpoint' = {cfg.run.stage1_checkpoint!r}: {e}") from None
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = checkpointing.fetch(uri, Path(tmp), ep)
-            state = checkpointing.read_model(local, source=uri)
-            stage1_cfg = checkpointing.read_config(local, source=uri)
-        except checkpointing.CheckpointError as e:
-            raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r}: {e}") from None
-    g1 = factory.build_networks(cfg, "meta")["G_stage1"]
-    # G_stage1 is built from model.args.stage1_*: they must be the Stage-I run's own arguments. A
-    # residual and a direct generator have the same tensors, so only the config tells them apart,
-    # and a Stage I read in the wrong mode gives Stage II a meaningless Y1.
-    for arg, default in (("output", "direct"), ("dropout", 0.0)):
-        trained = OmegaConf.select(stage1_cfg, f"model.args.{arg}", default=None)
-        trained = default if trained is None else trained
-        if getattr(g1, arg, trained) != trained:
-            raise ConfigError(f"config key 'model.args.stage1_{arg}' = {getattr(g1, arg)!r}, but the Stage-I "
-                              f"checkpoint {uri!r} was trained with model.args.{arg} = {trained!r}; set "
-                              f"model.args.stage1_{arg}={trained}")
-    wanted = g1.state_dict()
-    got = state["trainer"].get("nets", {}).get("G", {})
-    differ = sorted(k for k in set(wanted) | set(got)
-                    if k not in wanted or k not in got or tuple(wanted[k].shape) != tuple(got[k].shape))
-    if differ:
-        raise ConfigError(f"config key 'run.stage1_checkpoint' = {uri!r} is a checkpoint of model "
-                          f"{state.get('model', '?')!r} whose generator does not fit {cfg.model.name!r}'s Stage-I "
-                          f"generator ({len(differ)} tensors differ, first {differ[0]!r}); give a Stage-I "
-                          "(mdgan_stage1) checkpoint trained at the same model.args size/frames/base_width")
 
 
 def joins_cluster(cfg: ExperimentConfig) -> bool:
@@ -174,37 +123,16 @@ def wait_for_resources(cfg: ExperimentConfig, can_grow: bool) -> None:
 
 
 def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
-    """Absolute local paths, and the training data's clip shape checked against the model's.
-    Raises ConfigError naming the key; starts nothing."""
+    """Absolute local paths, the data and any trained network the trainer starts from checked
+    against the model (``Experiment.check_data``), and this machine's resources when it will be
+    the cluster; returns the config and the data's clip shape. Raises ConfigError naming the key;
+    starts nothing."""
     tracking.check_ready(cfg.run.tracking)  # a tracker's package and address, before any data or Ray
-    if not cfg.data.train_urls:
-        raise ConfigError("config key 'data.train_urls' is empty: name a sharded dataset "
-                          "(python -m data_tools.shard) or generate synthetic skies first "
-                          "(python -m data_tools.synth --out data/synth_sky/train --clips 512 --size 32 --frames 8)")
     cfg.data.train_urls = _absolute(cfg.data.train_urls)
     cfg.data.val_urls = _absolute(cfg.data.val_urls)
     if "://" not in cfg.run.storage_path:
         cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
-    ep = cfg.run.s3_endpoint
-    train = _dataset(cfg.data.train_urls, ep, "data.train_urls")
-    shape = train.clip_shape
-    want = clip_shape_of_model(cfg)
-    if want is not None and want != shape:
-        raise ConfigError(f"config key 'model.args': model {cfg.model.name!r} makes clips of {want} (C,T,H,W) "
-                          f"but data.train_urls holds {shape}; set model.args.size/frames")
-    if cfg.data.val_urls:  # any size: validation pads and masks its last batches (score, every_clip)
-        val = _dataset(cfg.data.val_urls, ep, "data.val_urls")
-        if val.clip_shape != shape:
-            raise ConfigError(f"config key 'data.val_urls' = {cfg.data.val_urls!r}: clip shape {val.clip_shape} "
-                              f"!= {shape} of data.train_urls")
-    per_step = cfg.trainer.num_workers * cfg.trainer.batch_size
-    if train.clips < per_step:  # each rank needs one whole batch (the loader's rule)
-        raise ConfigError(f"config key 'data.train_urls' = {train.spec!r} holds {train.clips} clips, fewer than one "
-                          f"batch on every worker (trainer.num_workers={cfg.trainer.num_workers} x "
-                          f"trainer.batch_size={cfg.trainer.batch_size} = {per_step}); lower "
-                          "trainer.batch_size or trainer.num_workers, or add clips")
-    if cfg.run.stage1_checkpoint and factory.registry.get(cfg.model.name).trainer == "refine":
-        check_stage1_checkpoint(cfg)
+    shape = experiment.validate(cfg).check_data().clip_shape
     check_local_resources(cfg)
     return cfg, shape
 
@@ -229,13 +157,15 @@ def run_url(cfg: ExperimentConfig) -> str:
 
 def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks: Sequence[Any] = (),
                       start_from: Optional[str] = None, trial: Optional[str] = None,
-                      tensorboard_url: Optional[str] = None, tracking_context: Optional[dict[str, Any]] = None):
+                      tensorboard_url: Optional[str] = None, tracking_context: Optional[dict[str, Any]] = None,
+                      observer: Optional["LoopObserver"] = None):
     """The Ray Train ``TorchTrainer`` of a run (``cfg.run.name`` under ``cfg.run.storage_path``).
 
     ``start_from``: a checkpoint directory URI to initialise from when the run has no checkpoint of
     its own (a sweep's exploit); ``trial``: the label metrics carry under Tune;
     ``tensorboard_url``: where rank 0 writes TensorBoard files (default: the run folder's);
-    ``tracking_context``: a sweep trial's tracker grouping (``tracking.trial_context``).
+    ``tracking_context``: a sweep trial's tracker grouping (``tracking.trial_context``);
+    ``observer``: a ``LoopObserver`` that every rank's loop calls (a benchmark's timer).
     """
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -244,7 +174,8 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": OmegaConf.to_container(cfg), "clip_shape": clip_shape, "start_from": start_from,
-                           "trial": trial, "tensorboard_url": tensorboard_url, "tracking": tracking_context},
+                           "trial": trial, "tensorboard_url": tensorboard_url, "tracking": tracking_context,
+                           "observer": observer},
         torch_config=TorchConfig(backend="nccl" if cfg.trainer.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
             num_workers=((cfg.trainer.min_workers, cfg.trainer.num_workers) if elastic(cfg) else cfg.trainer.num_workers),
@@ -254,9 +185,7 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=list(callbacks),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
             logging_config=ray.train.LoggingConfig(log_level=cfg.run.ray_train_log_level),
-            checkpoint_config=ray.train.CheckpointConfig(
-                num_to_keep=cfg.run.keep_checkpoints,
-                checkpoint_score_attribute=cfg.run.best_metric, checkpoint_score_order="max")),
+            checkpoint_config=CheckpointManager.ray_config(cfg)),
     )
 
 
@@ -303,7 +232,27 @@ def _fit_in_thread(trainer):
 # Worker side: the training loop (runs on every rank)
 # ---------------------------------------------------------------------------------------------
 
+class LoopObserver:
+    """Watches every rank's loop without changing it: a benchmark subclasses it to time the loop
+    instead of patching classes (``bench/overhead.py``). Ray pickles it to each worker, so a
+    subclass lives in an importable module. The loop calls, in order:"""
+
+    def entered(self) -> None:
+        """First thing in the worker's loop function, before set-up."""
+
+    def ready(self, trainer: GANTrainer) -> None:
+        """Set up, resumed, networks wrapped (``trainer.wrapped``: DDP modules take comm hooks)."""
+
+    def step_done(self, step: int, seconds: float, data_wait_s: float) -> None:
+        """After each ``run_step``: its wall time and the part of it spent waiting for batches."""
+
+    def exited(self) -> None:
+        """When the loop ends, normally or by an error."""
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
+    observer: LoopObserver = config.get("observer") or LoopObserver()
+    observer.entered()
     w = set_up(config)
     try:
         step = resume(w, config.get("start_from"))
@@ -311,18 +260,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         check_ranks_agree(w, "after resuming" if step else "at start")
         if w.rank == 0:
             w.runlog = RunLog(w.cfg, run_url(w.cfg), step, config.get("tensorboard_url"), config.get("tracking"))
-            for event in w.events:
+            for event in w.checkpoints.events:
                 w.runlog.append({"step": step, **event})
             say(f"[train] {w.cfg.model.name} ({w.cfg.model.preset}) on {w.world} worker(s), {w.device}; "
                 f"{'resuming at' if step else 'starting at'} step {step}/{w.cfg.trainer.max_steps}; "
                 f"{len(w.batches.loader)} batches/epoch/worker")
+        observer.ready(w.trainer)
         meter = Meter(w.cfg.trainer.max_steps, w.clips_per_step, step)
         while step < w.cfg.trainer.max_steps:
             step_start, wait_start = time.perf_counter(), w.batches.wait_s
             stats = w.trainer.run_step(w.batches)
             step += 1
-            w.telemetry.step(w.clips_per_step // w.world, time.perf_counter() - step_start,
-                             w.batches.wait_s - wait_start)
+            seconds, wait_s = time.perf_counter() - step_start, w.batches.wait_s - wait_start
+            w.telemetry.step(w.clips_per_step // w.world, seconds, wait_s)
+            observer.step_done(step, seconds, wait_s)
             last = step == w.cfg.trainer.max_steps
             validate = step % w.cfg.trainer.val_every == 0 or last
             record = log_step(w, meter, step, stats) if step % w.cfg.trainer.log_every == 0 or validate else None
@@ -336,6 +287,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         finish(w, step, meter)
     finally:
         w.telemetry.close()  # also when the loop fails: no server or discovery file outlives the rank
+        observer.exited()
 
 
 @dataclass
@@ -352,8 +304,8 @@ class Worker:
     val_loader: Optional[ClipLoader]
     telemetry: telemetry.TrainingTelemetry
     clips_per_step: int  # over all ranks
+    checkpoints: CheckpointManager
     runlog: Optional[RunLog] = None  # rank 0 only
-    events: list[dict[str, Any]] = field(default_factory=list)  # resumes and skipped checkpoints, for the run log
 
 
 def set_up(config: dict[str, Any]) -> Worker:
@@ -364,7 +316,7 @@ def set_up(config: dict[str, Any]) -> Worker:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _set_determinism(cfg)  # identical initial weights on every rank
-    trainer = perf.apply(factory.build_trainer(cfg, ray.train.torch.get_device()), cfg.perf)
+    trainer = perf.apply(experiment.build_trainer(cfg, ray.train.torch.get_device()), cfg.perf)
     ep = cfg.run.s3_endpoint
     # An elastic group keeps the global batch: each of `world` ranks takes its share of it.
     batch_size = cfg.trainer.batch_size * cfg.trainer.num_workers // world
@@ -380,48 +332,17 @@ def set_up(config: dict[str, Any]) -> Worker:
     tm.start()
     clips_per_step = sum(p.repeats for p in trainer.phases()) * batch_size * world
     return Worker(cfg, config["clip_shape"], rank, world, trainer.device, trainer, BatchStream(train_loader),
-                  val_loader, tm, clips_per_step)
+                  val_loader, tm, clips_per_step, CheckpointManager(cfg, rank, world))
 
 
 def resume(w: Worker, start_from: Optional[str]) -> int:
-    """Load this run's newest complete checkpoint (else ``start_from``, else the Stage-I generator
-    of a refine model); returns the step to continue from. Learning rates stay the config's."""
-    model_state = worker_state = None
-    # The newest checkpoint whose files all load, found on storage: Ray's bookkeeping may miss
-    # the last one (killed before recording it) or point at one a crash left half-written.
-    skipped: list[str] = []
-    found = checkpointing.load_newest_complete(run_url(w.cfg), w.rank, w.cfg.model.name, w.cfg.run.s3_endpoint,
-                                               skipped)
-    for problem in skipped:
-        w.events.append({"event": "skipped_damaged_checkpoint", "problem": problem})
-    if found is not None:
-        uri, model_state, worker_state = found
-        w.events.append({"event": "resumed", "from": uri})
-        if w.rank == 0:
-            say(f"[train] resuming from {uri}")
-    elif start_from:
-        model_state, worker_state = checkpointing.load_for_worker(start_from, w.rank, w.cfg.model.name,
-                                                                  w.cfg.run.s3_endpoint)
-        w.events.append({"event": "started_from", "from": start_from})
-    if model_state is None:
-        if w.cfg.run.stage1_checkpoint:
-            w.trainer.load_stage1(checkpointing.load_stage1_generator(w.cfg.run.stage1_checkpoint,
-                                                                      w.cfg.run.s3_endpoint))
-        torch.manual_seed(w.cfg.trainer.seed * 1_000_003 + w.rank + 1)  # each rank its own noise
-        return 0
-    w.trainer.load_state_dict(model_state["trainer"])
-    if worker_state is not None:
-        try:
-            w.batches.loader.load_state_dict(worker_state["loader"])
-        except ValueError as e:
-            raise RuntimeError(f"cannot continue run {run_url(w.cfg)} with {w.world} worker(s): {e}; set "
-                               "trainer.min_workers for a group that may resize, or start a new run.name") from None
-    if worker_state is not None and "rng" in worker_state:
-        checkpointing.set_rng_state(worker_state["rng"])
-    else:  # a rank the checkpoint did not have (the group grew): its own noise, seeded afresh
-        torch.manual_seed(w.cfg.trainer.seed * 1_000_003 + w.rank + 1 + model_state["step"])
-    w.telemetry.resumed(model_state["step"])
-    return model_state["step"]
+    """Restore what the checkpoint policy picks (``CheckpointManager.restore``); the step to continue from."""
+    step = w.checkpoints.restore(w.trainer, w.batches.loader, start_from)
+    if w.checkpoints.resumed_from and w.rank == 0:
+        say(f"[train] resuming from {w.checkpoints.resumed_from}")
+    if step:
+        w.telemetry.resumed(step)
+    return step
 
 
 def log_step(w: Worker, meter: "Meter", step: int, stats: Stats) -> dict[str, Any]:
@@ -454,8 +375,8 @@ def stop_diverged(w: Worker, step: int, record: dict[str, Any]) -> None:
     if w.rank == 0:
         w.runlog.append({**record, "error": error})
         w.runlog.close()
-        storage.write_bytes_atomic(storage.join(run_url(w.cfg), DIVERGED_FILE), json.dumps({"error": error}).encode(),
-                                   w.cfg.run.s3_endpoint)
+        storage.write_bytes_atomic(storage.join(run_url(w.cfg), DIVERGED_FILE),
+                                   json.dumps({"error": error, "step": step}).encode(), w.cfg.run.s3_endpoint)
         say(f"[train] {error}")
 
 
@@ -483,24 +404,8 @@ def validate_and_checkpoint(w: Worker, step: int, record: dict[str, Any]) -> Non
         w.runlog.append(report)
         w.runlog.flush()
     save_start = time.perf_counter()
-    nbytes = report_with_checkpoint(w, step, report)
+    nbytes = w.checkpoints.save(w.trainer, w.batches.loader, step, w.clip_shape, report)
     w.telemetry.checkpoint(time.perf_counter() - save_start, nbytes)
-
-
-def report_with_checkpoint(w: Worker, step: int, report: dict[str, Any]) -> int:
-    """Every rank writes its part of the checkpoint; Ray merges them. Returns this rank's bytes."""
-    import ray.train
-
-    with tempfile.TemporaryDirectory() as tmp:
-        worker_state = {"rng": checkpointing.rng_state(), "loader": w.batches.loader.state_dict(),
-                        "state_digest": checkpointing.state_digest(w.trainer)}
-        checkpointing.write(Path(tmp), rank=w.rank, worker_state=worker_state,
-                            trainer=w.trainer if w.rank == 0 else None, step=step, clip_shape=w.clip_shape, cfg=w.cfg,
-                            world_size=w.world)
-        nbytes = sum(f.stat().st_size for f in Path(tmp).iterdir())
-        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=checkpointing.checkpoint_dir_name(step))
-    return nbytes
 
 
 def finish(w: Worker, step: int, meter: "Meter") -> None:
@@ -570,7 +475,7 @@ def all_reduce_mean(stats: Stats, device: torch.device) -> tuple[dict[str, float
 
 def broadcast_buffers(trainer: GANTrainer) -> None:
     """Rank 0's buffers (BatchNorm running statistics) on every rank. DDP runs with
-    broadcast_buffers=False (two D forwards per backward, SPEC §8), so without SyncBatchNorm each
+    broadcast_buffers=False (two D forwards per backward; pytorch/pytorch#22095), so without SyncBatchNorm each
     rank's statistics drift apart; validation and checkpoints use rank 0's, the saved model's."""
     if not _distributed():
         return
@@ -608,7 +513,7 @@ def _wrap_for_ddp(cfg: ExperimentConfig) -> Callable[[torch.nn.Module], torch.nn
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         if cfg.trainer.sync_batchnorm and cfg.trainer.num_workers > 1:
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        # Two D forwards (real, fake) before one backward need broadcast_buffers=False (SPEC §8).
+        # Two D forwards (real, fake) before one backward need broadcast_buffers=False (pytorch/pytorch#22095).
         return ray.train.torch.prepare_model(module, move_to_device=False,
                                              parallel_strategy_kwargs={"broadcast_buffers": False,
                                                                        **perf.ddp_kwargs(cfg.perf)})

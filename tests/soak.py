@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from data_tools import synth
     from ssagan_dist import checkpointing, storage
+    from ssagan_dist.experiment import load_config
     from tests.conftest import free_port
     from tests.faults import FlakyS3Proxy, default_sigint
 
@@ -113,13 +114,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(err[-3000:], file=sys.stderr)
                 break
         # finish: the same command to a step just past the newest checkpoint
-        newest = checkpointing.load_newest_complete(run, 0, "ssagan", endpoint)
+        checkpoints = checkpointing.CheckpointManager(load_config("tiny_cpu", [
+            "run.storage_path=s3://soak/runs", "run.name=soak", f"run.s3_endpoint={endpoint}"]))
+        newest = checkpoints.newest_complete()
         final_step = (newest[1]["step"] if newest else 0) + 20
         done = subprocess.run([*cmd[:-1], f"trainer.max_steps={final_step}"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
-        final = checkpointing.load_newest_complete(run, 0, "ssagan", endpoint)
+        final = checkpoints.newest_complete()
         metrics = storage.read_bytes(f"{run}/metrics.jsonl", endpoint).decode().splitlines()
         json_lines = sum(1 for line in metrics if json.loads(line) is not None)  # raises on a bad line
         report["final"] = {"exit": done.returncode, "step": final[1]["step"] if final else None,

@@ -24,8 +24,9 @@ from PIL import Image
 from data_tools import shard as shard_tool
 from data_tools import synth
 from data_tools import verify as verify_tool
-from ssagan_dist import checkpointing, cli, factory, predict, storage, train
-from ssagan_dist.config import ConfigError, load_config
+from ssagan_dist import checkpointing, cli, experiment, predict, storage, train
+from ssagan_dist.config import ConfigError
+from ssagan_dist.experiment import load_config
 from ssagan_dist.data.index import inspect_dataset, read_index
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,7 +166,7 @@ def test_cluster_check_names_keys_after_bounded_wait(monkeypatch):
 
 def _tiny_checkpoint(directory: Path, model: str = "ssagan", overrides=()) -> Path:
     cfg = load_config(None, [f"model.name={model}", "model.preset=tiny", *overrides])
-    trainer = factory.build_trainer(cfg, "cpu")
+    trainer = experiment.build_trainer(cfg, "cpu")
     directory.mkdir(parents=True)
     checkpointing.write(directory, rank=0, worker_state={}, trainer=trainer, step=1, clip_shape=[3, 8, 32, 32],
                         cfg=cfg)
@@ -472,7 +473,7 @@ def test_a_damaged_checkpoint_on_s3_is_named_by_its_url(s3_bucket, tmp_path):
         data = (ckpt / name).read_bytes()
         storage.write_bytes_atomic(f"{url}/{name}", data[:100] if name == "model.pt" else data, endpoint)
     with pytest.raises(checkpointing.DamagedCheckpoint, match=f"^checkpoint file {url}/model.pt cannot be read"):
-        checkpointing.load_trainer(f"s3://{bucket}/run", endpoint_url=endpoint)
+        experiment.load_trainer(f"s3://{bucket}/run", endpoint_url=endpoint)
     with pytest.raises(checkpointing.DamagedCheckpoint, match=f"^checkpoint file {url}/model.pt cannot be read"):
         checkpointing.load_for_worker(url, 0, "ssagan", endpoint_url=endpoint)
 

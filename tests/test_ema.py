@@ -13,20 +13,16 @@ import pytest
 import torch
 from torch import nn
 
-from ssagan_dist import checkpointing, evaluate, factory, predict, train
-from ssagan_dist.config import ConfigError, load_config
+from ssagan_dist import checkpointing, evaluate, experiment, predict, train
+from ssagan_dist.config import ConfigError
+from ssagan_dist.experiment import load_config
 from ssagan_dist.data import ClipLoader
 from ssagan_dist.trainers.ema import GeneratorEMA, ema_beta, half_life
 from tests.test_faults import FAST, assert_same_weights, data_args
 from tests.test_trainers_zoo import sky_clips
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # -- the update and its ramp-up ------------------------------------------------------------------
@@ -80,8 +76,8 @@ def test_every_family_averages_g_after_each_g_step(model):
     predicts what a trainer whose G holds the averaged weights predicts."""
     decay, rampup = 0.8, 0.5
     torch.manual_seed(0)
-    trainer = factory.build_trainer(_cfg(model, f"trainer.g_ema_decay={decay}", f"trainer.g_ema_rampup={rampup}"))
-    assert sorted(trainer.nets) == sorted([*factory.build_networks(_cfg(model)), "G_ema"])
+    trainer = experiment.build_trainer(_cfg(model, f"trainer.g_ema_decay={decay}", f"trainer.g_ema_rampup={rampup}"))
+    assert sorted(trainer.nets) == sorted([*experiment.build_networks(_cfg(model)), "G_ema"])
     batch = {"video": sky_clips(2), "label": torch.tensor([1, 2])}
     expected = None
     for t in (1, 2, 3):
@@ -95,7 +91,7 @@ def test_every_family_averages_g_after_each_g_step(model):
         torch.testing.assert_close(averaged[k].double(), v, rtol=1e-5, atol=1e-6, msg=k)
     assert any(not torch.equal(averaged[k], p) for k, p in trainer.nets["G"].named_parameters())
 
-    hand = factory.build_trainer(_cfg(model))  # no EMA: its G loaded with the averaged weights
+    hand = experiment.build_trainer(_cfg(model))  # no EMA: its G loaded with the averaged weights
     hand.load_state_dict({"nets": {**trainer.state_dict()["nets"], "G": trainer.nets["G_ema"].state_dict()}})
     for weights, reference in (("ema", hand), ("raw", trainer)):
         with trainer.generator_weights(weights) as used:
@@ -111,7 +107,7 @@ def test_state_round_trip_and_checkpoints_without_an_average():
     cfg = _cfg("ssagan", "trainer.g_ema_decay=0.5", "trainer.g_ema_rampup=0")
     batch = {"video": sky_clips(2)}
     torch.manual_seed(0)
-    a = factory.build_trainer(cfg)
+    a = experiment.build_trainer(cfg)
     for _ in range(2):
         a.run_step(lambda: batch)
     buffer = io.BytesIO()
@@ -120,7 +116,7 @@ def test_state_round_trip_and_checkpoints_without_an_average():
     saved = torch.load(buffer, weights_only=True)
     assert saved["g_ema_updates"] == 2 and "G_ema" in saved["nets"]
     torch.manual_seed(1)
-    b = factory.build_trainer(cfg)
+    b = experiment.build_trainer(cfg)
     b.load_state_dict(saved)
     for trainer in (a, b):
         torch.manual_seed(7)
@@ -130,12 +126,12 @@ def test_state_round_trip_and_checkpoints_without_an_average():
 
     old = {**saved, "nets": {k: v for k, v in saved["nets"].items() if k != "G_ema"}}
     old.pop("g_ema_updates")
-    c = factory.build_trainer(cfg)
+    c = experiment.build_trainer(cfg)
     c.load_state_dict(old)  # before the EMA existed: the average starts afresh from the loaded G
     assert c.g_ema.updates == 0
     for (k, ve), vg in zip(c.nets["G_ema"].state_dict().items(), c.nets["G"].state_dict().values()):
         assert torch.equal(ve, vg), k
-    plain = factory.build_trainer(_cfg("ssagan"))
+    plain = experiment.build_trainer(_cfg("ssagan"))
     plain.load_state_dict(saved)  # an average the trainer does not keep is left out
     assert "G_ema" not in plain.nets and plain.weights_for(None) == "raw"
     with pytest.raises(ValueError, match="g_ema_decay = 0"):
@@ -160,7 +156,7 @@ def ema_checkpoint(sky, tmp_path_factory):
     from G (decay 0.5, no ramp-up); written here, not by a Ray training, to be fast."""
     cfg = load_config("tiny_cpu", [*data_args(sky), "trainer.g_ema_decay=0.5", "trainer.g_ema_rampup=0"])
     torch.manual_seed(0)
-    trainer = factory.build_trainer(cfg)
+    trainer = experiment.build_trainer(cfg)
     batches = iter(ClipLoader(str(sky / "train"), 4, shuffle=False))
     for _ in range(3):
         trainer.run_step(batches)
@@ -173,7 +169,7 @@ def ema_checkpoint(sky, tmp_path_factory):
 def _hand_built(ckpt: Path, role: str):
     """A trainer without an average whose G holds the checkpoint's ``role`` weights."""
     nets = checkpointing.read_model(ckpt)["trainer"]["nets"]
-    trainer = factory.build_trainer(load_config("tiny_cpu"))
+    trainer = experiment.build_trainer(load_config("tiny_cpu"))
     trainer.nets["G"].load_state_dict(nets[role])
     trainer.nets["G"].eval()
     return trainer
@@ -208,7 +204,7 @@ def test_predict_uses_the_average_or_raw_g_as_asked(ema_checkpoint, sky, tmp_pat
 
 def test_a_stage2_run_refines_the_stage1_average(ema_checkpoint):
     nets = checkpointing.read_model(ema_checkpoint)["trainer"]["nets"]
-    loaded = checkpointing.load_stage1_generator(str(ema_checkpoint))
+    loaded = checkpointing.load_generator(str(ema_checkpoint))
     assert loaded.keys() == nets["G"].keys()
     assert all(torch.equal(loaded[k], nets["G_ema"][k]) for k in loaded)
     assert not all(torch.equal(loaded[k], nets["G"][k]) for k in loaded)
@@ -218,7 +214,7 @@ def test_asking_for_an_average_that_was_not_kept_names_the_key(sky, tmp_path, ca
     cfg = load_config("tiny_cpu", data_args(sky))
     ckpt = tmp_path / "plain"
     ckpt.mkdir()
-    checkpointing.write(ckpt, rank=0, worker_state={}, trainer=factory.build_trainer(cfg), step=0,
+    checkpointing.write(ckpt, rank=0, worker_state={}, trainer=experiment.build_trainer(cfg), step=0,
                         clip_shape=[3, 8, 32, 32], cfg=cfg)
     scored = evaluate.evaluate(str(ckpt), str(sky / "val"), progress=False, train_data="", max_batches=1)
     assert scored["weights"] == "raw"

@@ -147,15 +147,15 @@ def test_report_files(held_out, tmp_path):
 def test_evaluate_cli_on_an_untrained_residual_checkpoint(tmp_path, capsys):
     """The real command on a real checkpoint: the preset's untrained residual G is copy-frame, so
     its scores equal the copy-frame baseline's; the report files are written."""
-    from ssagan_dist import checkpointing, factory
-    from ssagan_dist.config import load_config
+    from ssagan_dist import checkpointing, experiment
+    from ssagan_dist.experiment import load_config
 
     generate(str(tmp_path / "val"), 5, size=32, frames=8, seed=1, progress=False)
     generate(str(tmp_path / "train"), 6, size=32, frames=8, seed=0, progress=False)
     cfg = load_config("tiny_cpu", [f"data.train_urls={tmp_path / 'train'}", f"data.val_urls={tmp_path / 'val'}"])
     ckpt = tmp_path / "run" / "checkpoint_000000000"
     ckpt.mkdir(parents=True)
-    checkpointing.write(ckpt, rank=0, worker_state={}, trainer=factory.build_trainer(cfg), step=0,
+    checkpointing.write(ckpt, rank=0, worker_state={}, trainer=experiment.build_trainer(cfg), step=0,
                         clip_shape=[3, 8, 32, 32], cfg=cfg)
     assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "val"), "--batch-size", "2",
                           "--out", str(tmp_path / "report"), "--json"]) == 0
@@ -174,8 +174,8 @@ def run_folder(tmp_path):
     """A run folder as training leaves it: checkpoints at steps 2, 4 and 6 of the preset (real
     checkpoint files, different weights) and metrics.jsonl with a validation record at each; the
     best validation PSNR is at step 4. (Written here, not by a Ray training, to be fast.)"""
-    from ssagan_dist import checkpointing, factory
-    from ssagan_dist.config import load_config
+    from ssagan_dist import checkpointing, experiment
+    from ssagan_dist.experiment import load_config
 
     generate(str(tmp_path / "test"), 5, size=32, frames=8, seed=1, progress=False)
     generate(str(tmp_path / "train"), 6, size=32, frames=8, seed=0, progress=False)
@@ -184,7 +184,7 @@ def run_folder(tmp_path):
     lines = []
     for step, val_psnr in ((2, 20.0), (4, 23.5), (6, 21.0)):
         torch.manual_seed(step)
-        trainer = factory.build_trainer(cfg)
+        trainer = experiment.build_trainer(cfg)
         with torch.no_grad():  # the zero-initialised last layer moved: each step predicts differently
             for p in trainer.nets["G"].parameters():
                 p.add_(torch.randn_like(p) * 0.05)

@@ -17,7 +17,7 @@ import psutil
 import pytest
 import torch
 
-from ssagan_dist import checkpointing, storage, telemetry, train
+from ssagan_dist import checkpointing, experiment, storage, telemetry, train
 from tests.faults import FlakyS3Proxy, default_sigint, local_raylet_pids, ray_train_workers, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -195,7 +195,7 @@ def test_a_worker_killed_during_a_checkpoint_save_is_survived(ray_cluster, sky, 
     log = [json.loads(line) for line in storage.read_bytes(f"{run}/metrics.jsonl", endpoint).decode().splitlines()]
     resumed = [e for e in log if e.get("event") == "resumed"]
     assert len(resumed) == 1 and resumed[0]["from"].endswith("checkpoint_000000010"), resumed
-    trainer, _, state = checkpointing.load_trainer(run, endpoint_url=endpoint)
+    trainer, _, state = experiment.load_trainer(run, endpoint_url=endpoint)
     assert state["step"] == 40
     cut = {f"{n}.{k}": v for n, sd in state["trainer"]["nets"].items() for k, v in sd.items()}
     straight = nets(tmp_path / "straight")
@@ -297,7 +297,8 @@ def test_elastic_loader_resplits_the_rest_of_the_epoch_over_a_resized_group(sky)
 
 
 def test_elastic_config_checks_the_global_batch_splits():
-    from ssagan_dist.config import ConfigError, load_config
+    from ssagan_dist.config import ConfigError
+    from ssagan_dist.experiment import load_config
 
     cfg = load_config("tiny_cpu", ["trainer.num_workers=4", "trainer.min_workers=2", "trainer.batch_size=3"])
     assert train.elastic(cfg)  # a global batch of 12 splits over 2, 3 and 4 workers

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from ssagan_dist import checkpointing
+from ssagan_dist import experiment
 from tests.conftest import free_port
 from tests.test_train import FAST, data_args
 
@@ -116,5 +116,5 @@ def test_the_demos_head_and_another_cluster_do_not_touch_each_other(other_cluste
     # ...and the other cluster is alive and still answers
     os.kill(other_cluster["pid"], 0)
     assert answers(other_cluster["gcs"]) and answers(other_cluster["dash"])
-    trainer, cfg, model_state = checkpointing.load_trainer(str(tmp_path / "runs" / "submitted"))
+    trainer, cfg, model_state = experiment.load_trainer(str(tmp_path / "runs" / "submitted"))
     assert model_state["step"] == 1 and cfg.model.name == "ssagan"

@@ -17,7 +17,7 @@ from ssagan_dist.metrics import (
 
 
 def skimage_ssim(a: np.ndarray, b: np.ndarray) -> float:
-    """The SPEC §6 reference on (H, W, C) images in [0, 1]."""
+    """The scikit-image reference on (H, W, C) images in [0, 1]."""
     h, w = a.shape[:2]
     return structural_similarity(
         a, b, data_range=1, gaussian_weights=True, sigma=1.5, use_sample_covariance=False,

@@ -68,4 +68,4 @@ def test_paper_numbers(capsys):
     assert s1["generator_params"] == 39_072_576
     assert s1["input_shapes"] == [[1, 3, 32, 128, 128]] and s1["output_shape"] == [1, 3, 32, 128, 128]
     ssa = run_cli(capsys, "--model", "ssagan", "--preset", "paper")
-    assert 160 < ssa["generator_gflops_per_clip"] < 176  # SPEC §2: about 168 GFLOP per clip
+    assert 160 < ssa["generator_gflops_per_clip"] < 176  # about 168 GFLOP per clip (docs/models.md)

@@ -12,8 +12,9 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ssagan_dist import checkpointing, factory, perf
-from ssagan_dist.config import ConfigError, PerfConfig, dump, load_config
+from ssagan_dist import checkpointing, experiment, perf
+from ssagan_dist.config import ConfigError, PerfConfig
+from ssagan_dist.experiment import dump, load_config
 from ssagan_dist.models.registry import constructor_args
 
 # One model per trainer kind, at tiny size; refine models need a (never read here) Stage-I URI.
@@ -26,7 +27,7 @@ def _build(model: str, *overrides: str):
     cfg = load_config(None, [f"model.name={model}", "model.preset=tiny", "trainer.batch_size=2",
                              "optim.n_critic=1", *extra, *overrides])
     torch.manual_seed(0)
-    return cfg, perf.apply(factory.build_trainer(cfg, "cpu"), cfg.perf)
+    return cfg, perf.apply(experiment.build_trainer(cfg, "cpu"), cfg.perf)
 
 
 def _batches(cfg, n: int):
@@ -70,7 +71,7 @@ def test_switches_off_is_the_trainer_as_built():
     results = []
     for use_perf in (False, True):
         torch.manual_seed(0)
-        trainer = factory.build_trainer(cfg, "cpu")
+        trainer = experiment.build_trainer(cfg, "cpu")
         if use_perf:
             perf.apply(trainer, cfg.perf)
         batches = _batches(cfg, 6)
@@ -103,7 +104,7 @@ def test_ddp_options_reach_a_real_ddp(tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
-        net = factory.build_networks(cfg)["D"]
+        net = experiment.build_networks(cfg)["D"]
         ddp = DistributedDataParallel(net, **perf.ddp_kwargs(cfg.perf))
         assert ddp.bucket_bytes_cap == 1 * 1024 * 1024
         assert ddp.gradient_as_bucket_view

@@ -1,8 +1,12 @@
-"""The shape of the code: modules import alone, no cycle between the zoo and the trainers, one
-factory, and every config key that is set is read by something."""
+"""The shape of the code: modules import alone, no import cycle among the package's modules and
+config.py a leaf, one place that assembles an experiment, and every config key that is set is
+read by something."""
 
 from __future__ import annotations
 
+import ast
+import dataclasses
+import functools
 import os
 import pkgutil
 import re
@@ -14,8 +18,9 @@ import pytest
 import torch
 
 import ssagan_dist
-from ssagan_dist import checkpointing, factory
-from ssagan_dist.config import ConfigError, load_config
+from ssagan_dist import checkpointing, experiment
+from ssagan_dist.config import ConfigError
+from ssagan_dist.experiment import load_config
 from ssagan_dist.models import registry
 from ssagan_dist.trainers import TRAINERS
 
@@ -57,10 +62,102 @@ def test_no_import_of_the_other_side(package, blocked):
     assert out.returncode == 0, out.stderr[-3000:]
 
 
+def _import_graph() -> dict[str, set[str]]:
+    """Each module of the package -> the package's modules it imports anywhere in its code,
+    function-local imports included; ``from a import b`` names ``a.b`` when that is a module."""
+    package = ROOT / "ssagan_dist"
+    files = {".".join(p.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in package.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in files.items():
+        here = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        targets: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:  # relative: from the package, up level - 1
+                    anchor = here.split(".")[:len(here.split(".")) - node.level + 1]
+                    base = ".".join([*anchor, *([base] if base else [])])
+                found = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names]
+            else:
+                continue
+            for target in found:
+                while target and target not in files:  # ssagan_dist.models.registry.register -> the module
+                    target = target.rpartition(".")[0]
+                # A module importing itself (`__main__` re-importing its own main for Ray's pickling) is no cycle.
+                if target and target != name:
+                    targets.add(target)
+        graph[name] = targets
+    return graph
+
+
+def _a_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    done: set[str] = set()
+    path: list[str] = []
+
+    def visit(module: str) -> list[str] | None:
+        path.append(module)
+        for target in sorted(graph[module]):
+            if target in path:
+                return path[path.index(target):] + [target]
+            if target not in done and (cycle := visit(target)):
+                return cycle
+        done.add(path.pop())
+        return None
+
+    for module in sorted(graph):
+        if module not in done and (cycle := visit(module)):
+            return cycle
+    return None
+
+
+def test_no_import_cycle_among_the_package_modules():
+    graph = _import_graph()
+    assert len(graph) > 50 and "ssagan_dist.experiment" in graph["ssagan_dist.train"]
+    cycle = _a_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_config_imports_nothing_from_the_project():
+    assert _import_graph()["ssagan_dist.config"] == set()
+
+
+def test_the_graph_sees_function_local_imports_and_cycles():
+    assert "ssagan_dist.visualize" in _import_graph()["ssagan_dist.evaluate"]  # imported inside a function
+    assert _a_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_load_config_builds_the_networks_once(monkeypatch):
+    """Validation, the keys a model reads and the check of every key set share one build of the
+    model's networks, on the meta device."""
+    entry = registry.get("mdgan_stage2")
+    devices: list[str] = []
+
+    @functools.wraps(entry.build)
+    def counted(**kwargs):
+        devices.append(torch.empty(0).device.type)
+        return entry.build(**kwargs)
+    monkeypatch.setitem(registry._REGISTRY, entry.name, dataclasses.replace(entry, build=counted))
+    load_config("mdgan_stage2", ["optim.lr_g=1e-4", "loss.lambda_rank=0.5", "model.args.base_width=8"])
+    assert devices == ["meta"]
+
+
 def test_one_registry_every_model_has_a_trainer():
     for name in registry.names():
         assert registry.get(name).trainer in TRAINERS, name
-        assert factory.trainer_class(name) is TRAINERS[registry.get(name).trainer]
+        assert experiment.trainer_class(name) is TRAINERS[registry.get(name).trainer]
+
+
+def test_no_module_tests_a_trainer_kind_by_name():
+    """What a trainer requires is declared on its class (``GANTrainer.pretrained``), not tested
+    for by kind elsewhere."""
+    kinds = "|".join(TRAINERS)
+    found = [f"{p.relative_to(ROOT)}:{n}" for p in (ROOT / "ssagan_dist").rglob("*.py")
+             for n, line in enumerate(p.read_text().splitlines(), 1)
+             if re.search(rf"""[=!]=\s*["']({kinds})["']|["']({kinds})["']\s*[=!]=""", line)]
+    assert found == []
 
 
 @pytest.mark.parametrize("model, unread", [
@@ -72,7 +169,7 @@ def test_one_registry_every_model_has_a_trainer():
     ("ssagan", "run.stage1_checkpoint"),
 ])
 def test_a_key_the_model_does_not_read_is_refused_naming_it(model, unread, tmp_path, ray_must_not_start):
-    extra = ["run.stage1_checkpoint=runs/stage1"] if factory.model_entry(model).trainer == "refine" else []
+    extra = [f"{p.key}=runs/stage1" for p in experiment.trainer_class(model).pretrained]
     with pytest.raises(ConfigError, match=rf"{unread.replace('.', '[.]')}.*{model}|{model}.*{unread}|"
                                           rf"{unread.replace('.', '[.]')}.*Stage-I"):
         load_config("defaults", [f"model.name={model}", *extra, f"{unread}=2"])
@@ -95,7 +192,7 @@ def test_keys_inert_in_this_setup_are_refused(overrides, key):
 
 def test_keys_each_family_reads():
     def read(model, *extra):
-        return set(factory.keys_read(load_config("defaults", [f"model.name={model}", *extra])))
+        return experiment.validate(load_config("defaults", [f"model.name={model}", *extra])).keys_read()
 
     assert {"loss.lambda_con"} == {k for k in read("ssagan") if k.startswith("loss.")}
     assert {"loss.lambda_con", "loss.lambda_rank"} == {
@@ -109,7 +206,7 @@ def test_keys_each_family_reads():
 def test_a_dumped_config_loads_back_to_the_same_values(tmp_path):
     from omegaconf import OmegaConf
 
-    from ssagan_dist.config import dump
+    from ssagan_dist.experiment import dump
 
     cfg = load_config("mdgan_stage2", ["optim.lr_g=3e-4"])
     (tmp_path / "c.yaml").write_text(dump(cfg))
@@ -131,7 +228,7 @@ def test_unsafe_run_names_are_refused():
 
 
 def _save(tmp_path: Path, cfg, **extra) -> Path:
-    trainer = factory.build_trainer(cfg)
+    trainer = experiment.build_trainer(cfg)
     d = tmp_path / "checkpoint_000000001"
     d.mkdir()
     checkpointing.write(d, rank=0, worker_state={}, trainer=trainer, step=1, clip_shape=[3, 8, 32, 32], cfg=cfg)
@@ -152,7 +249,7 @@ def test_checkpoints_carry_format_and_model_and_old_ones_still_load(tmp_path):
     assert new["format_version"] == checkpointing.FORMAT_VERSION and new["model"] == "ssagan"
     (tmp_path / "v1").mkdir()
     old = _save(tmp_path / "v1", cfg, format_version=None, model=None)  # as the first release wrote them
-    trainer, loaded_cfg, state = checkpointing.load_trainer(str(old))
+    trainer, loaded_cfg, state = experiment.load_trainer(str(old))
     assert loaded_cfg.model.name == "ssagan" and state["step"] == 1
 
 

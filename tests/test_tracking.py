@@ -20,8 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from ssagan_dist import tracking, train
-from ssagan_dist.config import ConfigError, load_config
+from ssagan_dist import experiment, tracking, train
+from ssagan_dist.config import ConfigError
+from ssagan_dist.experiment import load_config
 from tests.conftest import free_port
 from tests.faults import local_raylet_pids, ray_train_workers, wait_until
 
@@ -166,7 +167,7 @@ def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, 
     run = runs[0]
     assert run.info.run_id == state["mlflow"]["run_id"] and run.info.status == "FINISHED"
     cfg = load_config(str(run_dir / "config.yaml"))
-    assert run.data.params == {k: str(v) for k, v in tracking.params_of(cfg).items()}
+    assert run.data.params == {k: str(v) for k, v in tracking.params_of((run_dir / "config.yaml").read_text()).items()}
     assert run.data.params["optim.lr_g"] == str(cfg.optim.lr_g) and "loss.lambda_rank" not in run.data.params
     assert {"model": "ssagan", "preset": "tiny", "trainer_family": "onestage"}.items() <= run.data.tags.items()
     client = server.client()
@@ -290,6 +291,40 @@ def checkpointing_step(run_dir: Path) -> int:
     return checkpointing.read_model(Path(checkpointing.resolve(str(run_dir))))["step"]
 
 
+def test_lines_logged_in_a_burst_go_in_few_requests_at_their_steps_and_in_order(tracker_env, tmp_path):
+    """The writer sends queued metrics together (at most every METRICS_INTERVAL_S) but never
+    reorders calls: W&B drops anything logged at a step below one it already has."""
+    server = tracker_env
+    cfg = load_config("tiny_cpu", ["run.tracking=[mlflow,wandb]", f"run.name=burst-{uuid.uuid4().hex[:6]}",
+                                   f"run.storage_path={tmp_path}"])
+    tracker = tracking.Tracker(cfg, str(tmp_path / "run"), 0, config_yaml=experiment.dump(cfg))
+    calls: list[tuple[str, str, list[int]]] = []
+    for sink in tracker.sinks:
+        def recorded(method, kind, sink=sink):
+            def call(*args):
+                steps = [s for s, _ in args[0]] if kind == "metrics" else [args[0]]
+                calls.append((sink.name, kind, steps))
+                return method(*args)
+            return call
+        sink.metrics, sink.samples = recorded(sink.metrics, "metrics"), recorded(sink.samples, "samples")
+    png = (ROOT / "docs" / "tracking_mlflow_run_samples.png").read_bytes()
+    for step in range(1, 41):
+        tracker.record({"step": step, "train/loss_g": float(step)})
+        if step % 20 == 0:
+            tracker.samples(step, {f"step_{step:09d}.png": png})
+    tracker.close()
+    assert tracker.take_problems() == []
+    for name in ("mlflow", "wandb"):
+        mine = [(kind, steps) for sink, kind, steps in calls if sink == name]
+        order = [s for _, steps in mine for s in steps]
+        assert order == sorted(order)  # no call at a step below one already sent
+        metrics = [steps for kind, steps in mine if kind == "metrics"]
+        assert sorted(s for steps in metrics for s in steps) == list(range(1, 41))  # every line, once
+        assert len(metrics) < 10  # 40 lines in a burst: a few requests, not 40
+    run = next(r for r in server.runs() if r.info.run_name == cfg.run.name)
+    assert steps_of(server.client(), run.info.run_id, "train/loss_g") == {s: float(s) for s in range(1, 41)}
+
+
 # -- sweeps ----------------------------------------------------------------------------------------
 
 def test_pbt_exploits_and_swept_values_show_on_the_trial_run(tracker_env, tmp_path):
@@ -302,7 +337,8 @@ def test_pbt_exploits_and_swept_values_show_on_the_trial_run(tracker_env, tmp_pa
     for generation_start, step in ((None, 0), (start, 4)):  # generation 0, then the exploit
         ctx = tracking.trial_context(sweep_ctx, str(tmp_path), "t1", {"optim.lr_g": 0.0003 if step else 0.0002},
                                      generation_start or {"event": "start", "step": 0, "generation": 0})
-        tracker = tracking.Tracker(cfg, str(tmp_path / f"t1-g00{1 if step else 0}"), step, ctx)
+        tracker = tracking.Tracker(cfg, str(tmp_path / f"t1-g00{1 if step else 0}"), step, ctx,
+                                   config_yaml=experiment.dump(cfg))
         tracker.record({"step": step + 2, "train/loss_g": 1.0, "val/psnr": 20.0 + step})
         tracker.close()
         assert tracker.take_problems() == []

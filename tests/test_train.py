@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from ssagan_dist import checkpointing, train
-from ssagan_dist.config import ConfigError, load_config
+from ssagan_dist import checkpointing, experiment, train
+from ssagan_dist.config import ConfigError
+from ssagan_dist.experiment import load_config
 from ssagan_dist.models import registry
 
 # Small and fast: one worker, a couple of steps, validation and a checkpoint at the end.
@@ -60,14 +61,14 @@ def test_refine_model_needs_stage1_checkpoint():
 def test_every_preset_loads_and_every_key_in_it_is_read():
     import yaml
 
-    from ssagan_dist.config import PRESET_DIR, _leaf_keys, keys_read, preset_names
+    from ssagan_dist.config import PRESET_DIR, leaf_keys, preset_names
 
     assert {"tiny_cpu", "ssagan_sky128", "mdgan_stage1", "mdgan_stage2", "ssagan_a", "ssagan_b", "ssagan_beach64",
             "hrvgan", "pix2pix_video", "defaults"} <= set(preset_names())
     for name in preset_names():
         cfg = load_config(name)
         assert cfg.model.name in registry.names()
-        unread = set(_leaf_keys(yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {})) - keys_read(cfg)
+        unread = set(leaf_keys(yaml.safe_load((PRESET_DIR / f"{name}.yaml").read_text()) or {})) - experiment.validate(cfg).keys_read()
         assert not unread, f"preset {name} sets keys its model does not read: {unread}"
 
 
@@ -152,7 +153,7 @@ def test_data_and_checkpoints_on_s3_and_resume_from_there(ray_cluster, s3_bucket
         Bucket=bucket, Prefix="runs/on_s3/")["Contents"]]
     assert "runs/on_s3/checkpoint_000000004/model.pt" in keys
     assert "runs/on_s3/metrics.jsonl" in keys
-    trainer, cfg, state = checkpointing.load_trainer(f"s3://{bucket}/runs/on_s3", endpoint_url=endpoint)
+    trainer, cfg, state = experiment.load_trainer(f"s3://{bucket}/runs/on_s3", endpoint_url=endpoint)
     assert state["step"] == 4  # resumed from the step-2 checkpoint on S3, not restarted
 
 
@@ -165,7 +166,7 @@ def test_every_trainer_runs_through_the_entry_point(ray_cluster, model, tmp_path
     from data_tools import synth
 
     args = [*FAST, f"model.name={model}", f"run.storage_path={tmp_path}", f"run.name={model}"]
-    _, frames, size, _ = train.clip_shape_of_model(load_config("defaults", args)) or [3, 8, 32, 32]
+    _, frames, size, _ = experiment.validate(load_config("defaults", args)).clip_shape or [3, 8, 32, 32]
     for split, clips in (("train", 4), ("val", 2)):
         synth.generate(str(tmp_path / split), clips=clips, size=size, frames=frames, seed=0, progress=False)
     assert train.main(["--config", "defaults", *args, *data_args(tmp_path)]) == 0

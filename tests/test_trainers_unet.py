@@ -114,13 +114,13 @@ def test_load_stage1():
     stage1 = make_trainer("mdgan_stage1")
     stage1.run_step(lambda: fixed_batch())
     refine = make_trainer("mdgan_stage2")
-    refine.load_stage1(stage1.state_dict()["nets"]["G"])
+    refine.load_pretrained("G_stage1", stage1.state_dict()["nets"]["G"])
     for k, v in stage1.nets["G"].state_dict().items():
         assert torch.equal(refine.nets["G_stage1"].state_dict()[k], v), k
     assert not any(p.requires_grad for p in refine.nets["G_stage1"].parameters())
     wrong = make_trainer("ssagan").state_dict()["nets"]["G"]  # SSA keys do not fit MD-GAN's G1
     with pytest.raises(ValueError, match="Stage-I"):
-        refine.load_stage1(wrong)
+        refine.load_pretrained("G_stage1", wrong)
 
 
 def test_refine_needs_a_stage1_generator():

@@ -15,14 +15,7 @@ from ssagan_dist.trainers import TRAINERS
 MODELS = ["hrvgan", "video3d_gan", "convlstm_gan", "pix2pix_video", "dcgan"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks gain nothing from intra-op threads, and on a shared 2-core machine
-    OpenMP's spinning threads make the many small ops of a double backward many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def sky_clips(n: int = 4, frames: int = 8, size: int = 32, seed: int = 1) -> torch.Tensor:

@@ -12,9 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, distribution, factory
+from ssagan_dist import checkpointing, distribution, experiment
 from ssagan_dist.bench import quality, zoo
-from ssagan_dist.config import load_config
+from ssagan_dist.experiment import load_config
 from ssagan_dist.models import registry
 
 
@@ -96,7 +96,7 @@ def test_noise_model_is_picked_on_validation_and_scored_against_floor_and_refere
     cfg = load_config(None, ["model.name=video3d_gan", "model.preset=tiny"])
     for step in (1, 2):
         torch.manual_seed(step)
-        trainer = factory.build_trainer(cfg, "cpu")
+        trainer = experiment.build_trainer(cfg, "cpu")
         directory = tmp_path / "run" / checkpointing.checkpoint_dir_name(step)
         directory.mkdir(parents=True)
         checkpointing.write(directory, rank=0, worker_state={},
@@ -154,18 +154,22 @@ def test_stage2_refuses_a_stage1_checkpoint_read_with_other_arguments(tmp_path, 
     """A residual and a direct Stage I have the same tensors: read in the wrong mode, Y1 is
     meaningless and Stage II trains on it silently; an SSA Stage I trained with dropout names its
     tensors differently. The check names the key and the value to set."""
-    from ssagan_dist import train
     from ssagan_dist.config import ConfigError
 
     s1 = load_config(None, ["model.preset=tiny", *trained])
     ckpt = tmp_path / "s1" / checkpointing.checkpoint_dir_name(1)
     ckpt.mkdir(parents=True)
-    checkpointing.write(ckpt, rank=0, worker_state={}, trainer=factory.build_trainer(s1, "cpu"), step=1,
+    checkpointing.write(ckpt, rank=0, worker_state={}, trainer=experiment.build_trainer(s1, "cpu"), step=1,
                         clip_shape=[3, 8, 32, 32], cfg=s1)
     stage2 = [f"model.name={model}", "model.preset=tiny", f"run.stage1_checkpoint={ckpt}"]
     if model == "ssagan_b":
         stage2.append("model.args.stage1_ssa=true")
     value = trained[-1].split("=")[1]
+
+    def check(overrides):
+        exp = experiment.validate(load_config(None, overrides))
+        for pretrained in exp.trainer_class.pretrained:
+            exp.check_pretrained(pretrained)
     with pytest.raises(ConfigError, match=f"model.args.stage1_{key}.*stage1_{key}={value}"):
-        train.check_stage1_checkpoint(load_config(None, stage2))
-    train.check_stage1_checkpoint(load_config(None, [*stage2, f"model.args.stage1_{key}={value}"]))  # it loads
+        check(stage2)
+    check([*stage2, f"model.args.stage1_{key}={value}"])  # it loads

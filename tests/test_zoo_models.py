@@ -16,10 +16,10 @@ ZOO = {  # name -> (trainer kind, tiny G output shape at batch 2)
 }
 PAPER_G_OUT = {
     "hrvgan": (1, 3, 32, 128, 128),
-    "video3d_gan": (1, 3, 8, 128, 128),  # seed 004 §III: 8 x 128 x 128 x 3
-    "convlstm_gan": (1, 3, 16, 128, 128),  # seed 004 §V: 16 frames of 128 x 128
-    "pix2pix_video": (1, 3, 256, 256),  # seed 004 §IV: 256 x 256 frames
-    "dcgan": (1, 1, 1, 28, 28),  # seed 004 §II: 28 x 28 x 1
+    "video3d_gan": (1, 3, 8, 128, 128),  # Zhang 2019 §III: 8 x 128 x 128 x 3
+    "convlstm_gan": (1, 3, 16, 128, 128),  # Zhang 2019 §V: 16 frames of 128 x 128
+    "pix2pix_video": (1, 3, 256, 256),  # Zhang 2019 §IV: 256 x 256 frames
+    "dcgan": (1, 1, 1, 28, 28),  # Zhang 2019 §II: 28 x 28 x 1
 }
 
 
@@ -64,7 +64,7 @@ def test_pix2pix_paper_sizes_match_pix2pix():
 
 
 def test_dcgan_paper_discriminator_has_4096_features():
-    """Seed 004 §II: the DCGAN discriminator's flattened output has 4,096 features at 28 x 28."""
+    """Zhang 2019 §II: the DCGAN discriminator's flattened output has 4,096 features at 28 x 28."""
     nets = registry.build_networks("dcgan", "paper")
     assert nets["D"].logit.in_features == 4096
     assert nets["G"](torch.randn(2, 100)).shape == (2, 1, 1, 28, 28)

@@ -36,7 +36,7 @@ from ssagan_dist.bench.step import cuda_step_peak_bytes
 from ssagan_dist.models.attention import SpatialSelfAttention, literal_spatial_attention
 
 SHAPE = (4, 8, 8, 64, 64)  # N, C, T, H, W
-CONV1_SHAPE = (1, 32, 32, 64, 64)  # the paper generator's conv1 output (seed 000 Table 1), one clip
+CONV1_SHAPE = (1, 32, 32, 64, 64)  # the paper generator's conv1 output (SSA-GAN Table 1), one clip
 TIME_REPEATS = 5
 EQUAL_RTOL = 1e-5
 

@@ -6,12 +6,13 @@ of the same trainer and loader, and the time from the command to the first step.
 Data: 512 synthetic sky clips at the tiny shape (32x32, 8 frames), JPEG shards in a temporary
 folder, read by ``ClipLoader`` with tiny_cpu's loader settings (one loader process, prefetch 2).
 
-- Bare loop: this process, one intra-op thread, ``factory.build_trainer`` + ``perf.apply``,
+- Bare loop: this process, one intra-op thread, ``experiment.build_trainer`` + ``perf.apply``,
   ``train.BatchStream`` over the ``ClipLoader``, ``trainer.run_step`` in a loop. Nothing else.
 - Ray Train: ``python -m``-style child process that runs the real training job (``train.prepare``,
   a fresh local Ray, ``train.build_ray_trainer(...).fit()``) with one worker of one CPU: the real
   loop with its telemetry, logging every 25 steps and the final checkpoint. The only addition is
-  a timer around ``GANTrainer.run_step`` in the worker, which writes its timestamps to a file.
+  ``StepTimer``, the loop's ``train.LoopObserver``: it times every ``run_step`` and DDP all-reduce
+  in the worker and writes the timestamps to a file.
 - Steady state: clips over the time from the start of step ``WARMUP`` to the start of the last
   step (the last one is followed by the checkpoint), for both. Runs alternate bare, Ray, bare,
   Ray ... so that the shared machine's load changes hit both alike; the median run is reported.
@@ -36,11 +37,11 @@ from typing import Any
 import torch
 
 from ssagan_dist.bench.step import load_average
+from ssagan_dist.train import LoopObserver
 
 STEPS = 200
 WARMUP = 20
 REPEATS = 2
-TIMING_DIR_ENV = "SSAGAN_BENCH_TIMING_DIR"
 
 
 def make_data(root: Path, clips: int = 512) -> str:
@@ -58,8 +59,8 @@ def steady_rate(starts: list[float], clips_per_step: int, warmup: int = WARMUP) 
 # -- the bare loop -------------------------------------------------------------------------------
 
 def bare_loop(train_urls: str, steps: int = STEPS, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    from ssagan_dist import factory, perf
-    from ssagan_dist.config import load_config
+    from ssagan_dist import experiment, perf
+    from ssagan_dist.experiment import load_config
     from ssagan_dist.data import ClipLoader
     from ssagan_dist.train import BatchStream
 
@@ -67,7 +68,7 @@ def bare_loop(train_urls: str, steps: int = STEPS, overrides: tuple[str, ...] = 
     cfg = load_config("tiny_cpu", ["trainer.num_workers=1", *overrides])
     torch.manual_seed(cfg.trainer.seed)
     torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
-    trainer = perf.apply(factory.build_trainer(cfg, "cpu"), cfg.perf)
+    trainer = perf.apply(experiment.build_trainer(cfg, "cpu"), cfg.perf)
     loader = ClipLoader(train_urls, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed,
                         num_workers=cfg.data.loader_workers, prefetch=cfg.data.prefetch, shuffle=True)
     batches = BatchStream(loader)
@@ -83,49 +84,48 @@ def bare_loop(train_urls: str, steps: int = STEPS, overrides: tuple[str, ...] = 
 
 # -- the Ray Train run (a child process) ---------------------------------------------------------
 
-def timed_train_loop(config: dict[str, Any]) -> None:
-    """``train.train_loop_per_worker`` with a timer around every ``run_step`` and around every
-    DDP all-reduce (a comm hook doing what DDP's default does), written to a file per rank."""
-    import ray.train
-    import torch.distributed as dist
-    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+class StepTimer(LoopObserver):
+    """Each rank's loop, timed: when it was entered, every step's [start, end, data wait, DDP
+    all-reduce seconds] (a comm hook doing what DDP's default does), written to
+    ``<timing_dir>/rank<r>.json`` when the loop ends."""
 
-    from ssagan_dist import train
-    from ssagan_dist.trainers.base import GANTrainer
+    def __init__(self, timing_dir: str):
+        self.timing_dir = timing_dir
+        self.record: dict[str, Any] = {"steps": [], "allreduce_s": []}
+        self.comm: list[float] = []  # seconds of each all-reduce, as they finish
+        self.comm_seen = 0  # those already counted in a step
 
-    record: dict[str, Any] = {"enter": time.time(), "steps": [], "allreduce_s": []}
-    comm: list[float] = []
-    run_step, wrap = GANTrainer.run_step, GANTrainer.wrap
+    def entered(self) -> None:
+        self.record["enter"] = time.time()
 
-    def timed_run_step(self, next_batch):
-        wait0, comm0, start = getattr(next_batch, "wait_s", 0.0), len(comm), time.time()
-        out = run_step(self, next_batch)
-        record["steps"].append([start, time.time(), getattr(next_batch, "wait_s", 0.0) - wait0,
-                                sum(comm[comm0:])])
-        return out
+    def ready(self, trainer) -> None:
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
 
-    def timed_allreduce(state, bucket):
-        start = time.perf_counter()
+        def timed_allreduce(state, bucket):
+            start = time.perf_counter()
 
-        def done(fut):
-            comm.append(time.perf_counter() - start)
-            return fut.value()[0]
-        return default_hooks.allreduce_hook(state, bucket).then(done)
+            def done(fut):
+                self.comm.append(time.perf_counter() - start)
+                return fut.value()[0]
+            return default_hooks.allreduce_hook(state, bucket).then(done)
 
-    def wrap_with_hooks(self, wrap_fn):
-        wrap(self, wrap_fn)
-        for k in self.trained:
-            if hasattr(self.wrapped[k], "register_comm_hook"):
-                self.wrapped[k].register_comm_hook(None, timed_allreduce)
+        for k in trainer.trained:
+            if hasattr(trainer.wrapped[k], "register_comm_hook"):
+                trainer.wrapped[k].register_comm_hook(None, timed_allreduce)
 
-    GANTrainer.run_step, GANTrainer.wrap = timed_run_step, wrap_with_hooks
-    try:
-        train.train_loop_per_worker(config)
-    finally:
-        record["world"] = dist.get_world_size() if dist.is_initialized() else 1
-        record["threads"] = torch.get_num_threads()
+    def step_done(self, step: int, seconds: float, data_wait_s: float) -> None:
+        end = time.time()
+        self.record["steps"].append([end - seconds, end, data_wait_s, sum(self.comm[self.comm_seen:])])
+        self.comm_seen = len(self.comm)
+
+    def exited(self) -> None:
+        import ray.train
+        import torch.distributed as dist
+
+        self.record["world"] = dist.get_world_size() if dist.is_initialized() else 1
+        self.record["threads"] = torch.get_num_threads()
         rank = ray.train.get_context().get_world_rank()
-        Path(os.environ[TIMING_DIR_ENV], f"rank{rank}.json").write_text(json.dumps(record))
+        Path(self.timing_dir, f"rank{rank}.json").write_text(json.dumps(self.record))
 
 
 def child_main(spec: dict[str, Any]) -> None:
@@ -133,16 +133,15 @@ def child_main(spec: dict[str, Any]) -> None:
     import ray
 
     from ssagan_dist import train
-    from ssagan_dist.config import load_config
+    from ssagan_dist.experiment import load_config
 
     marks = {"command": spec["t_command"], "imports_done": time.time()}
     cfg, clip_shape = train.prepare(load_config("tiny_cpu", spec["overrides"]))
     marks["config_done"] = time.time()
     ray.init(address="local", include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {TIMING_DIR_ENV: spec["timing_dir"], "RAY_AUTH_MODE": "token"}})
+             runtime_env={"env_vars": {"RAY_AUTH_MODE": "token"}})
     marks["ray_init_done"] = time.time()
-    train.train_loop_per_worker = timed_train_loop  # what build_ray_trainer hands to Ray Train
-    result = train.build_ray_trainer(cfg, clip_shape).fit()
+    result = train.build_ray_trainer(cfg, clip_shape, observer=StepTimer(spec["timing_dir"])).fit()
     marks["fit_done"] = time.time()
     ray.shutdown()
     marks["ray_shutdown_done"] = time.time()

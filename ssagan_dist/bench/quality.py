@@ -232,13 +232,13 @@ def averaged_generator(picked: str, data: dict) -> dict:
     validation and test clips as differences to copy-frame. For the record: it chooses nothing."""
     import torch
 
-    from ssagan_dist import checkpointing
+    from ssagan_dist import checkpointing, experiment
     from ssagan_dist.data import ClipLoader
 
     run = picked.rstrip("/").rsplit("/", 1)[0]
     upto = list(reversed(checkpointing.checkpoint_dirs(run)))
     upto = upto[: upto.index(picked) + 1]
-    trainer, _, state = checkpointing.load_trainer(picked)
+    trainer, _, state = experiment.load_trainer(picked)
     weights = [checkpointing.read_model(Path(d))["trainer"]["nets"]["G"] for d in upto]
     averaged = {k: torch.stack([w[k].double() for w in weights]).mean(0).to(v.dtype) if v.is_floating_point() else v
                 for k, v in weights[-1].items()}

@@ -35,8 +35,8 @@ from typing import Any, Callable
 
 import torch
 
-from ssagan_dist import factory, perf
-from ssagan_dist.config import load_config
+from ssagan_dist import experiment, perf
+from ssagan_dist.experiment import load_config
 from ssagan_dist.models.flops import flop_counter
 
 MODELS = {  # name -> (preset, overrides)
@@ -112,7 +112,7 @@ class MatmulPeak:
 
 def clip_batch(cfg: Any, device: str = "cpu") -> Callable[[], dict[str, torch.Tensor]]:
     """A fixed random batch of the model's clip shape in [-1, 1], on ``device``."""
-    args = factory.model_args(cfg)
+    args = experiment.model_args(cfg)
     shape = (cfg.trainer.batch_size, args.get("channels", 3), args["frames"], args["size"], args["size"])
     gen = torch.Generator().manual_seed(0)
     video = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
@@ -124,7 +124,7 @@ def build(preset: str, overrides: list[str], device: str = "cpu"):
     cfg = load_config(preset, overrides + (["trainer.use_gpu=true"] if device == "cuda" else []))
     torch.manual_seed(cfg.trainer.seed)
     torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
-    return cfg, perf.apply(factory.build_trainer(cfg, device), cfg.perf)
+    return cfg, perf.apply(experiment.build_trainer(cfg, device), cfg.perf)
 
 
 def count_step_flops(trainer, batch: Callable[[], dict[str, torch.Tensor]]) -> int:

@@ -23,8 +23,9 @@ import time
 
 import torch
 
-from ssagan_dist import factory
-from ssagan_dist.config import MetricsConfig, load_config
+from ssagan_dist import experiment
+from ssagan_dist.config import MetricsConfig
+from ssagan_dist.experiment import load_config
 from ssagan_dist.telemetry import TrainingTelemetry
 
 TARGET_PERCENT = 2.0
@@ -34,8 +35,8 @@ SCRAPE_INTERVAL_S = 15.0
 def tiny_step_seconds(warmup: int = 5, steps: int = 30) -> tuple[float, dict]:
     cfg = load_config("tiny_cpu")
     torch.manual_seed(0)
-    trainer = factory.build_trainer(cfg, "cpu")
-    args = factory.model_args(cfg)
+    trainer = experiment.build_trainer(cfg, "cpu")
+    args = experiment.model_args(cfg)
     shape = (cfg.trainer.batch_size, args.get("channels", 3), args.get("frames", 8), args.get("size", 32),
              args.get("size", 32))
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import torch
 
-from ssagan_dist import factory, tracking, visualize
-from ssagan_dist.config import load_config
+from ssagan_dist import bench, cli, experiment, tracking, visualize
+from ssagan_dist.experiment import load_config
 
 TARGET_PERCENT = 1.0
 
@@ -94,8 +94,8 @@ def run(json_out: bool = False, steps: int = 40, blocks: int = 4) -> dict:
     try:
         cfg = load_config("tiny_cpu", ["run.tracking=[mlflow,wandb]", "run.name=bench", f"run.storage_path={tmp}"])
         torch.manual_seed(0)
-        trainer = factory.build_trainer(cfg, "cpu")
-        args = factory.model_args(cfg)
+        trainer = experiment.build_trainer(cfg, "cpu")
+        args = experiment.model_args(cfg)
         shape = [args.get("channels", 3), args.get("frames", 8), args.get("size", 32), args.get("size", 32)]
         batch_shape = (cfg.trainer.batch_size, *shape)
 
@@ -112,7 +112,8 @@ def run(json_out: bool = False, steps: int = 40, blocks: int = 4) -> dict:
 
         # 1) the training thread's own cost per call (the uploads are on the tracker's thread)
         # no sinks, its thread ended: only the training thread's part is timed
-        idle = tracking.Tracker(load_config("tiny_cpu", [f"run.storage_path={tmp}"]), str(tmp / "idle"), 0)
+        idle_cfg = load_config("tiny_cpu", [f"run.storage_path={tmp}"])
+        idle = tracking.Tracker(idle_cfg, str(tmp / "idle"), 0, config_yaml=experiment.dump(idle_cfg))
         idle.close()
         n = 2000
         t0 = time.perf_counter()
@@ -125,7 +126,7 @@ def run(json_out: bool = False, steps: int = 40, blocks: int = 4) -> dict:
         samples_s = (time.perf_counter() - t0) / 20
 
         # 2) end to end: blocks of steps with tracking on / off, alternating
-        tracker = tracking.Tracker(cfg, str(tmp / "bench"), 0)
+        tracker = tracking.Tracker(cfg, str(tmp / "bench"), 0, config_yaml=experiment.dump(cfg))
         on: list[float] = []
         off: list[float] = []
         step = 0
@@ -181,14 +182,16 @@ def run(json_out: bool = False, steps: int = 40, blocks: int = 4) -> dict:
     return results
 
 
+@cli.command
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--steps", type=int, default=40, help="steps per block")
     parser.add_argument("--blocks", type=int, default=4, help="blocks with tracking on (and as many off)")
     a = parser.parse_args(argv)
+    bench.require("tracking")
     run(json_out=a.json, steps=a.steps, blocks=a.blocks)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

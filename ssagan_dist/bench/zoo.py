@@ -49,9 +49,10 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, distribution, evaluate
+from ssagan_dist import checkpointing, distribution, evaluate, experiment
 from ssagan_dist.bench import quality
-from ssagan_dist.config import PRESET_DIR, load_config
+from ssagan_dist.config import PRESET_DIR
+from ssagan_dist.experiment import load_config
 from ssagan_dist.data import ClipLoader
 from ssagan_dist.models import registry
 
@@ -156,7 +157,7 @@ def score_noise(run: str, data: dict, clips: dict) -> dict:
     ema = keeps_ema(run)
     by_step = []
     for ckpt in reversed(checkpointing.checkpoint_dirs(run)):
-        trainer, _, state = checkpointing.load_trainer(ckpt)
+        trainer, _, state = experiment.load_trainer(ckpt)
         with trainer.generator_weights():  # the average where the run kept one
             samples = generate(trainer, driving)
         by_step.append((distribution.frechet_distance(samples, clips["val"]), state["step"], ckpt, samples))
@@ -173,7 +174,7 @@ def score_noise(run: str, data: dict, clips: dict) -> dict:
            "change_train": distribution.mean_frame_change(driving), "samples": SAMPLES,
            "test_count": len(clips["test"])}
     if ema:
-        trainer, _, _ = checkpointing.load_trainer(ckpt)
+        trainer, _, _ = experiment.load_trainer(ckpt)
         with trainer.generator_weights("raw"):
             raw = generate(trainer, driving)
         row.update({"raw_fd": distribution.frechet_distance(raw, clips["test"]),
@@ -197,7 +198,7 @@ def score_conditional(run: str, data: dict, work: Path, name: str) -> dict:
 @torch.no_grad()
 def figure_predictions(checkpoint: str, clips: torch.Tensor) -> torch.Tensor:
     """What the table scored: the moving average of G where the run kept one."""
-    trainer, _, _ = checkpointing.load_trainer(checkpoint)
+    trainer, _, _ = experiment.load_trainer(checkpoint)
     with trainer.generator_weights():
         return generate(trainer, clips)
 

@@ -56,11 +56,10 @@ def summarize(name: str, preset: str = "tiny", args: dict[str, Any] | None = Non
         "input_shapes": _shapes(tuple(inputs)),
         "output_shape": _shapes(out),
     }
-    for role in sorted(set(nets) - {"G", "D"}):  # e.g. a refine model's frozen Stage-I generator
+    for role in sorted(set(nets) - {"G", "D"}):  # a refine model's frozen Stage-I generator
         summary[f"{role}_params"] = _params(nets[role])
-        if hasattr(nets[role], "example_inputs"):
-            extra, _ = forward_flops(nets[role], nets[role].example_inputs(1))
-            summary[f"{role}_gflops_per_clip"] = round(extra / 1e9, 3)
+        extra, _ = forward_flops(nets[role], nets[role].example_inputs(1))
+        summary[f"{role}_gflops_per_clip"] = round(extra / 1e9, 3)
     return summary
 
 

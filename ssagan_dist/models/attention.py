@@ -1,4 +1,5 @@
-"""Spatial self-attention of SSA-GAN (seed 000 §3.2, eqs. 1-3), on fused attention kernels.
+"""Spatial self-attention of SSA-GAN (Horita & Yanai 2019, §3.2, eqs. 1-3; docs/models.md,
+References), on fused attention kernels.
 
 For x of shape N×C×T×H×W, 1×1×1 convs give x1, x2 (Ĉ channels) and x3 (C channels); each
 of the H·W positions attends over all positions with features (channel, time) folded into one
@@ -84,7 +85,7 @@ class SavedProbabilityAttention(torch.autograd.Function):
 
 
 class SpatialSelfAttention(nn.Module):
-    """y = γ · SpatialAttention(x) + x over the H·W positions (seed 000 eqs. 1-3).
+    """y = γ · SpatialAttention(x) + x over the H·W positions (SSA-GAN eqs. 1-3).
 
     ``reduced_channels`` is Ĉ, the width of the query/key convs (the paper uses Ĉ = C).
     ``scaled=True`` adds the usual 1/√(Ĉ·T) logit scaling; the paper has none.

@@ -1,6 +1,7 @@
-"""The ConvLSTM video GAN of seed 004 §V: noise + image -> ConvLSTM layers extend time -> 3D deconvs.
+"""The ConvLSTM video GAN of Zhang 2019 §V (SJSU CS297 report; docs/models.md, References):
+noise + image -> ConvLSTM layers extend time -> 3D deconvs.
 
-Seed 004 §V: G takes a noise vector and an image; five convolutional LSTM layers extend the
+Zhang 2019 §V: G takes a noise vector and an image; five convolutional LSTM layers extend the
 input to 16 frames; 3D transposed convolutions then upscale space to 128×128. D is a 3D-conv
 network like §III's with five layers instead of four.
 
@@ -32,7 +33,7 @@ class ConvLSTMCell(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Keras ConvLSTM2D's defaults (the seed's framework): Glorot-uniform kernel, forget-gate bias 1."""
+        """Keras ConvLSTM2D's defaults (the report's framework): Glorot-uniform kernel, forget-gate bias 1."""
         nn.init.xavier_uniform_(self.gates.weight)
         nn.init.zeros_(self.gates.bias)
         nn.init.ones_(self.gates.bias[self.hidden_channels:2 * self.hidden_channels])
@@ -128,7 +129,7 @@ class ConvLSTMGenerator(nn.Module):
         "tiny": dict(z_dim=16, frames=8, size=32, channels=3, base_channels=8, lstm_channels=16,
                      lstm_layers=2, lstm_size=8, d_channels=8),
     },
-    description="Seed 004 §V: noise + image -> 5 ConvLSTM layers over 16 frames -> 3D deconvs to 128x128; 5-layer 3D D",
+    description="Zhang 2019 §V: noise + image -> 5 ConvLSTM layers over 16 frames -> 3D deconvs to 128x128; 5-layer 3D D",
 )
 def build_convlstm_gan(z_dim: int = 100, frames: int = 16, size: int = 128, channels: int = 3,
                        base_channels: int = 64, lstm_channels: int = 64, lstm_layers: int = 5, lstm_size: int = 16,

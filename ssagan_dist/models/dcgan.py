@@ -1,13 +1,14 @@
-"""The 2D DCGAN of seed 004 §II: the T = 1 case of the video pipeline.
+"""The 2D DCGAN of Zhang 2019 §II (SJSU CS297 report; docs/models.md, References): the T = 1
+case of the video pipeline.
 
-Seed 004 §II: G reshapes a 100-d noise vector to 7×7×128, upsamples with ``UpSampling2D`` and
+Zhang 2019 §II: G reshapes a 100-d noise vector to 7×7×128, upsamples with ``UpSampling2D`` and
 three conv layers with BatchNorm and leaky ReLU to a 28×28×1 image. D uses BatchNorm, dropout
 and LeakyReLU(0.2), and its flattened output has 4,096 features, which fixes the widths of the
 Keras DCGAN it follows: 3×3 convs with 32, 64, 128 (stride 2) and 256 (stride 1) channels,
 giving 4×4×256 features at 28×28, then one linear logit. Dropout 0.25 after each D conv, Tanh
 on G's output (both from that Keras DCGAN; the seed is silent).
 
-The "paper" preset is the seed's 28×28 grayscale; training on the video data needs
+The "paper" preset is the report's 28×28 grayscale; training on the video data needs
 ``size``/``channels`` matching the clips (the "tiny" preset is 32×32 RGB). Images go in and
 out as (N, C, 1, H, W) so the model flows through the video pipeline unchanged.
 """
@@ -87,7 +88,7 @@ class DCGANDiscriminator(nn.Module):
         "paper": dict(z_dim=100, size=28, channels=1, g_channels=128, d_channels=32),
         "tiny": dict(z_dim=16, size=32, channels=3, g_channels=16, d_channels=8),
     },
-    description="Seed 004 §II: 2D DCGAN (noise -> 7x7x128 -> upsample+conv -> 28x28), the T = 1 case",
+    description="Zhang 2019 §II: 2D DCGAN (noise -> 7x7x128 -> upsample+conv -> 28x28), the T = 1 case",
 )
 def build_dcgan(z_dim: int = 100, size: int = 28, channels: int = 1, g_channels: int = 128,
                 d_channels: int = 32) -> dict[str, nn.Module]:

@@ -1,6 +1,6 @@
-"""HRVGAN (seed 003): class-conditional video generation from noise, trained as a WGAN-GP.
+"""HRVGAN (arXiv:2008.09646): class-conditional video generation from noise, trained as a WGAN-GP.
 
-Seed 003 fixes: 3D deconvs with BatchNorm and ReLU in G, 3D convs with InstanceNorm and leaky
+The paper fixes: 3D deconvs with BatchNorm and ReLU in G, 3D convs with InstanceNorm and leaky
 ReLU in D (a critic: no sigmoid), class labels given to both networks, WGAN with a k-Lipschitz
 constraint plus a mean-square pixel loss. Its figure with the layer table did not survive in the
 seed text, so the layer plan here is the usual one for 3D video GANs (VGAN/TGAN lineage),
@@ -108,7 +108,8 @@ class HRVGANCritic(nn.Module):
                       max_channels=512),
         "tiny": dict(num_classes=4, z_dim=16, frames=8, size=32, channels=3, base_channels=8, max_channels=32),
     },
-    description="Seed 003: class-conditional 3D-deconv G (BN+ReLU) and 3D-conv critic (IN+LeakyReLU); WGAN-GP + pixel MSE",
+    description="HRVGAN (arXiv:2008.09646): class-conditional 3D-deconv G (BN+ReLU) and 3D-conv critic "
+                "(IN+LeakyReLU); WGAN-GP + pixel MSE",
 )
 def build_hrvgan(num_classes: int = 101, z_dim: int = 100, frames: int = 32, size: int = 128, channels: int = 3,
                  base_channels: int = 64, max_channels: int = 512) -> dict[str, nn.Module]:

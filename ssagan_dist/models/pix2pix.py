@@ -1,7 +1,9 @@
-"""The pix2pix next-frame GAN of seed 004 §IV, rolled out autoregressively from one frame.
+"""The pix2pix next-frame GAN of Zhang 2019 §IV (SJSU CS297 report; docs/models.md, References),
+rolled out autoregressively from one frame.
 
-Seed 004 §IV trains pix2pix (Isola et al. 2017) on pairs of consecutive frames (t, t+1) at
-256×256 and predicts a clip by feeding each predicted frame back in. The networks are pix2pix's:
+Zhang 2019 §IV trains pix2pix (Isola et al. 2017, arXiv:1611.07004) on pairs of consecutive
+frames (t, t+1) at 256×256 and predicts a clip by feeding each predicted frame back in. The
+networks are pix2pix's:
 
 - G: the U-Net of pix2pix, downsampling to 1×1 (8 levels at 256×256) with widths
   64·min(2^i, 8), LeakyReLU(0.2) encoder, ReLU decoder, BatchNorm except at the outermost and
@@ -115,7 +117,7 @@ class PatchDiscriminator(nn.Module):
         "paper": dict(size=256, channels=3, frames=32, g_channels=64, d_channels=64),
         "tiny": dict(size=32, channels=3, frames=8, g_channels=8, d_channels=8),
     },
-    description="Seed 004 §IV: pix2pix U-Net G (frame t -> t+1) + PatchGAN D on frame pairs; autoregressive rollout",
+    description="Zhang 2019 §IV: pix2pix U-Net G (frame t -> t+1) + PatchGAN D on frame pairs; autoregressive rollout",
 )
 def build_pix2pix_video(size: int = 256, channels: int = 3, frames: int = 32, g_channels: int = 64,
                         d_channels: int = 64, output: str = "direct") -> dict[str, nn.Module]:

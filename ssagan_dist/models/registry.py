@@ -38,17 +38,15 @@ def register(name: str, *, trainer: str, presets: dict[str, dict[str, Any]], des
     return deco
 
 
-def _load_all() -> None:
-    import ssagan_dist.models  # noqa: F401  (importing the package registers every model)
+# Importing this module runs ``ssagan_dist/models/__init__.py`` first, which imports every model
+# module: the registry is full before anyone can ask it (and it imports no model module itself).
 
 
 def names() -> list[str]:
-    _load_all()
     return sorted(_REGISTRY)
 
 
 def get(name: str) -> ModelEntry:
-    _load_all()
     if name not in _REGISTRY:
         raise KeyError(f"unknown model {name!r}; models: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]

@@ -1,6 +1,7 @@
-"""The 3D U-Net generator and discriminator of SSA-GAN (seed 000) and MD-GAN (seed 002).
+"""The 3D U-Net generator and discriminator of SSA-GAN (Horita & Yanai 2019) and MD-GAN
+(arXiv:1709.07592); docs/models.md, References.
 
-Table 1 of seed 000 (= MD-GAN's G1) at 3×32×128×128, base width b = 32:
+Table 1 of the SSA-GAN paper (= MD-GAN's G1) at 3×32×128×128, base width b = 32:
 
     conv1  b    (3,4,4) s(1,2,2) p1   ->  32×32×64×64     deconv1 16b (2,4,4) s1 p0   -> 512×2×4×4
     conv2  2b   4       s2       p1   ->  64×16×32×32     deconv2 8b  4       s2 p1   -> 256×4×8×8
@@ -251,28 +252,30 @@ def build_refine(size: int = 128, frames: int = 32, base_width: int = 32, ssa: b
 
 
 @register("ssagan", trainer="onestage", presets=PRESETS,
-          description="SSA-GAN (seed 000): 3D U-Net G with spatial self-attention after every conv/deconv, one stage")
+          description="SSA-GAN (Horita & Yanai 2019): 3D U-Net G with spatial self-attention after every "
+                      "conv/deconv, one stage")
 def ssagan(size: int = 128, frames: int = 32, base_width: int = 32, reduced_channels: int | None = None,
            stem: bool | None = None, output: str = "direct", dropout: float = 0.0) -> dict[str, nn.Module]:
     return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output, dropout)
 
 
 @register("ssagan_a", trainer="onestage", presets=PRESETS,
-          description="SSA-GAN (a) (seed 000 Table 2): SSA added to MD-GAN Stage I (the same network as ssagan)")
+          description="SSA-GAN (a) (SSA-GAN paper, Table 2): SSA added to MD-GAN Stage I (the same network as ssagan)")
 def ssagan_a(size: int = 128, frames: int = 32, base_width: int = 32, reduced_channels: int | None = None,
              stem: bool | None = None, output: str = "direct", dropout: float = 0.0) -> dict[str, nn.Module]:
     return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output, dropout)
 
 
 @register("mdgan_stage1", trainer="onestage", presets=PRESETS,
-          description="MD-GAN Stage I / Base-Net (seed 002): the 3D U-Net G without SSA, 39,072,576 params at paper size")
+          description="MD-GAN Stage I / Base-Net (arXiv:1709.07592): the 3D U-Net G without SSA, 39,072,576 params "
+                      "at paper size")
 def mdgan_stage1(size: int = 128, frames: int = 32, base_width: int = 32,
                  stem: bool | None = None, output: str = "direct", dropout: float = 0.0) -> dict[str, nn.Module]:
     return build_one_stage(size, frames, base_width, False, None, stem, output, dropout)
 
 
 @register("mdgan_stage2", trainer="refine", presets=PRESETS,
-          description="MD-GAN Stage II / Refine-Net (seed 002): G2 without the two outermost skips refines the "
+          description="MD-GAN Stage II / Refine-Net (arXiv:1709.07592): G2 without the two outermost skips refines the "
                       "frozen Stage-I output; D2 with the Gram-matrix ranking loss")
 def mdgan_stage2(size: int = 128, frames: int = 32, base_width: int = 32,
                  stem: bool | None = None, output: str = "direct",
@@ -283,7 +286,7 @@ def mdgan_stage2(size: int = 128, frames: int = 32, base_width: int = 32,
 
 
 @register("ssagan_b", trainer="refine", presets=PRESETS,
-          description="SSA-GAN (b) (seed 000 Table 2): SSA added to MD-GAN Stage II (G2); the frozen Stage-I G "
+          description="SSA-GAN (b) (SSA-GAN paper, Table 2): SSA added to MD-GAN Stage II (G2); the frozen Stage-I G "
                       "is MD-GAN's (stage1_ssa=True for an SSA Stage I)")
 def ssagan_b(size: int = 128, frames: int = 32, base_width: int = 32, stage1_ssa: bool = False,
              reduced_channels: int | None = None, stem: bool | None = None, output: str = "direct",

@@ -1,11 +1,12 @@
-"""The 3D-CNN video GAN of seed 004 §III, and the 3D conv blocks the noise-driven video models share.
+"""The 3D-CNN video GAN of Zhang 2019 §III (SJSU CS297 report; docs/models.md, References), and
+the 3D conv blocks the noise-driven video models share.
 
-Seed 004 §III: G reshapes a 100-d noise vector to 1×8×8×128 (T×H×W×C), four ``Conv3DTranspose``
+Zhang 2019 §III: G reshapes a 100-d noise vector to 1×8×8×128 (T×H×W×C), four ``Conv3DTranspose``
 layers with stride 2 and leaky ReLU upscale it, and a final stride-1 3D conv gives 8×128×128×3.
 D: four 3D convs with kernel 4 and stride 2, then binary cross-entropy.
 
 Filled gaps (the seed is silent): the widths (128→64→32→16 in G, 64→512 in D), BatchNorm as in
-the seed's own DCGAN (§II) and Radford et al., Tanh on G's output, a linear logit on D's
+the report's own DCGAN (§II) and Radford et al., Tanh on G's output, a linear logit on D's
 flattened features, and which layers double time: time doubles in the first layers until it
 reaches ``frames`` (8 frames from 1 take three of the four layers; the fourth keeps time).
 """
@@ -118,7 +119,7 @@ class Video3DGenerator(nn.Module):
         "paper": dict(z_dim=100, frames=8, size=128, channels=3, g_channels=128, d_channels=64),
         "tiny": dict(z_dim=16, frames=8, size=32, channels=3, g_channels=32, d_channels=8),
     },
-    description="Seed 004 §III: 100-d noise -> 8x128x128 video with ConvTranspose3d; 4-layer 3D-conv D; BCE",
+    description="Zhang 2019 §III: 100-d noise -> 8x128x128 video with ConvTranspose3d; 4-layer 3D-conv D; BCE",
 )
 def build_video3d_gan(z_dim: int = 100, frames: int = 8, size: int = 128, channels: int = 3,
                       g_channels: int = 128, d_channels: int = 64) -> dict[str, nn.Module]:

@@ -1,10 +1,10 @@
 """Per-family GAN update logic; see ``base.py`` for the contract with the training loop.
 
 ``TRAINERS`` maps the trainer kind a model registers with (``models.registry``) to its class;
-``ssagan_dist.factory`` joins the two.
+``ssagan_dist.experiment`` joins the two.
 """
 
-from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Stats, unwrap
+from ssagan_dist.trainers.base import Batch, GANTrainer, Phase, Pretrained, Stats, unwrap
 from ssagan_dist.trainers.noise import NoiseGANTrainer
 from ssagan_dist.trainers.onestage import OneStageTrainer
 from ssagan_dist.trainers.pix2pix import Pix2PixTrainer
@@ -19,4 +19,4 @@ TRAINERS: dict[str, type[GANTrainer]] = {
     "pix2pix": Pix2PixTrainer,
 }
 
-__all__ = ["Batch", "GANTrainer", "Phase", "Stats", "TRAINERS", "unwrap"]
+__all__ = ["Batch", "GANTrainer", "Phase", "Pretrained", "Stats", "TRAINERS", "unwrap"]

@@ -14,7 +14,7 @@ photo for image-conditioned models; ``"label"`` (N,) int64 when the data has cla
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, ClassVar, Iterator, Mapping, Optional
 
 import torch
@@ -40,6 +40,23 @@ class Phase:
     loss: Callable[[Batch], tuple[torch.Tensor, Stats]]
 
 
+@dataclass(frozen=True)
+class Pretrained:
+    """A network that a trainer starts from another run's trained generator (that run's moving
+    average of G when it kept one) instead of fresh weights, then keeps frozen. Declaring it makes
+    ``key`` required and read for this trainer's models, and the checkpoint it names is checked
+    against the network before training (``ssagan_dist.experiment``)."""
+
+    network: str  # the role in ``nets`` it is loaded into
+    key: str  # the config key naming the trained run's checkpoint (or run folder: its latest)
+    what: str  # for messages: "Stage-I" reads "a trained Stage-I generator"
+    hint: str  # for messages: which checkpoint fits, when the tensors do not
+    # Arguments the tensors cannot tell apart (a residual and a direct generator have the same
+    # ones), which must equal the trained run's: the trained model's model.args name ->
+    # (this model's model.args name, the trained model's default).
+    same_args: Mapping[str, tuple[str, object]] = field(default_factory=dict)
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     """The plain module under a DDP (or any ``.module``-holding) wrapper."""
     return getattr(module, "module", module)
@@ -62,15 +79,18 @@ class GANTrainer:
 
     trained: tuple[str, ...] = ("G", "D")
     # The config keys this trainer reads. A key the user sets that neither the trainer nor the
-    # training loop reads is refused by config validation (ssagan_dist.config.keys_read).
+    # training loop reads is refused by config validation (ssagan_dist.experiment).
     optim_keys: ClassVar[tuple[str, ...]] = ("optim.lr_g", "optim.lr_d", "optim.beta1", "optim.beta2",
                                              "optim.n_critic")
     loss_keys: ClassVar[tuple[str, ...]] = ()
+    # What this trainer requires besides its networks: trained generators to start some of them
+    # from (their config keys are read, and required, only when the trainer declares them).
+    pretrained: ClassVar[tuple[Pretrained, ...]] = ()
 
     @classmethod
     def keys_read(cls, nets: Mapping[str, nn.Module]) -> tuple[str, ...]:
         """Config keys read by this trainer for these networks (built on the meta device, say)."""
-        return cls.optim_keys + cls.loss_keys
+        return cls.optim_keys + cls.loss_keys + tuple(p.key for p in cls.pretrained)
 
     def __init__(self, nets: dict[str, nn.Module], optim: OptimConfig, loss: LossConfig,
                  device: torch.device | str = "cpu", *, g_ema_decay: float = 0.0, g_ema_rampup: float = 0.0):
@@ -180,6 +200,16 @@ class GANTrainer:
             if k in self.grad_scalers:
                 self.grad_scalers[k].load_state_dict(sd)
         self.set_learning_rates()
+
+    def load_pretrained(self, network: str, generator_state_dict: dict[str, torch.Tensor]) -> None:
+        """Load a trained generator's weights into ``nets[network]`` (one of ``pretrained``), frozen."""
+        spec = next(p for p in self.pretrained if p.network == network)
+        net = self.nets[network]
+        try:
+            net.load_state_dict(generator_state_dict)
+        except RuntimeError as e:
+            raise ValueError(f"the {spec.what} checkpoint does not fit this model's {network}: {e}") from None
+        net.eval().requires_grad_(False)
 
     def weights_for(self, which: Optional[str] = None) -> str:
         """The generator to predict with, "ema" or "raw": ``which`` checked, or (None) the average

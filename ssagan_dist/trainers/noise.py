@@ -1,4 +1,4 @@
-"""BCE GAN from noise: the 3D-CNN video GAN, the ConvLSTM GAN and the 2D DCGAN (seed 004).
+"""BCE GAN from noise: the 3D-CNN video GAN, the ConvLSTM GAN and the 2D DCGAN (Zhang 2019).
 
 D phase (``optim.n_critic`` updates): -E[log D(Y)] - E[log(1 - D(G(z)))].
 G phase: the non-saturating -E[log D(G(z))], plus ``loss.lambda_con``·L1(Y, G(z, X)) only when

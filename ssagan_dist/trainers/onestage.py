@@ -1,4 +1,4 @@
-"""One-stage image-to-video GAN: SSA-GAN, MD-GAN Stage I, SSA-GAN (a) (seed 000 eq. 7).
+"""One-stage image-to-video GAN: SSA-GAN, MD-GAN Stage I, SSA-GAN (a) (SSA-GAN eq. 7).
 
 D minimises L_D = -L_adv (BCE on logits: real clips -> 1, G(X) -> 0), ``n_critic`` times per
 G update; G minimises the non-saturating adversarial loss plus λ_con·L1(Y, G(X)). X is the

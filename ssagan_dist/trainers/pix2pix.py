@@ -1,4 +1,4 @@
-"""pix2pix on consecutive frames, rolled out autoregressively (seed 004 §IV).
+"""pix2pix on consecutive frames, rolled out autoregressively (Zhang 2019 §IV).
 
 Each update samples one pair (x, y) = (frame t, frame t+1) per clip, t uniform in 0..T-2.
 D phase (``optim.n_critic`` updates): ½·BCE(D(x, y) → real, D(x, G(x)) → fake); pix2pix halves

@@ -1,4 +1,4 @@
-"""Two-stage refinement: MD-GAN Stage II (Refine-Net) and SSA-GAN (b) (seed 002 §3.2, Alg. 1).
+"""Two-stage refinement: MD-GAN Stage II (Refine-Net) and SSA-GAN (b) (MD-GAN, arXiv:1709.07592, §3.2, Alg. 1).
 
 A frozen Stage-I generator (``nets["G_stage1"]``, eval mode) turns the repeated first frame
 into Y1; G2 (``nets["G"]``) refines it into Y2. With F_l the D2 features used for the Gram
@@ -15,26 +15,23 @@ import torch
 from torch import nn
 
 from ssagan_dist import losses
-from ssagan_dist.trainers.base import Batch, GANTrainer, Stats
+from ssagan_dist.trainers.base import Batch, GANTrainer, Pretrained, Stats
 from ssagan_dist.trainers.onestage import static_input
 
 
 class RefineTrainer(GANTrainer):
     loss_keys = ("loss.lambda_con", "loss.lambda_rank")
+    # G_stage1 is built from model.args.stage1_*: they must be the Stage-I run's own arguments, or
+    # Stage II trains on a meaningless Y1.
+    pretrained = (Pretrained("G_stage1", "run.stage1_checkpoint", what="Stage-I",
+                             hint="give a Stage-I (mdgan_stage1) checkpoint trained at the same model.args "
+                                  "size/frames/base_width",
+                             same_args={"output": ("stage1_output", "direct"), "dropout": ("stage1_dropout", 0.0)}),)
 
     def __init__(self, nets: dict[str, nn.Module], *args, **kwargs):
         if "G_stage1" not in nets:
             raise ValueError("RefineTrainer needs nets['G_stage1'], the frozen Stage-I generator")
         super().__init__(nets, *args, **kwargs)
-
-    def load_stage1(self, generator_state_dict: dict[str, torch.Tensor]) -> None:
-        """Load the trained Stage-I generator's weights (a Stage-I checkpoint's ``nets["G"]``)."""
-        g1 = self.nets["G_stage1"]
-        try:
-            g1.load_state_dict(generator_state_dict)
-        except RuntimeError as e:
-            raise ValueError(f"the Stage-I checkpoint does not fit this model's G_stage1: {e}") from None
-        g1.eval().requires_grad_(False)
 
     @torch.no_grad()
     def stage1(self, batch: Batch) -> torch.Tensor:

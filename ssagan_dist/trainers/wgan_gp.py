@@ -1,4 +1,4 @@
-"""WGAN-GP with a pixel MSE term: HRVGAN (seed 003, SPEC §3).
+"""WGAN-GP with a pixel MSE term: HRVGAN (arXiv:2008.09646).
 
 Critic phase (``optim.n_critic`` updates):
     E[C(G(z, c), c)] - E[C(Y, c)] + λ_gp · E[(‖∇_x̂ C(x̂, c)‖₂ - 1)²]
