@@ -41,11 +41,10 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 300) -> None:
-        mlflow = Path(sys.executable).parent / "mlflow"
+        from ssagan_dist.bench.tracking import LOCAL_SERVER_ENV, mlflow_server_command
+
         self.proc = subprocess.Popen(
-            [str(mlflow), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
-             "--backend-store-uri", f"sqlite:///{self.root / 'mlflow.db'}",
-             "--artifacts-destination", str(self.root / "artifacts")],
+            mlflow_server_command(self.root, self.port), env={**os.environ, **LOCAL_SERVER_ENV},
             stdout=(self.root / "server.log").open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
         wait_until(self.healthy, "the MLflow server to answer", timeout=timeout, alive=lambda: self.proc.poll() is None,
                    why=lambda: (self.root / "server.log").read_text()[-2000:])

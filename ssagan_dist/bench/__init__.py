@@ -14,7 +14,7 @@ from ssagan_dist import cli
 
 REQUIRES = {
     "loader": ("boto3", "moto", "flask"),  # the S3 rows: `python -m moto.server` (moto[server]) on loopback
-    "tracking": ("mlflow", "wandb"),
+    "tracking": ("mlflow", "wandb", "psutil"),  # psutil: CPU seconds of the tracker's thread and servers
     "quality": ("psutil",),  # CPU seconds of the training process tree
     "zoo": ("psutil", "scipy"),  # scipy: the Fréchet distance's matrix square root (distribution.py)
 }
