@@ -193,6 +193,9 @@ def _ddp_worker(rank: int, world: int, port: int, results) -> None:
             gathered = [torch.zeros_like(digest) for _ in range(world)]
             dist.all_gather(gathered, digest)
             results[f"{name}/{rank}"] = bool(torch.equal(gathered[0], gathered[1]))
+        # both ranks past their last collective before either tears gloo down: a rank that exits
+        # while its peer's gloo threads still read the pair's socket can abort the peer (seen once in CI)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
