@@ -67,7 +67,7 @@ def test_selection_defaults_to_every_registry_model_both_data_sets_and_three_sky
     assert sorted(sel["models"]) == registry.names()
     assert sel["data"] == ["sky", "real"] and sel["seeds"] == {"sky": [0, 1, 2], "real": [0]}
     todo = zoo.runs_to_do(sel)
-    assert ("sky", "dcgan", 0) in todo and ("sky", "dcgan", 1) not in todo  # noise-only: the first seed
+    assert {("sky", "dcgan", 0), ("sky", "dcgan", 2), ("sky", "hrvgan", 1)} <= set(todo)  # every model, every seed
     assert todo.index(("sky", "mdgan_stage1", 2)) < todo.index(("sky", "mdgan_stage2", 0))
 
 
@@ -107,6 +107,19 @@ def test_noise_model_is_picked_on_validation_and_scored_against_floor_and_refere
     assert set(r["val_fd_by_step"]) == {1, 2} and r["pick_value"] == min(r["val_fd_by_step"].values())
     assert r["fd"] > r["fd_floor"] >= 0 and r["fd_static"] > r["fd_floor"]  # untrained G: far from real clips
     assert r["change_real"] > 0
+    # appearance alone: real frames are nearer the test frames than one mean frame, an untrained G farther
+    assert r["fd_frames_floor"] < r["fd_frames_one"] and r["fd_frames"] > r["fd_frames_floor"]
+    assert "still frames" in zoo.describe({"model": "video3d_gan", **r})
+
+
+def test_noise_table_gives_mean_and_spread_over_seeds_and_counts_the_seeds_below_the_reference():
+    def row(seed, fd):
+        return {"data": "sky", "model": "hrvgan", "seed": seed, "step": 400, "train_seconds": 60.0, "cpu_seconds": 70.0,
+                "fd": fd, "fd_floor": 0.01, "fd_static": 0.05, "change": 0.04, "change_real": 0.02,
+                "fd_frames": 0.1, "fd_frames_floor": 0.02, "fd_frames_one": 0.5, "load_1min_after": 1.0}
+    results = {"budget": {}, "selection": {"data": ["sky"]}, "cpus": 2, "rows": [row(0, 0.04), row(1, 0.06)]}
+    line = next(x for x in zoo.markdown(results).splitlines() if x.startswith("| hrvgan | 0 1 |"))
+    assert "| 0.0500 ± 0.0141 |" in line and "| 1 of 2 seeds |" in line and "0.1000 ± 0.0000 (0.0200; 0.5000)" in line
 
 
 # -- chaining and resuming, through the real entry point (its own local Ray) -----------------------

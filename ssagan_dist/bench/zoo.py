@@ -20,7 +20,9 @@ validation (the whole validation split) and a checkpoint every ``trainer.val_eve
   FVD) between their samples and the test clips; the checkpoint with the smallest distance to
   the validation clips is picked. Beside it, the same distance for the training clips (the
   floor: real clips of the same kind) and for static copies of training frames (the reference:
-  right appearance, no motion), and the mean absolute change between consecutive frames.
+  right appearance, no motion), and the mean absolute change between consecutive frames. Appearance
+  alone: the same distance between first frames held still (floor: training frames; reference: the
+  mean training frame for every sample), the one score of the DCGAN's own task (an image model).
 
 Environment (like ``bench quality``'s):
 
@@ -30,8 +32,8 @@ Environment (like ``bench quality``'s):
   (resumable); delete ``results/<run>.json`` to train that run again.
 - ZOO_MODELS: models (default: the whole registry), space-separated.
 - ZOO_DATA: ``sky``, ``real`` or both (default ``sky real``).
-- ZOO_SEEDS: training seeds of the image-conditioned models (default ``0 1 2`` on skies, ``0`` on
-  real footage); noise-only models train with the first seed only.
+- ZOO_SEEDS: training seeds, the same for every model (default ``0 1 2`` on skies, ``0`` on real
+  footage).
 - ZOO_OVERRIDES: extra ``key=value`` training overrides for every run (space-separated; they
   change the budget, e.g. ``trainer.max_steps=2`` for a smoke run, and are recorded).
 - ZOO_TIMEOUT_S: per training run (default 900).
@@ -114,8 +116,7 @@ def runs_to_do(sel: dict) -> list[tuple[str, str, int]]:
     todo = []
     for d in sel["data"]:
         for model in sel["models"]:
-            seeds = sel["seeds"][d] if model not in NOISE else sel["seeds"][d][:1]
-            todo.extend((d, model, s) for s in seeds)
+            todo.extend((d, model, s) for s in sel["seeds"][d])
     return todo
 
 
@@ -151,6 +152,11 @@ def keeps_ema(run: str) -> bool:
     return bool(OmegaConf.select(cfg, "trainer.g_ema_decay", default=0.0))
 
 
+def still(clips: torch.Tensor) -> torch.Tensor:
+    """Each clip's first frame repeated over its frames: its appearance without motion."""
+    return clips[:, :, :1].expand_as(clips).contiguous()
+
+
 def score_noise(run: str, data: dict, clips: dict) -> dict:
     """Pick the checkpoint whose samples are nearest the validation clips; score it on test."""
     driving = clips["train"][:SAMPLES]
@@ -162,13 +168,20 @@ def score_noise(run: str, data: dict, clips: dict) -> dict:
             samples = generate(trainer, driving)
         by_step.append((distribution.frechet_distance(samples, clips["val"]), state["step"], ckpt, samples))
     val_fd, step, ckpt, samples = min(by_step, key=lambda r: (r[0], -r[1]))
-    static = driving[:, :, :1].expand_as(driving).contiguous()
+    static, test_still = still(driving), still(clips["test"])
+    one_frame = driving[:, :, :1].mean(0, keepdim=True).expand_as(driving).contiguous()
     row = {"step": step, "checkpoint": ckpt, "weights": "ema" if ema else "raw",
            "pick_metric": "val Fréchet distance (random 3-D conv features)",
            "pick_value": val_fd, "val_fd_by_step": {s: v for v, s, _, _ in by_step},
            "fd": distribution.frechet_distance(samples, clips["test"]),
            "fd_floor": distribution.frechet_distance(driving, clips["test"]),
            "fd_static": distribution.frechet_distance(static, clips["test"]),
+           # appearance alone: each sample's first frame held still, against the test clips' first
+           # frames held still; floor: training frames; reference: one image (the mean training
+           # frame) for every sample. For the DCGAN (an image model) this is the score of its task.
+           "fd_frames": distribution.frechet_distance(still(samples), test_still),
+           "fd_frames_floor": distribution.frechet_distance(static, test_still),
+           "fd_frames_one": distribution.frechet_distance(one_frame, test_still),
            "change": distribution.mean_frame_change(samples),
            "change_real": distribution.mean_frame_change(clips["test"]),
            "change_train": distribution.mean_frame_change(driving), "samples": SAMPLES,
@@ -251,7 +264,9 @@ def one_run(work: Path, data_name: str, data: dict, clips: dict, model: str, see
 def describe(row: dict) -> str:
     if row["model"] in NOISE:
         return (f"Fréchet distance {row['fd']:.4f} (floor {row['fd_floor']:.4f}, static reference "
-                f"{row['fd_static']:.4f}); frame change {row['change']:.4f} vs real {row['change_real']:.4f}")
+                f"{row['fd_static']:.4f}); frame change {row['change']:.4f} vs real {row['change_real']:.4f}"
+                + (f"; still frames {row['fd_frames']:.4f} (floor {row['fd_frames_floor']:.4f}, one mean frame "
+                   f"{row['fd_frames_one']:.4f})" if "fd_frames" in row else ""))
     return (f"PSNR {row['psnr']:.2f} dB vs copy-frame {row['baseline_psnr']:.2f} ({row['psnr'] - row['baseline_psnr']:+.2f}); "
             f"SSIM {row['ssim']:.4f} vs {row['baseline_ssim']:.4f} ({row['ssim'] - row['baseline_ssim']:+.4f})")
 
@@ -315,8 +330,10 @@ def summarise(rows: list[dict]) -> list[dict]:
              "cpu_seconds": spread([r.get("cpu_seconds", float("nan")) for r in rs])}
         s["weights"] = rs[0].get("weights", "raw")
         if model in NOISE:
-            for k in ("fd", "fd_floor", "fd_static", "change", "change_real"):
-                s[k] = spread([r[k] for r in rs])
+            for k in ("fd", "fd_floor", "fd_static", "change", "change_real", "fd_frames", "fd_frames_floor",
+                      "fd_frames_one"):
+                if all(k in r for r in rs):  # the still-frame distances are absent from results before 2026-12-06
+                    s[k] = spread([r[k] for r in rs])
             if "raw_fd" in rs[0]:
                 s["raw_fd"] = spread([r["raw_fd"] for r in rs])
         else:
@@ -331,6 +348,14 @@ def summarise(rows: list[dict]) -> list[dict]:
             s["d_psnr_mean_change"] = spread([r["psnr"] - r["mean_change_psnr"] for r in rs])
         out.append(s)
     return out
+
+
+def below(s: dict, reference: float) -> str:
+    """'yes' / 'no' for one seed; over seeds, how many were below the reference."""
+    hits = sum(v < reference for v in s["values"])
+    if len(s["values"]) == 1:
+        return "yes" if hits else "no"
+    return f"{hits} of {len(s['values'])} seeds"
 
 
 def _pm(s: dict, fmt: str) -> str:
@@ -378,17 +403,21 @@ def markdown(results: dict) -> str:
                 lines.append("")
         if noise:
             lines += [f"### {data}: noise-only models (Fréchet distance of random 3-D conv features, not FVD; "
-                      f"{SAMPLES} samples vs the test clips)", "",
-                      "| model | seed | distance | floor: training clips | reference: static training frames "
-                      "| below reference | frame change (real test) | picked step | train s (CPU s) |",
-                      "|---|---|---|---|---|---|---|---|---|"]
+                      f"{SAMPLES} samples vs the test clips; mean ± sample std over seeds)", "",
+                      "| model | seeds | distance | floor: training clips | reference: static training frames "
+                      "| below reference | frame change (real test) | still frames: distance (floor; one mean "
+                      "frame) | picked step | train s (CPU s) |",
+                      "|---|---|---|---|---|---|---|---|---|---|"]
             for s in noise:
-                raw = f" (raw G {s['raw_fd']['mean']:.4f})" if "raw_fd" in s else ""
+                raw = f" (raw G {_pm(s['raw_fd'], '.4f')})" if "raw_fd" in s else ""
+                frames = (f"{_pm(s['fd_frames'], '.4f')} ({s['fd_frames_floor']['mean']:.4f}; "
+                          f"{s['fd_frames_one']['mean']:.4f})" if "fd_frames" in s else "–")
                 lines.append(
-                    f"| {s['model']} | {' '.join(map(str, s['seeds']))} | {s['fd']['mean']:.4f}{raw} "
+                    f"| {s['model']} | {' '.join(map(str, s['seeds']))} | {_pm(s['fd'], '.4f')}{raw} "
                     f"| {s['fd_floor']['mean']:.4f} | {s['fd_static']['mean']:.4f} "
-                    f"| {'yes' if s['fd']['mean'] < s['fd_static']['mean'] else 'no'} "
-                    f"| {s['change']['mean']:.4f} ({s['change_real']['mean']:.4f}) | {' '.join(map(str, s['steps']))} "
+                    f"| {below(s['fd'], s['fd_static']['mean'])} "
+                    f"| {s['change']['mean']:.4f} ({s['change_real']['mean']:.4f}) | {frames} "
+                    f"| {' '.join(map(str, s['steps']))} "
                     f"| {s['train_seconds']['mean']:.0f} ({s['cpu_seconds']['mean']:.0f}) |")
             lines.append("")
     lines += ["Every run:", "", "| data | model | seed | picked step | result | train s | CPU s | load after |",
