@@ -57,15 +57,27 @@ def features(clips: Tensor, net: RandomVideoFeatures | None = None, batch: int =
     return torch.cat([net(clips[i:i + batch].cpu()) for i in range(0, len(clips), batch)]).double().numpy()
 
 
+def psd_sqrt(m: np.ndarray) -> np.ndarray:
+    """The square root of a symmetric positive semi-definite matrix (eigenvalues below 0 from
+    rounding taken as 0)."""
+    w, v = linalg.eigh((m + m.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
 def frechet_from_features(a: np.ndarray, b: np.ndarray) -> float:
-    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2) of two feature sets (rows = samples)."""
+    """||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^1/2) of two feature sets (rows = samples).
+
+    tr (S_a S_b)^1/2 is taken as tr (S_a^1/2 S_b S_a^1/2)^1/2 (the same eigenvalues), whose roots
+    are of symmetric PSD matrices: exact also where a covariance is singular (a set of one image
+    repeated, say), where a general matrix root of S_a S_b is not."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1] or min(len(a), len(b)) < 2:
         raise ValueError(f"need two (n >= 2, d) feature sets of one width, got {a.shape} and {b.shape}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     s_a, s_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root = np.real(linalg.sqrtm(s_a @ s_b))
-    distance = float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a + s_b - 2 * root))
-    return max(distance, 0.0)  # the matrix root's rounding can leave a tiny negative value
+    root_a = psd_sqrt(s_a)
+    trace_root = np.trace(psd_sqrt(root_a @ s_b @ root_a))
+    distance = float(((mu_a - mu_b) ** 2).sum() + np.trace(s_a) + np.trace(s_b) - 2 * trace_root)
+    return max(distance, 0.0)  # the roots' rounding can leave a tiny negative value
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:

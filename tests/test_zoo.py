@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -40,6 +41,18 @@ def test_distance_grows_monotonically_with_a_known_shift():
     blur = [distribution.frechet_distance(a, b + noise * torch.randn(b.shape, generator=torch.Generator().manual_seed(2)))
             for noise in (0.0, 0.1, 0.3)]
     assert blur[0] < blur[1] < blur[2], blur
+
+
+def test_distance_to_one_repeated_clip_is_exact_without_a_warning(recwarn):
+    """A set of one clip repeated has a zero covariance: the distance is ||mu_a - mu_b||^2 + tr S_b
+    exactly (the still-frame reference of bench zoo is such a set)."""
+    a = clips(seed=0)[:1].expand(48, -1, -1, -1, -1).contiguous()
+    b = clips(seed=1)
+    fa, fb = distribution.features(a), distribution.features(b)
+    expected = ((fa.mean(0) - fb.mean(0)) ** 2).sum() + np.trace(np.cov(fb, rowvar=False))
+    assert distribution.frechet_from_features(fa, fb) == pytest.approx(expected, rel=1e-9)
+    assert distribution.frechet_from_features(fb, fa) == pytest.approx(expected, rel=1e-9)
+    assert not recwarn.list, [str(w.message) for w in recwarn.list]
 
 
 def test_distance_features_are_fixed_by_their_seed():
