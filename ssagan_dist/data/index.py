@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 import braceexpand
 
 from ssagan_dist import storage
-from ssagan_dist.data.format import split_name
+from ssagan_dist.data.format import member_problem, skipped_member, split_name
 
 INDEX_NAME = "index.json"
 FORMAT = "ssagan-dist/clips"
@@ -56,7 +57,33 @@ def read_index(url: str, endpoint_url: str | None = None) -> dict | None:
         raise ValueError(f"{index_url}: format {index.get('format')!r} is not {FORMAT!r}")
     if index.get("version", 0) > VERSION:
         raise ValueError(f"{index_url}: index version {index['version']} is newer than this reader ({VERSION})")
+    shards = index.get("shards")
+    if not isinstance(shards, list) or not all(isinstance(s, dict) for s in shards):
+        raise ValueError(f"{index_url}: 'shards' must be a list of shard entries")
+    for entry in shards:
+        problem = shard_name_problem(entry.get("name"))
+        if problem:
+            raise ValueError(f"{index_url}: shard name {entry.get('name')!r} {problem}; "
+                             "an index names shards beside it, never a path")
     return index
+
+
+def shard_name_problem(name: object) -> str | None:
+    """Why ``name`` (from an index.json) is not a plain file name in the dataset folder (None: it is).
+
+    Names are joined to the dataset's folder/prefix to read shards and, by ``--overwrite``, to
+    delete old ones: a separator, a '..' or a leading dot could reach outside it or a hidden file."""
+    if not isinstance(name, str) or not name:
+        return "is not a non-empty string"
+    if "/" in name or "\\" in name:
+        return "holds a path separator"
+    if ".." in name:
+        return "holds '..'"
+    if name.startswith("."):
+        return "starts with a dot"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return "holds a control character"
+    return None
 
 
 def _require_bucket(url: str, endpoint_url: str | None) -> None:
@@ -113,10 +140,14 @@ def _scan_tar(url: str, endpoint_url: str | None) -> Shard:
     labels = False
     # one retried whole-object read: s3fs's streaming reads can end early, silently, on a dropped
     # connection, which would give a table with samples missing
-    with tarfile.open(fileobj=io.BytesIO(fs.cat_file(path)), mode="r:") as tar:
+    data = fs.cat_file(path)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for info in tar:
-            if not info.isfile():
+            if skipped_member(info):
                 continue
+            problem = member_problem(info, len(data))
+            if problem:
+                raise ValueError(f"shard {url}: {problem}")
             key, ext = split_name(info.name)
             if not keys or keys[-1] != key:
                 if key in seen:
@@ -209,8 +240,11 @@ def inspect_dataset(spec: str, endpoint_url: str | None = None, what: str = "dat
         raise ValueError(f"{what}: {spec!r} holds no clips")
     fs, path = storage.filesystem(first.url, endpoint_url)
     blob = fs.cat_file(path, start=first.offsets[0], end=first.offsets[1])
+    # as stored, not as indexed (an index that lies is named below), but never more pixels than the
+    # index's shape holds: image and .npy headers are checked before anything is decoded
+    bound = math.prod(first.clip_shape[1:]) if first.clip_shape is not None else None
     try:
-        frames, _ = decode_sample(blob, first.keys[0], None, False)  # (T, H, W, C) as stored
+        frames, _ = decode_sample(blob, first.keys[0], None, False, max_pixels=bound)  # (T, H, W, C)
     except ValueError as e:
         raise ValueError(f"{what}: first clip {first.keys[0]!r} of shard {first.url} cannot be decoded: {e}") from None
     channels = first.clip_shape[0] if first.clip_shape is not None else frames.shape[3]
