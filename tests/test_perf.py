@@ -45,20 +45,39 @@ def _first_conv(net):
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_bf16_channels_last_step_on_cpu_has_finite_losses(model):
+    """What perf.apply controls, on any CPU: every conv's weights and every 5-D batch tensor the
+    trainer moves are channels-last, the convs run under bf16 autocast, the master weights stay
+    float32. Not the layout a conv's *input* has deeper in the network: that is whatever the
+    previous kernel wrote, and oneDNN picks different kernels on different CPUs (an AVX2-only
+    EPYC keeps some activations contiguous where an AVX-512 Xeon does not)."""
     cfg, trainer = _build(model, "perf.autocast=bf16", "perf.channels_last=true")
+    assert trainer.autocast_dtype == torch.bfloat16
+    assert trainer.input_memory_format == torch.channels_last_3d
     seen = {}
     conv = _first_conv(trainer.nets["D"])  # D sees the batch's clips (or frames of them)
-    fmt = perf.channels_last_format(conv.weight.dim())
-    conv.register_forward_hook(lambda m, inputs, out: seen.update(
-        out_dtype=out.dtype, input_channels_last=inputs[0].is_contiguous(memory_format=fmt)))
+    conv.register_forward_hook(lambda m, inputs, out: seen.update(out_dtype=out.dtype))
+    moved = []
+    to_device = trainer._to_device  # what the trainer does with every batch tensor it takes
+
+    def recording(v):
+        out = to_device(v)
+        moved.append(out)
+        return out
+
+    trainer._to_device = recording
     before = checkpointing.state_digest(trainer)
     batches = _batches(cfg, 8)
     for _ in range(2):
         stats = trainer.run_step(batches)
     assert stats and all(torch.isfinite(v).all() for v in stats.values()), stats
     assert seen["out_dtype"] == torch.bfloat16  # autocast really ran the convs in bf16
-    assert seen["input_channels_last"]
-    assert conv.weight.is_contiguous(memory_format=fmt) and not conv.weight.is_contiguous()
+    clips = [t for t in moved if t.dim() == 5]
+    assert clips and all(t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
+                         for t in clips)  # 3 colour channels: channels-last is not also contiguous
+    weights = [m.weight for net in trainer.nets.values() for m in net.modules()
+               if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() in (4, 5)]
+    assert weights and all(w.is_contiguous(memory_format=perf.channels_last_format(w.dim())) for w in weights)
+    assert not conv.weight.is_contiguous()  # a k>1 kernel: really converted, not trivially both
     assert all(p.dtype == torch.float32 for net in trainer.nets.values() for p in net.parameters())  # master weights
     assert checkpointing.state_digest(trainer) != before  # it trained
 
