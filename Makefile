@@ -1,6 +1,7 @@
 # make demo       - set up and run the main job on embedded defaults (its own local Ray head, synthetic data)
 # make test       - set up (.venv and the system parts the tests run: prometheus, pushgateway, chromium)
 #                   and run the default suite (under 10 minutes on 2 cores); the 15 slowest tests at the end
+# make clean      - delete what make demo made (runs/tiny_cpu, data/synth_sky); other runs stay
 # make test-slow  - the slow tests only (CI runs both); make test-all - everything in one run
 .PHONY: setup setup-system demo test test-slow test-all bench soak clean
 PYTEST = RAY_AUTH_MODE=token .venv/bin/python -m pytest
@@ -28,5 +29,12 @@ bench-quality:  # prediction quality vs copy-frame (docs/quality.md); real foota
 bench-zoo:  # every registry model side by side vs copy-frame (docs/zoo.md); real footage also needs `apt-get install opencv-doc`
 	EXTRAS=test,quality scripts/setup.sh
 	RAY_AUTH_MODE=token .venv/bin/python -m ssagan_dist.bench zoo
+# clean: only what `make demo` made: its run folder, its data and, while that head is not running, the
+# state of the local Ray head (runs/.ray-local). Other runs under runs/ (every local run's default
+# storage) and a live head's state are left alone; runs/ and data/ go only once empty.
 clean:
-	rm -rf runs data/synth_sky .pytest_cache
+	@if jobs/ray_local.sh status >/dev/null 2>&1; then \
+	  echo "keeping runs/.ray-local: the local Ray head runs (jobs/ray_local.sh stop, then make clean)"; \
+	else jobs/ray_local.sh stop >/dev/null 2>&1 || true; rm -rf runs/.ray-local; fi
+	rm -rf runs/tiny_cpu data/synth_sky .pytest_cache
+	-@rmdir runs data 2>/dev/null || true
