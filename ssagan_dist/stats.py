@@ -230,7 +230,8 @@ def paired_bootstrap_seeds(a, b, n_boot: int = 10000, seed: int = 0, ci: float =
     if a.ndim == 1:
         a, b = a[None], b[None]
     if a.shape != b.shape or a.ndim != 2 or a.shape[1] < 2 or a.shape[0] < 1:
-        raise ValueError(f"per-seed paired scores: two (seeds, clips >= 2) arrays of one shape, got {a.shape}, {b.shape}")
+        raise ValueError(f"per-seed paired scores: two (seeds, clips >= 2) arrays of one shape, "
+                         f"got {a.shape} and {b.shape}")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise ValueError("paired scores hold NaN or infinite values")
     seeds, n = a.shape
