@@ -864,7 +864,10 @@ def conditional_tables(data: str, cond: list[dict], comps: list[dict], n_seeds: 
                          fallback=_no_interval(s.get(f"d_{metric}"), fmt))
             d_mean = _iv(find(comps, data, e, metric, e, f"mean_change_{metric}"), fmt,
                          fallback=_no_interval(s.get(f"d_{metric}_mean_change"), fmt))
-            d_best = "0 (best)" if e == best else _iv(find(comps, data, e, metric, best, metric), fmt)
+            gap = s[metric]["mean"] - next(x for x in cond if x["model"] == best)[metric]["mean"] if best else None
+            d_best = "0 (best)" if e == best else _iv(
+                find(comps, data, e, metric, best, metric), fmt,
+                fallback=f"{gap:{fmt}} (no per-clip scores)" if gap is not None else "–")
             steps = " ".join(map(str, s["steps"]))
             if "stage1_steps" in s:
                 steps += f" (Stage I: {' '.join(map(str, s['stage1_steps']))})"
@@ -982,7 +985,7 @@ def noise_tables(data: str, noise: list[dict], info: dict) -> list[str]:
     refs = info.get("references") or {}
     n_ref, n_test = info.get("n_reference", "?"), info.get("n_test", "?")
     samples = noise[0].get("samples", SAMPLES)
-    lines = [f"### {data}: noise-only models", "",
+    lines = [f"#### {data}: noise-only models", "",
              f"Kernel distance: unbiased MMD² with KID's cubic kernel on random conv features of the clips and of "
              f"their frame differences, standardised on the validation clips (`distribution.kernel_distances`; not "
              f"KID or KVD's numbers), {samples} samples (references: {n_ref} training clips) against {n_test} test "
@@ -1049,14 +1052,17 @@ def markdown(results: dict) -> str:
         info = results.get("data", {}).get(data, {})
         cond = [s for s in summary if s["data"] == data and s["model"] not in NOISE]
         noise = [s for s in summary if s["data"] == data and s["model"] in NOISE]
+        if not (cond or noise):
+            continue
+        lines += [f"### {data}", ""]
         seeds_used = info.get("data_seeds")
         if seeds_used:
-            lines += [f"### {data}: data", "", "Synthetic skies, data seed and clips per split: "
+            lines += ["Synthetic skies, data seed and clips per split: "
                       + ", ".join(f"{split} {seed} ({info.get(f'{split}_clips', '?')} clips)"
                                   for split, seed in seeds_used.items())
                       + "; validation makes every choice, test is scored once.", ""]
         elif info.get("test_videos"):
-            lines += [f"### {data}: data", "", f"Split by video: training {', '.join(info.get('train_videos', []))} "
+            lines += [f"Split by video: training {', '.join(info.get('train_videos', []))} "
                       f"({info.get('train_clips', '?')} clips); validation {', '.join(info.get('val_videos', []))} "
                       f"({info.get('val_clips', '?')}); test {', '.join(info['test_videos'])} "
                       f"({info.get('test_clips', '?')}).", ""]
