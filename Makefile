@@ -11,12 +11,22 @@ setup-system:  # apt: prometheus, prometheus-pushgateway, chromium (SSAGAN_TEST_
 	scripts/setup-system.sh
 demo:
 	jobs/demo.sh
-test: setup setup-system
+test: setup setup-system checkov-env
 	$(PYTEST) -m "not slow" -q --durations=15
-test-slow: setup setup-system
+test-slow: setup setup-system checkov-env
 	$(PYTEST) -m slow -q --durations=15
-test-all: setup setup-system
+test-all: setup setup-system checkov-env
 	$(PYTEST) -q --durations=15
+# checkov (tests/test_k8s_security.py scans k8s/ with it) in an environment of its own: it pins
+# botocore 1.35 and packaging 23, which would break s3fs/aiobotocore in .venv
+CHECKOV_VERSION = 3.3.30
+.PHONY: checkov-env
+checkov-env: .venv-checkov/.checkov-$(CHECKOV_VERSION)
+.venv-checkov/.checkov-$(CHECKOV_VERSION):
+	rm -rf .venv-checkov
+	python3 -m venv .venv-checkov
+	.venv-checkov/bin/pip install -q "checkov==$(CHECKOV_VERSION)"
+	touch $@
 soak: setup  # fault soak: random worker kills, Ctrl-C/resume cycles, S3 faults (MINUTES=10)
 	RAY_AUTH_MODE=token .venv/bin/python -m tests.soak --minutes $${MINUTES:-10}
 bench: setup

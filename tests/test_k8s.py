@@ -74,16 +74,18 @@ def test_repository_manifests_pass_every_check(kuberay_crds):
     assert [str(p) for p in problems] == []
 
 
-def test_kubectl_apply_k8s_creates_namespace_first_then_account_config_and_job():
+def test_kubectl_apply_k8s_creates_namespace_first_then_account_config_job_and_policies():
     top_level = sorted(p for p in K8S.iterdir() if p.is_file())
     assert all(p.suffix == ".yaml" for p in top_level)
     assert not any(p.name.lower().startswith("kustomization") for p in top_level)
     kinds = [doc["kind"] for p in top_level for doc in yaml.safe_load_all(p.read_text()) if doc]
     assert kinds[0] == "Namespace"
-    assert sorted(kinds) == ["ConfigMap", "Namespace", "RayJob", "ServiceAccount"]
-    # the sweep and the interactive cluster live in sub-folders, applied separately
-    assert {doc["kind"] for _, doc in docs_in(K8S / "tune")} == {"ConfigMap", "RayJob"}
-    assert {doc["kind"] for _, doc in docs_in(K8S / "cluster")} == {"RayCluster"}
+    assert sorted(kinds) == ["ConfigMap", "Namespace", "NetworkPolicy", "NetworkPolicy", "NetworkPolicy",
+                             "RayJob", "ServiceAccount"]
+    # the sweep and the interactive cluster live in sub-folders, applied separately, each with the
+    # NetworkPolicies that admit its own pods (tests/test_k8s_security.py)
+    assert {doc["kind"] for _, doc in docs_in(K8S / "tune")} == {"ConfigMap", "NetworkPolicy", "RayJob"}
+    assert {doc["kind"] for _, doc in docs_in(K8S / "cluster")} == {"NetworkPolicy", "RayCluster"}
     for path, doc in docs_in(K8S):
         if doc["apiVersion"].startswith("monitoring.coreos.com/"):
             assert path.parent != K8S, f"{path}: Prometheus-Operator objects belong in a sub-folder"

@@ -33,6 +33,7 @@ import argparse
 import difflib
 import functools
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -445,12 +446,26 @@ def image_problem(image: Any) -> Optional[str]:
     return None
 
 
-def check_env(m: Manifest, path: tuple, env: Any) -> list[Problem]:
+def check_env(m: Manifest, path: tuple, env: Any, mounts: Optional[list] = None,
+              volumes: Optional[list] = None) -> list[Problem]:
+    """No credential as a literal env value. A ``*_FILE`` variable naming a file is not a secret
+    itself (AWS_SHARED_CREDENTIALS_FILE): it must name a file of a Secret volume the container mounts
+    (when its mounts are known here)."""
     problems = []
+    secret_volumes = {v.get("name") for v in volumes or [] if isinstance(v, dict) and v.get("secret")}
+    secret_dirs = [str(mount.get("mountPath", "")).rstrip("/") + "/" for mount in mounts or []
+                   if isinstance(mount, dict) and mount.get("name") in secret_volumes]
     for i, var in enumerate(env or []):
-        if isinstance(var, dict) and SENSITIVE_NAME.search(str(var.get("name", ""))) and var.get("value"):
-            problems.append(m.problem(path + ("env", i, "value"), f"{var['name']} has a literal value: "
-                                      "take it from a Secret (valueFrom.secretKeyRef)"))
+        if not isinstance(var, dict) or not SENSITIVE_NAME.search(str(var.get("name", ""))) or not var.get("value"):
+            continue
+        name, value = str(var["name"]), str(var["value"])
+        if name.endswith("_FILE") and value.startswith("/"):
+            if mounts is not None and not any(value.startswith(d) for d in secret_dirs):
+                problems.append(m.problem(path + ("env", i, "value"), f"{name} = {value} is not in a Secret "
+                                          "volume this container mounts"))
+            continue
+        problems.append(m.problem(path + ("env", i, "value"), f"{name} has a literal value: take it from a "
+                                  "Secret (a mounted file, or valueFrom.secretKeyRef)"))
     return problems
 
 
@@ -463,7 +478,8 @@ def check_pods(manifests: list[Manifest]) -> list[Problem]:
             for path, container in containers(pod):
                 problems += check_security(m, path, container.get("securityContext"), pod_security,
                                            container.get("volumeMounts") or [])
-                problems += check_env(m, path, container.get("env"))
+                problems += check_env(m, path, container.get("env"), container.get("volumeMounts") or [],
+                                      pod.spec.get("volumes"))
                 bad = image_problem(container.get("image"))
                 if bad:
                     problems.append(m.problem(path + ("image",), bad))
@@ -503,6 +519,34 @@ def check_secrets(manifests: list[Manifest]) -> list[Problem]:
             for key, value in (m.doc.get("data") or {}).items():
                 if SENSITIVE_NAME.search(key) and value:
                     problems.append(m.problem(["data", key], "looks like a credential: keep it in a Secret"))
+    return problems
+
+
+def check_network_policies(manifests: list[Manifest]) -> list[Problem]:
+    """A NetworkPolicy's ``podSelector`` selects some pod template of the folder (a mistyped label
+    selects nothing, silently), and a named port it admits is a container port of a pod it selects."""
+    pods = [(m.namespace, pod) for m in manifests for pod in pod_templates(m)]
+    problems = []
+    for m in manifests:
+        if m.kind != "NetworkPolicy":
+            continue
+        selector = dig(m.doc, "spec", "podSelector") or {}
+        if selector.get("matchExpressions"):
+            continue  # set-based selectors: not evaluated here
+        wanted = selector.get("matchLabels") or {}
+        selected = [pod for namespace, pod in pods if namespace == m.namespace
+                    and all(pod.labels.get(k) == v for k, v in wanted.items())]
+        if wanted and not selected:
+            problems.append(m.problem("spec.podSelector.matchLabels", f"{wanted} selects no pod template of "
+                                      f"namespace {m.namespace!r} here (a mistyped label admits nothing)"))
+            continue
+        names = {port.get("name") for pod in selected for _, container in containers(pod)
+                 for port in container.get("ports") or []}
+        for i, rule in enumerate(dig(m.doc, "spec", "ingress") or []):
+            for j, port in enumerate(rule.get("ports") or []):
+                if selected and isinstance(port.get("port"), str) and port["port"] not in names:
+                    problems.append(m.problem(("spec", "ingress", i, "ports", j, "port"), f"no pod it selects "
+                                              f"has a container port named {port['port']!r}"))
     return problems
 
 
@@ -783,6 +827,70 @@ def check_ray_job(m: Manifest) -> list[Problem]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Pods as a generic scanner sees them
+# ---------------------------------------------------------------------------------------------
+
+AUTOSCALER_DEFAULT_PULL_POLICY = "IfNotPresent"  # KubeRay's, when autoscalerOptions names none
+
+
+def pod_manifests(root: Path) -> list[tuple[str, dict]]:
+    """(file name, manifest) for a generic Kubernetes scanner (checkov, ...), which does not look
+    inside KubeRay's custom resources: each pod template of a RayJob/RayCluster (head, every worker
+    group, the job submitter) as a Pod of the CR's namespace, with the template's labels and
+    annotations (``checkov.io/skip`` annotations included), the head with the autoscaler sidecar
+    KubeRay adds from ``autoscalerOptions``; and every core-kind manifest as it is (the scanner's
+    graph checks match Pods to NetworkPolicies by label)."""
+    manifests, problems = load_manifests(Path(root))
+    if problems:
+        raise ValueError("; ".join(str(p) for p in problems))
+    out: list[tuple[str, dict]] = []
+    for m in manifests:
+        stem = Path(m.file).stem
+        if is_core_group(api_group(m.doc["apiVersion"])):
+            out.append((f"{stem}--{m.kind.lower()}-{m.name}.yaml", m.doc))
+            continue
+        cluster = ray_cluster_spec(m)
+        if cluster is None:
+            continue
+        groups = iter(cluster.get("workerGroupSpecs") or [])
+        for pod in pod_templates(m):
+            name = f"{m.name}-{pod.role}"
+            if pod.role == "worker":
+                name += f"-{next(groups).get('groupName', 'group')}"
+            metadata = dict(dig(m.doc, *pod.path[:-1], "metadata") or {})
+            metadata.update(name=name, namespace=m.namespace)
+            spec = dict(pod.spec)
+            if pod.role == "head" and cluster.get("enableInTreeAutoscaling"):
+                spec["containers"] = [*spec.get("containers", []), autoscaler_container(cluster, spec)]
+            out.append((f"{stem}--pod-{name}.yaml", {"apiVersion": "v1", "kind": "Pod", "metadata": metadata,
+                                                    "spec": spec}))
+    return out
+
+
+def autoscaler_container(cluster: dict, head_spec: dict) -> dict:
+    """The sidecar KubeRay adds to the head pod for in-tree autoscaling, from ``autoscalerOptions``."""
+    options = cluster.get("autoscalerOptions") or {}
+    head = (head_spec.get("containers") or [{}])[0]
+    container = {"name": "autoscaler", "image": options.get("image", head.get("image")),
+                 "imagePullPolicy": options.get("imagePullPolicy", AUTOSCALER_DEFAULT_PULL_POLICY)}
+    for key in ("resources", "securityContext", "env", "envFrom", "volumeMounts"):
+        if key in options:
+            container[key] = options[key]
+    return container
+
+
+def write_pod_manifests(root: Path, out: Path) -> list[Path]:
+    """``pod_manifests(root)`` as YAML files in folder ``out`` (created); returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, doc in pod_manifests(root):
+        path = out / name
+        path.write_text(yaml.safe_dump(json.loads(json.dumps(doc)), sort_keys=False))  # no YAML aliases
+        paths.append(path)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
 # Everything
 # ---------------------------------------------------------------------------------------------
 
@@ -824,7 +932,7 @@ def check(root: Path, crds: "Crds | Path | None" = None,
                 raise
             # the cross-checks need the structure the schema describes: fix the schema problems first
     try:
-        problems += check_pods(manifests)
+        problems += check_pods(manifests) + check_network_policies(manifests)
     except (TypeError, AttributeError, ValueError):
         if not problems:
             raise
@@ -838,9 +946,20 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--crds", type=Path, default=None,
                    help=f"folder of the KubeRay CRD YAML files (default: ${CRDS_ENV}, else the CRDs of the "
                         "cluster kubectl reaches, else the RayJob/RayCluster schema check is skipped)")
+    p.add_argument("--extract-pods", type=Path, default=None, metavar="DIR",
+                   help="write every RayJob/RayCluster pod template as a Pod manifest (and the core-kind "
+                        "manifests as they are) into DIR for a generic scanner such as checkov, and exit")
     p.add_argument("--kubernetes-version", default=DEFAULT_KUBERNETES_VERSION,
                    help="Kubernetes version whose schemas the core kinds must pass (default: %(default)s)")
     args = p.parse_args(argv)
+    if args.extract_pods is not None:
+        try:
+            paths = write_pod_manifests(args.folder, args.extract_pods)
+        except ValueError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"{len(paths)} manifests (pod templates as Pods, core kinds as they are) in {args.extract_pods}")
+        return 0
     try:
         cli.require_extra("the manifest checker", "deploy", "kubernetes_validate", "jsonschema")
     except cli.MissingExtra as e:
