@@ -107,7 +107,7 @@ class MetricsConfig:
     """Prometheus export from every training worker (docs/observability.md)."""
 
     enabled: bool = True
-    host: str = "0.0.0.0"  # interface the per-worker /metrics HTTP server binds
+    host: str = "127.0.0.1"  # interface the per-worker /metrics server binds (k8s/ run config: 0.0.0.0)
     # Each worker takes the first free port in [port, port + port_span): ranks sharing a node and
     # two runs on one machine never collide. On Kubernetes (one worker per pod) that is `port`.
     port: int = 9400
