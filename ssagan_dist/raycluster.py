@@ -11,6 +11,12 @@ for many minutes with Ray's hint in an INFO line only. ``init`` probes the addre
   of ``$SSAGAN_RAY_CONNECT_WAIT_S`` (default 60 s): a head that is still starting comes up.
 
 Addresses with a scheme (``ray://`` clients) are left to Ray.
+
+``init`` also gives every worker process of the job (Ray Train's controller and its helper
+actors) its cluster's address as ``RAY_ADDRESS`` (``set_address_in_worker``, a worker-process
+setup hook): Ray Train 2.60's PlacementGroupCleaner looks its cluster up without an address, and
+on a machine that runs more than one Ray cluster (the demo's head beside another user's) it
+failed with a traceback, "Found multiple active Ray instances".
 """
 
 from __future__ import annotations
@@ -80,9 +86,33 @@ def check_reachable(address: Optional[str]) -> None:
         time.sleep(1)
 
 
-def init(address: Optional[str], **kwargs: Any) -> None:
-    """``ray.init(address=address, **kwargs)`` after ``check_reachable``."""
+def _job_runtime_env() -> dict[str, Any]:
+    """The runtime env of the Ray job this process is the driver of (``ray job submit``), if any."""
+    import json
+
+    try:
+        return json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}").get("runtime_env") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def set_address_in_worker() -> None:
+    """Worker-process setup hook (see the module doc): ``RAY_ADDRESS`` is this worker's cluster."""
+    import ray
+
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+
+
+def init(address: Optional[str], log_level: str = "INFO", **kwargs: Any) -> None:
+    """``ray.init(address=address, **kwargs)`` after ``check_reachable``; ``log_level``: Ray's own
+    console logging in this process (``ray.init``'s ``logging_level``: "Connecting to existing
+    Ray cluster ..." and the like are INFO)."""
+    import logging
+
     import ray
 
     check_reachable(address)
-    ray.init(address=address, **kwargs)
+    hook = "worker_process_setup_hook"
+    if "runtime_env" not in kwargs and hook not in _job_runtime_env():  # a job's own hook: left alone
+        kwargs["runtime_env"] = {hook: f"{__name__}.{set_address_in_worker.__name__}"}
+    ray.init(address=address, logging_level=logging.getLevelName(log_level), **kwargs)

@@ -82,6 +82,21 @@ def join(url: str, *parts: str) -> str:
     return out
 
 
+SHARED_STORAGE_ENV = "SSAGAN_SHARED_STORAGE"
+
+
+def declared_shared(path: str) -> bool:
+    """Whether the local ``path`` is, or lies in, a folder that ``$SSAGAN_SHARED_STORAGE`` (folders
+    separated by ':') declares mounted at the same path on every node of the cluster (NFS and the
+    like): the user's word, which nothing here can check."""
+    here = os.path.realpath(os.path.expanduser(path))
+    for folder in filter(None, os.environ.get(SHARED_STORAGE_ENV, "").split(os.pathsep)):
+        root = os.path.realpath(os.path.expanduser(folder))
+        if here == root or here.startswith(root.rstrip(os.sep) + os.sep):
+            return True
+    return False
+
+
 def exists(url: str, endpoint_url: str | None = None) -> bool:
     fs, path = filesystem(url, endpoint_url)
     return fs.exists(path)

@@ -189,6 +189,65 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks
     )
 
 
+def ray_job_working_dir() -> Optional[Path]:
+    """Ray's copy of the working dir, when this process is the driver of a Ray job submitted with
+    one (``ray job submit --working-dir``): the driver runs in it, under the Ray session's
+    ``runtime_resources/working_dir_files``, and Ray deletes it with the job. Else None."""
+    try:
+        job = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR") or "{}")
+    except ValueError:
+        return None
+    return Path.cwd().resolve() if (job.get("runtime_env") or {}).get("working_dir") else None
+
+
+def alive_nodes() -> int:
+    import ray
+
+    return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+
+def check_storage_shared(cfg: ExperimentConfig, nodes: int, job_copy: Optional[Path]) -> None:
+    """A local ``run.storage_path`` must be one every rank and the driver see, and one that outlives
+    the command: refused (ConfigError, one line) inside a Ray job's copy of its working dir
+    (``job_copy``), or on a cluster of more than one node (each rank would write its checkpoints
+    to its own node's disk), unless it lies in a folder declared shared storage
+    (``storage.SHARED_STORAGE_ENV``). s3:// always passes; so does a local path on a one-node
+    cluster outside the job's copy (``make demo``: its own head, runs/ of the repository)."""
+    path = cfg.run.storage_path
+    if "://" in path or storage.declared_shared(path):
+        return
+    docs = 'docs/training.md, "Where runs are stored"'
+    if job_copy is not None and (Path(path) == job_copy or job_copy in Path(path).parents):
+        raise ConfigError(f"config key 'run.storage_path' = {path!r} is inside this Ray job's copy of its working "
+                          "dir, which Ray deletes when the job ends: give s3://BUCKET/PREFIX or an absolute path "
+                          "outside it (on a cluster of more than one node: a folder every node mounts, named in "
+                          f"{storage.SHARED_STORAGE_ENV}; {docs})")
+    if nodes > 1:
+        raise ConfigError(f"config key 'run.storage_path' = {path!r} is a local folder and the Ray cluster has "
+                          f"{nodes} nodes: each rank would write its checkpoints to its own node's disk. Give "
+                          f"s3://BUCKET/PREFIX, or a folder every node mounts at that path and declare it shared: "
+                          f"{storage.SHARED_STORAGE_ENV}={path} ({docs})")
+
+
+@contextlib.contextmanager
+def _preemption_watcher_on_nodes(nodes: int) -> Iterator[None]:
+    """Ray Train's PreemptionWatcher (an actor that watches the nodes of the workers for drains)
+    is off on a one-node cluster, where draining the node ends the driver too: its constructor
+    takes the workers' actor handles, which Ray Core counts as arguments in the object store, and
+    that printed an error-level line on every run (docs/training.md). On more nodes it stays, and
+    so does the line. ``RAY_TRAIN_ENABLE_PREEMPTION_WATCHER``, when set, decides instead. Ray Train
+    reads the variable when ``fit`` creates its controller."""
+    name = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+    if nodes > 1 or name in os.environ:
+        yield
+        return
+    os.environ[name] = "0"
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
+
+
 def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
     """Prepare and check the data (unless ``clip_shape`` says ``prepare`` ran), start or join Ray,
     run training; returns Ray's Result. Raises Diverged when a loss went non-finite."""
@@ -196,12 +255,15 @@ def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
 
     if clip_shape is None:
         cfg, clip_shape = prepare(cfg)
+    if not ray.is_initialized():
+        raycluster.init(cfg.run.ray_address, log_level=cfg.run.ray_train_log_level)
+    nodes = alive_nodes()
+    check_storage_shared(cfg, nodes, ray_job_working_dir())
     marker = storage.join(run_url(cfg), DIVERGED_FILE)
     if storage.exists(marker, cfg.run.s3_endpoint):
         storage.remove(marker, cfg.run.s3_endpoint)  # a re-run (new settings) tries again
-    if not ray.is_initialized():
-        raycluster.init(cfg.run.ray_address)
-    result = _fit_in_thread(build_ray_trainer(cfg, clip_shape))
+    with _preemption_watcher_on_nodes(nodes):
+        result = _fit_in_thread(build_ray_trainer(cfg, clip_shape))
     if storage.exists(marker, cfg.run.s3_endpoint):
         raise Diverged(json.loads(storage.read_bytes(marker, cfg.run.s3_endpoint))["error"])
     return result
@@ -313,6 +375,7 @@ def set_up(config: dict[str, Any]) -> Worker:
     import ray.train.torch
 
     cfg: ExperimentConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), config["cfg"])
+    level_ray_train_loggers(cfg.run.ray_train_log_level)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _set_determinism(cfg)  # identical initial weights on every rank
@@ -507,17 +570,49 @@ def _set_determinism(cfg: ExperimentConfig) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
+def no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP's argument for "no buffer broadcast in forward": two D forwards (real, fake) before one
+    backward need it (pytorch/pytorch#22095). torch 2.13 renamed ``broadcast_buffers`` to
+    ``forward_sync_buffers`` and warns (FutureWarning) on the old name; the new one still
+    broadcasts rank 0's buffers once when DDP wraps the module, which changes nothing here: every
+    rank built or loaded the same buffers (``check_ranks_agree``)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}  # torch < 2.13
+
+
 def _wrap_for_ddp(cfg: ExperimentConfig) -> Callable[[torch.nn.Module], torch.nn.Module]:
     import ray.train.torch
 
     def wrap(module: torch.nn.Module) -> torch.nn.Module:
         if cfg.trainer.sync_batchnorm and cfg.trainer.num_workers > 1:
             module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        # Two D forwards (real, fake) before one backward need broadcast_buffers=False (pytorch/pytorch#22095).
         return ray.train.torch.prepare_model(module, move_to_device=False,
-                                             parallel_strategy_kwargs={"broadcast_buffers": False,
+                                             parallel_strategy_kwargs={**no_forward_buffer_sync(),
                                                                        **perf.ddp_kwargs(cfg.perf)})
     return wrap
+
+
+def level_ray_train_loggers(level: str) -> None:
+    """``run.ray_train_log_level`` for every Ray Train logger of this worker process. Ray Train
+    2.60's LoggingConfig filters the ``ray.train`` logger tree only, but two of its modules name
+    their logger by file path (``logging.getLogger(__file__)``: execution/context.py, whose INFO line
+    'Reporting training result N: TrainingReport(...)' came on every report of every rank, and
+    collective/collectives.py); those propagate to the root logger, which Ray Train sets to INFO."""
+    import logging
+
+    import ray.train
+    import ray.train.collective.collectives  # noqa: F401  (its logger exists from here on)
+    import ray.train.v2._internal.execution.context  # noqa: F401
+
+    package = os.path.dirname(os.path.abspath(ray.train.__file__)) + os.sep
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(package):
+            logging.getLogger(name).setLevel(level)
 
 
 def say(line: str) -> None:
@@ -559,8 +654,12 @@ def main(argv: Optional[list[str]] = None) -> int:
         cfg, clip_shape = prepare(cfg)  # everything the driver can check, before Ray starts
         if started_ray:
             can_grow = joins_cluster(cfg)  # a cluster we join may autoscale; our own local Ray cannot
-            raycluster.init(cfg.run.ray_address)  # a dead cluster's address: an error, not a long wait
+            raycluster.init(cfg.run.ray_address,  # a dead cluster's address: an error, not a long wait
+                            log_level=cfg.run.ray_train_log_level)
+            check_storage_shared(cfg, alive_nodes(), ray_job_working_dir())  # before any wait for nodes
             wait_for_resources(cfg, can_grow)
+        print(f"[train] {cfg.model.name}: starting {cfg.trainer.num_workers} Ray Train worker(s); run folder "
+              f"{run_url(cfg)}", flush=True)
         result = fit(cfg, clip_shape)
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)

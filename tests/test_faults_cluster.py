@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ssagan_dist import checkpointing, train
+from ssagan_dist import checkpointing, storage, train
 from tests.faults import ray_train_workers, wait_until
 from tests.test_faults import FAST, assert_same_weights, data_args, events, train_in_thread
 
@@ -29,12 +29,20 @@ def cluster():
     c.shutdown()
 
 
+@pytest.fixture
+def shared_tmp_path(tmp_path, monkeypatch):
+    """tmp_path declared shared storage: the cluster's nodes all run on this machine, so they all
+    see it (a local run.storage_path is refused on a cluster of several nodes otherwise)."""
+    monkeypatch.setenv(storage.SHARED_STORAGE_ENV, str(tmp_path))
+    return tmp_path
+
+
 def hosting_workers(nodes) -> dict:
     """node -> its RayTrainWorker processes, for the nodes that host any."""
     return {n: w for n in nodes if (w := ray_train_workers(n.all_processes["raylet"][0].process.pid))}
 
 
-def test_an_elastic_group_finishes_on_fewer_workers_after_losing_a_node(cluster, sky, tmp_path):
+def test_an_elastic_group_finishes_on_fewer_workers_after_losing_a_node(cluster, sky, shared_tmp_path):
     """trainer.min_workers=1, num_workers=2 on two 1-CPU nodes: a node is removed mid-run and the
     run finishes on the one left, with the global batch kept and every clip of each epoch seen once
     (the loader's position is a prefix of the epoch order, so it carries over any group size).
@@ -43,11 +51,11 @@ def test_an_elastic_group_finishes_on_fewer_workers_after_losing_a_node(cluster,
     coordinator sees room for, and the coordinator refreshes its node list only every 20 s, so on a
     cluster whose nodes just changed it would start smaller (and grow a minute later)."""
     c, _ = cluster
-    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}", "run.name=elastic",
+    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={shared_tmp_path}", "run.name=elastic",
             "trainer.num_workers=2", "trainer.min_workers=1", "trainer.batch_size=2", "trainer.max_steps=120",
             "trainer.val_every=20", "trainer.log_every=20"]
     thread, out = train_in_thread(args)
-    wait_until((tmp_path / "elastic" / "checkpoint_000000020" / "model.pt").exists, "the first checkpoint",
+    wait_until((shared_tmp_path / "elastic" / "checkpoint_000000020" / "model.pt").exists, "the first checkpoint",
                alive=thread.is_alive, why=lambda: f"(train.main returned {out})")
     worker_nodes = c.list_all_nodes()[1:]
     hosting = hosting_workers(worker_nodes)
@@ -55,7 +63,7 @@ def test_an_elastic_group_finishes_on_fewer_workers_after_losing_a_node(cluster,
     c.remove_node(next(iter(hosting)))
     thread.join(timeout=400)
     assert out.get("rc") == 0
-    final = tmp_path / "elastic" / "checkpoint_000000120"
+    final = shared_tmp_path / "elastic" / "checkpoint_000000120"
     assert checkpointing.read_model(final)["step"] == 120
     assert not (final / "worker-1.pt").exists(), "the run did not finish on fewer workers"
     loader = checkpointing.read_worker(final, 0)["loader"]
@@ -65,16 +73,16 @@ def test_an_elastic_group_finishes_on_fewer_workers_after_losing_a_node(cluster,
     assert (loader["epoch"], loader["consumed"]) in ((40, 0), (39, 6))
 
 
-def test_a_removed_node_is_survived_with_the_same_final_weights(cluster, sky, tmp_path):
+def test_a_removed_node_is_survived_with_the_same_final_weights(cluster, sky, shared_tmp_path):
     c, _ = cluster
     c.add_node(num_cpus=1)  # the elastic test removed one; back to two worker nodes
     c.wait_for_nodes()
     nodes = c.list_all_nodes()[1:]
-    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}",
+    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={shared_tmp_path}",
             "trainer.max_steps=120", "trainer.val_every=20", "trainer.log_every=20"]
     assert train.main([*args, "run.name=straight"]) == 0
     thread, out = train_in_thread([*args, "run.name=lost"])
-    wait_until((tmp_path / "lost" / "checkpoint_000000020" / "model.pt").exists, "the first checkpoint",
+    wait_until((shared_tmp_path / "lost" / "checkpoint_000000020" / "model.pt").exists, "the first checkpoint",
                alive=thread.is_alive, why=lambda: f"(train.main returned {out})")
     hosting = list(hosting_workers(nodes))
     assert len(hosting) == 1
@@ -82,6 +90,6 @@ def test_a_removed_node_is_survived_with_the_same_final_weights(cluster, sky, tm
     thread.join(timeout=300)
     assert out.get("rc") == 0
     # the group restarted from a checkpoint (a save cut short by the fault is skipped, if any)
-    assert "resumed" in [e["event"] for e in events(tmp_path / "lost")]
-    assert checkpointing.read_model(Path(tmp_path / "lost" / "checkpoint_000000120"))["step"] == 120
-    assert_same_weights(tmp_path / "straight", tmp_path / "lost")
+    assert "resumed" in [e["event"] for e in events(shared_tmp_path / "lost")]
+    assert checkpointing.read_model(Path(shared_tmp_path / "lost" / "checkpoint_000000120"))["step"] == 120
+    assert_same_weights(shared_tmp_path / "straight", shared_tmp_path / "lost")

@@ -119,12 +119,22 @@ def test_fp16_gradient_scaler_path_runs_and_round_trips():
 
 
 def test_ddp_options_reach_a_real_ddp(tmp_path):
+    """The DDP arguments of a training worker (train._wrap_for_ddp): the perf options, and no
+    buffer broadcast in forward (two D forwards per backward) asked for without torch's
+    FutureWarning for the old broadcast_buffers name."""
+    import warnings
+
+    from ssagan_dist import train
+
     cfg = load_config("tiny_cpu", ["perf.ddp_bucket_cap_mb=1", "perf.ddp_gradient_as_bucket_view=true"])
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
         net = experiment.build_networks(cfg)["D"]
-        ddp = DistributedDataParallel(net, **perf.ddp_kwargs(cfg.perf))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            ddp = DistributedDataParallel(net, **train.no_forward_buffer_sync(), **perf.ddp_kwargs(cfg.perf))
+        assert not ddp.broadcast_buffers  # torch 2.13: the same flag as forward_sync_buffers
         assert ddp.bucket_bytes_cap == 1 * 1024 * 1024
         assert ddp.gradient_as_bucket_view
         ddp(torch.rand(2, 3, 8, 32, 32))[0].sum().backward()
