@@ -17,6 +17,14 @@ plain tensors and containers: ``torch.load(..., weights_only=True)`` reads it.
 ``CheckpointManager`` is the one owner of the policy: what a rank restores (and so the step it
 continues from), what it saves, and which checkpoints Ray keeps. Rebuilding a trainer from a
 checkpoint is ``experiment.load_trainer``.
+
+A checkpoint is *complete* (``load_complete``, the one rule for resume, ``resolve`` and so
+evaluate, predict and ``run.stage1_checkpoint``) when its config.yaml reads as plain data
+(``config.read_yaml``: no interpolation), its model.pt loads, every rank that model.pt says saved
+left its worker file, each of them loads, and the weights in model.pt hash to the ``state_digest``
+the ranks recorded at the save. The digest catches a file damaged or edited after the save; it is
+not a signature (whoever can write the checkpoint storage can rewrite both: docs/reliability.md,
+"Trust boundaries").
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ import torch
 from omegaconf import OmegaConf
 
 from ssagan_dist import storage
-from ssagan_dist.config import ExperimentConfig
+from ssagan_dist.config import ConfigError, ExperimentConfig, InterpolationRefused, read_yaml
 from ssagan_dist.trainers import GANTrainer, unwrap
 
 log = logging.getLogger(__name__)
@@ -58,15 +66,22 @@ def checkpoint_dir_name(step: int) -> str:
     return f"checkpoint_{step:09d}"
 
 
-def state_digest(trainer: GANTrainer) -> str:
-    """sha256 of every network's parameters and buffers (BatchNorm statistics included): equal on
-    all DDP ranks when they hold the same model."""
+def nets_digest(nets: dict[str, dict[str, torch.Tensor]]) -> str:
+    """sha256 of state dicts by network role: names, then bytes, in sorted order."""
     h = hashlib.sha256()
-    for name, net in sorted(trainer.nets.items()):
-        for key, t in sorted(unwrap(net).state_dict().items()):
+    for name, state in sorted(nets.items()):
+        for key, t in sorted(state.items()):
             h.update(f"{name}.{key}".encode())
             h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def state_digest(trainer: GANTrainer) -> str:
+    """sha256 of every network's parameters and buffers (BatchNorm statistics included): equal on
+    all DDP ranks when they hold the same model. Every rank records it in its worker file at each
+    save; ``check_digest`` compares it with the weights in model.pt (``trainer.state_dict()["nets"]``
+    holds the same state dicts)."""
+    return nets_digest({name: unwrap(net).state_dict() for name, net in trainer.nets.items()})
 
 
 def rng_state() -> dict[str, Any]:
@@ -95,7 +110,8 @@ def write(directory: Path, *, rank: int, worker_state: dict[str, Any], trainer: 
     if trainer is not None:
         torch.save({"format_version": FORMAT_VERSION, "model": cfg.model.name, "trainer": trainer.state_dict(),
                     "step": step, "clip_shape": clip_shape, "world_size": world_size}, directory / MODEL_FILE)
-        (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg))
+        # resolved: a checkpoint's config is read back as plain data, where an interpolation is refused
+        (directory / CONFIG_FILE).write_text(OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def read_model(directory: Path, expect_model: Optional[str] = None, source: Optional[str] = None) -> dict[str, Any]:
@@ -120,12 +136,19 @@ def read_model(directory: Path, expect_model: Optional[str] = None, source: Opti
 
 
 def read_config(directory: Path, source: Optional[str] = None) -> Any:
-    """config.yaml of a local checkpoint directory (``source`` as in ``read_model``)."""
+    """config.yaml of a local checkpoint directory (``source`` as in ``read_model``), as plain data
+    (``config.read_yaml``: an interpolation such as ``${oc.env:...}`` is refused, never resolved)."""
+    shown = storage.join(source or str(directory), CONFIG_FILE)
     try:
-        return OmegaConf.load(directory / CONFIG_FILE)
-    except Exception as e:  # a truncated or foreign file: yaml and OmegaConf raise several types
-        raise DamagedCheckpoint(f"checkpoint file {storage.join(source or str(directory), CONFIG_FILE)} cannot be "
-                                f"read ({type(e).__name__})") from None
+        data = read_yaml(directory / CONFIG_FILE, source=shown)
+    except InterpolationRefused as e:  # the message names the file and the key, never the value
+        raise DamagedCheckpoint(f"checkpoint {e}") from None
+    except (ConfigError, OSError) as e:  # truncated, not YAML, not text
+        why = "not valid YAML" if isinstance(e, ConfigError) else type(e).__name__
+        raise DamagedCheckpoint(f"checkpoint file {shown} cannot be read ({why})") from None
+    if not isinstance(data, dict):
+        raise DamagedCheckpoint(f"checkpoint file {shown} is not a configuration (a YAML mapping)")
+    return OmegaConf.create(data)  # plain data without '${': nothing for OmegaConf to resolve
 
 
 def read_worker(directory: Path, rank: int, source: Optional[str] = None) -> Optional[dict[str, Any]]:
@@ -139,6 +162,54 @@ def read_worker(directory: Path, rank: int, source: Optional[str] = None) -> Opt
                                 f"cannot be read ({type(e).__name__})") from None
 
 
+def check_digest(model: dict[str, Any], workers: dict[str, Optional[dict[str, Any]]], source: str) -> None:
+    """The weights in model.pt against the ``state_digest`` the ranks recorded in their worker
+    files at the save; raises DamagedCheckpoint on a mismatch. Checkpoints that record none (format
+    1, files written by hand) pass."""
+    recorded = {name: w["state_digest"] for name, w in sorted(workers.items()) if w and "state_digest" in w}
+    if not recorded:
+        return
+    actual = nets_digest(model["trainer"]["nets"])
+    wrong = [name for name, digest in recorded.items() if digest != actual]
+    if wrong:
+        raise DamagedCheckpoint(f"checkpoint file {storage.join(source, MODEL_FILE)} holds weights whose digest "
+                                f"({actual[:12]}...) is not the one recorded at the save in {wrong[0]} "
+                                f"({recorded[wrong[0]][:12]}...): it was changed or damaged after it was written")
+
+
+def load_complete(directory: Path, source: str, expect_model: Optional[str] = None
+                  ) -> tuple[dict[str, Any], dict[str, Optional[dict[str, Any]]]]:
+    """(model state, {worker file name: its state}) of a local copy of a checkpoint (``fetch_all``)
+    if it is complete (module docstring); raises DamagedCheckpoint naming what is wrong."""
+    if not (directory / CONFIG_FILE).exists():
+        raise DamagedCheckpoint(f"{source}: no {CONFIG_FILE}")
+    read_config(directory, source)
+    model = read_model(directory, expect_model, source=source)
+    # every rank uploads its own files: a save cut short can leave model.pt without them
+    missing = [worker_file(r) for r in range(model.get("world_size", 0)) if not (directory / worker_file(r)).exists()]
+    if missing:
+        raise DamagedCheckpoint(f"{source}: {', '.join(missing)} missing (a save cut short)")
+    workers = {p.name: read_worker(directory, int(p.stem.split("-")[1]), source=source)
+               for p in directory.glob("worker-*.pt") if p.stem.split("-")[1].isdigit()}
+    check_digest(model, workers, source)
+    return model, workers
+
+
+def fetch_all(uri: str, local_dir: Path, endpoint_url: Optional[str] = None) -> Path:
+    """Copy a checkpoint's model.pt, config.yaml and every worker file into ``local_dir``."""
+    fs, path = storage.filesystem(uri, endpoint_url)
+    for name in [n.rstrip("/").rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]:
+        if name in (MODEL_FILE, CONFIG_FILE) or re.fullmatch(r"worker-\d+\.pt", name):
+            fs.get(f"{path}/{name}", str(local_dir / name))
+    return local_dir
+
+
+def check_complete(uri: str, endpoint_url: Optional[str] = None, expect_model: Optional[str] = None) -> dict[str, Any]:
+    """``load_complete`` of a checkpoint directory, local or s3://; returns its model state."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return load_complete(fetch_all(uri, Path(tmp), endpoint_url), uri, expect_model)[0]
+
+
 def checkpoint_dirs(run_uri: str, endpoint_url: Optional[str] = None) -> list[str]:
     """URIs of a run folder's checkpoint_* directories, newest first (none if no folder)."""
     fs, path = storage.filesystem(run_uri, endpoint_url)
@@ -149,18 +220,37 @@ def checkpoint_dirs(run_uri: str, endpoint_url: Optional[str] = None) -> list[st
     return [storage.join(run_uri, n) for n in names]
 
 
-def resolve(uri: str, endpoint_url: Optional[str] = None) -> str:
-    """A checkpoint directory URI; a run folder resolves to its latest checkpoint."""
+def open_complete(uri: str, local_dir: Path, endpoint_url: Optional[str] = None, expect_model: Optional[str] = None
+                  ) -> tuple[str, dict[str, Any], dict[str, Optional[dict[str, Any]]]]:
+    """(checkpoint URI, model state, worker states) with the checkpoint's files copied into
+    ``local_dir``: a checkpoint directory as given, which must be complete (else DamagedCheckpoint);
+    a run folder's newest complete checkpoint, each damaged newer one skipped with a warning
+    naming it and why. Storage faults propagate."""
     fs, path = storage.filesystem(uri, endpoint_url)
     if fs.exists(f"{path}/{MODEL_FILE}"):
-        return uri
+        return (uri, *load_complete(fetch_all(uri, local_dir, endpoint_url), uri, expect_model))
     if not fs.isdir(path):
         raise FileNotFoundError(f"no checkpoint at {uri}")
-    candidates = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)
-                        if p.rsplit("/", 1)[-1].startswith("checkpoint_") and fs.exists(f"{p}/{MODEL_FILE}"))
+    candidates = checkpoint_dirs(uri, endpoint_url)
     if not candidates:
         raise FileNotFoundError(f"{uri} holds neither {MODEL_FILE} nor checkpoint_* directories")
-    return storage.join(uri, candidates[-1])
+    newest_problem: Optional[Exception] = None
+    for candidate in candidates:
+        for old in local_dir.iterdir():  # the previous candidate's files
+            old.unlink()
+        try:
+            return (candidate, *load_complete(fetch_all(candidate, local_dir, endpoint_url), candidate, expect_model))
+        except (DamagedCheckpoint, FileNotFoundError) as e:
+            log.warning("skipping damaged checkpoint %s: %s", candidate, e)
+            newest_problem = newest_problem or e
+    raise newest_problem  # none is complete: what is wrong with the newest
+
+
+def resolve(uri: str, endpoint_url: Optional[str] = None) -> str:
+    """A checkpoint directory URI: as given if complete (else DamagedCheckpoint); a run folder
+    resolves to its newest complete checkpoint (``open_complete``)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return open_complete(uri, Path(tmp), endpoint_url)[0]
 
 
 def fetch(uri: str, local_dir: Path, endpoint_url: Optional[str] = None, rank: Optional[int] = None) -> Path:
@@ -179,17 +269,16 @@ def load_for_worker(uri: str, rank: int, expect_model: str,
                     endpoint_url: Optional[str] = None) -> tuple[dict[str, Any], Optional[dict[str, Any]]]:
     """(model state, this rank's worker state or None) of a checkpoint directory, local or s3://."""
     with tempfile.TemporaryDirectory() as tmp:
-        local = fetch(uri, Path(tmp), endpoint_url, rank=rank)
-        return read_model(local, expect_model, source=uri), read_worker(local, rank, source=uri)
+        model, workers = load_complete(fetch_all(uri, Path(tmp), endpoint_url), uri, expect_model)
+    return model, workers.get(worker_file(rank))
 
 
 def load_generator(uri: str, endpoint_url: Optional[str] = None) -> dict[str, torch.Tensor]:
-    """The generator weights of a checkpoint (or a run folder's latest), for a network a trainer
-    starts from (``GANTrainer.pretrained``): its moving average of G when it keeps one (what its
-    validation and evaluate scored), else G."""
-    uri = resolve(uri, endpoint_url)
+    """The generator weights of a checkpoint (or a run folder's newest complete one), for a network
+    a trainer starts from (``GANTrainer.pretrained``): its moving average of G when it keeps one
+    (what its validation and evaluate scored), else G."""
     with tempfile.TemporaryDirectory() as tmp:
-        state = read_model(fetch(uri, Path(tmp), endpoint_url), source=uri)
+        state = open_complete(uri, Path(tmp), endpoint_url)[1]
     nets = state["trainer"]["nets"]
     return nets.get("G_ema", nets["G"])
 
@@ -223,36 +312,25 @@ class CheckpointManager:
 
     @staticmethod
     def ray_config(cfg: ExperimentConfig):
-        """Ray Train's retention: the last ``run.keep_checkpoints``, plus the best by ``run.best_metric``."""
+        """Ray Train's retention: the last ``run.keep_checkpoints``, plus the best by ``run.best_metric``
+        in the order ``run.best_mode`` (max: highest, min: lowest)."""
         import ray.train
 
         return ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
-                                          checkpoint_score_attribute=cfg.run.best_metric, checkpoint_score_order="max")
+                                          checkpoint_score_attribute=cfg.run.best_metric,
+                                          checkpoint_score_order=cfg.run.best_mode)
 
     def newest_complete(self) -> Optional[tuple[str, dict[str, Any], Optional[dict[str, Any]]]]:
-        """(uri, model state, this rank's worker state) of the run's newest checkpoint whose files
-        all load; damaged ones are skipped with a warning (and an event)."""
+        """(uri, model state, this rank's worker state) of the run's newest complete checkpoint
+        (``load_complete``); damaged ones are skipped with a warning (and an event)."""
         for uri in checkpoint_dirs(self.run_uri, self.endpoint):
             try:
                 with tempfile.TemporaryDirectory() as tmp:
-                    fs, path = storage.filesystem(uri, self.endpoint)
-                    for name in [n.rsplit("/", 1)[-1] for n in fs.ls(path, detail=False)]:
-                        if name in (MODEL_FILE, CONFIG_FILE) or name.startswith("worker-"):
-                            fs.get(f"{path}/{name}", str(Path(tmp) / name))
-                    if not (Path(tmp) / CONFIG_FILE).exists():
-                        raise DamagedCheckpoint(f"{uri}: no {CONFIG_FILE}")
-                    model = read_model(Path(tmp), self.cfg.model.name, source=uri)
-                    # every rank uploads its own files: a save cut short can leave model.pt without them
-                    missing = [worker_file(r) for r in range(model.get("world_size", 0))
-                               if not (Path(tmp) / worker_file(r)).exists()]
-                    if missing:
-                        raise DamagedCheckpoint(f"{uri}: {', '.join(missing)} missing (a save cut short)")
-                    workers = {p.name: read_worker(Path(tmp), int(p.stem.split("-")[1]), source=uri)
-                               for p in Path(tmp).glob("worker-*.pt")}
-                    mine = workers.get(worker_file(self.rank))
-                    if mine is None and worker_file(0) in workers:  # a rank the group did not have: the
-                        mine = {"loader": workers[worker_file(0)]["loader"]}  # data position is rank 0's
-                    return uri, model, mine
+                    model, workers = load_complete(fetch_all(uri, Path(tmp), self.endpoint), uri, self.cfg.model.name)
+                mine = workers.get(worker_file(self.rank))
+                if mine is None and workers.get(worker_file(0)) is not None:  # a rank the group did not
+                    mine = {"loader": workers[worker_file(0)]["loader"]}  # have: the data position is rank 0's
+                return uri, model, mine
             except (DamagedCheckpoint, FileNotFoundError) as e:  # storage faults propagate: never skip on them
                 log.warning("skipping damaged checkpoint %s: %s", uri, e)
                 self.events.append({"event": "skipped_damaged_checkpoint", "problem": f"{uri}: {e}"})

@@ -5,14 +5,23 @@ preset from ``ssagan_dist/configs/`` (or a YAML file path), then dotlist overrid
 and wrong types fail in OmegaConf's merge, raising ``ConfigError`` naming the key. Everything that
 needs the model (values, buildable networks, keys that would do nothing) is checked a level up,
 by ``ssagan_dist.experiment.load_config``: this module imports nothing from the project.
+
+Every config *file* (a preset, ``--config runs/x/config.yaml``, a checkpoint's config.yaml) is
+read by ``read_yaml`` alone: plain data through a safe YAML loader, and a string holding an
+OmegaConf interpolation (``${...}``, e.g. ``${oc.env:AWS_SECRET_ACCESS_KEY}``) is refused naming
+the file and the key, before anything could resolve it (a checkpoint is data that other people
+may write; an interpolation would read this machine's environment into errors and logs).
+``safe_name`` is the one rule for the names that become folders (``run.name``, a sweep's ``--name``).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple, Optional
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -21,6 +30,10 @@ PRESET_DIR = Path(__file__).parent / "configs"
 
 class ConfigError(ValueError):
     """A bad configuration key or value; the message names the key."""
+
+
+class InterpolationRefused(ConfigError):
+    """A config file holding an OmegaConf interpolation (``${...}``); the message names the file and key."""
 
 
 @dataclass
@@ -90,7 +103,8 @@ class RunConfig:
     # S3 endpoint for s3:// data and storage, e.g. http://127.0.0.1:9000; else AWS_ENDPOINT_URL(_S3)
     s3_endpoint: Optional[str] = None
     keep_checkpoints: int = 3
-    best_metric: str = "val/psnr"  # kept besides the last K; higher is better
+    best_metric: str = "val/psnr"  # kept besides the last K, ranked by best_mode
+    best_mode: str = "max"  # "max": higher best_metric is better (PSNR, SSIM); "min": lower (val/mse, losses)
     stage1_checkpoint: Optional[str] = None  # refine models: the Stage-I run's checkpoint URI
     ray_address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
     # restarts of the worker group after a failure (a lost worker or node), each from the latest
@@ -149,6 +163,117 @@ def preset_names() -> list[str]:
                   + [f"zoo/{p.stem}" for p in (PRESET_DIR / "zoo").glob("*.yaml")])
 
 
+# -- names that become folders ---------------------------------------------------------------------
+
+NAME_RULE = ("one folder name: 1 to 128 letters, digits, '.', '_' or '-', starting with a letter or digit, "
+             "without '..'")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def safe_name(name: Any) -> bool:
+    """Whether ``name`` may name a folder under a storage path (``run.name``, a sweep's ``--name``):
+    the whole string (``re.fullmatch``: no trailing newline slips through) of ``NAME_RULE``, so no
+    '/', no '..', no leading '.' or '-', nothing a shell or a URL would read differently."""
+    return isinstance(name, str) and _NAME.fullmatch(name) is not None and ".." not in name
+
+
+# -- config files as plain data -------------------------------------------------------------------
+
+class _PlainLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """yaml's safe loader (no Python objects) reading numbers as OmegaConf does (``1e-4`` is a
+    float), no timestamps, and refusing duplicate keys as OmegaConf.load does."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.value in seen:
+                raise yaml.constructor.ConstructorError("while constructing a mapping", node.start_mark,
+                                                        f"found duplicate key {key_node.value}", key_node.start_mark)
+            seen.add(getattr(key_node, "value", None))
+        return super().construct_mapping(node, deep=deep)
+
+
+_PlainLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_PlainLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?[0-9]+(?:_[0-9]+)*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?[0-9]+(?:_[0-9]+)*(?:[eE][-+]?[0-9]+)
+                   |\.[0-9]+(?:_[0-9]+)*(?:[eE][-+][0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+MAX_YAML_NODES = 100_000  # after alias expansion: a config has hundreds; a "billion laughs" file is refused
+
+
+def _expanded_nodes(node: yaml.Node, limit: int) -> int:
+    memo: dict[int, int] = {}
+
+    def count(n: yaml.Node) -> int:
+        if id(n) in memo:
+            return memo[id(n)]
+        total = 1
+        if isinstance(n, yaml.SequenceNode):
+            total += sum(count(c) for c in n.value)
+        elif isinstance(n, yaml.MappingNode):
+            total += sum(count(k) + count(v) for k, v in n.value)
+        memo[id(n)] = total = min(total, limit + 1)
+        return total
+
+    return count(node)
+
+
+def interpolations(node: Any, prefix: str = "") -> list[str]:
+    """Dotted keys of the strings (keys or values) in plain data that hold ``${``."""
+    if isinstance(node, dict):
+        found = []
+        for key, value in node.items():
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if isinstance(key, str) and "${" in key:
+                found.append(where)
+            found += interpolations(value, where)
+        return found
+    if isinstance(node, list):
+        return [k for i, v in enumerate(node) for k in interpolations(v, f"{prefix}[{i}]")]
+    return [prefix or "(the document)"] if isinstance(node, str) and "${" in node else []
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """A config file's text as plain data (dicts, lists, str, numbers, bools, None); raises
+    ConfigError naming ``source`` if it is not YAML or holds an OmegaConf interpolation. The
+    message never quotes the interpolation's value, only its key."""
+    try:
+        loader = _PlainLoader(text)
+        try:
+            node = loader.get_single_node()
+            if node is not None and _expanded_nodes(node, MAX_YAML_NODES) > MAX_YAML_NODES:
+                raise ConfigError(f"config file {source}: more than {MAX_YAML_NODES} YAML nodes once its aliases "
+                                  "are expanded; not a configuration")
+            data = loader.construct_document(node) if node is not None else None
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:  # the parser's errors carry the line and column
+        raise ConfigError(f"config file {source}: not valid YAML: {e}") from None
+    found = interpolations(data)
+    if found:
+        raise InterpolationRefused(f"config file {source}: key {found[0]!r} holds an interpolation ('${{...}}'); config files "
+                          "are read as plain data, never resolved (an interpolation could read this machine's "
+                          "environment, e.g. its credentials): write the value itself")
+    return data
+
+
+def read_yaml(path: Path | str, source: Optional[str] = None) -> Any:
+    """``parse_yaml`` of a local file (``source``: how errors name it, e.g. the checkpoint's URL)."""
+    shown = source or str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {shown}: not UTF-8 text") from None
+    return parse_yaml(text, shown)
+
+
 def _preset(name_or_path: str) -> DictConfig:
     path = Path(name_or_path)
     if not path.suffix:
@@ -157,10 +282,10 @@ def _preset(name_or_path: str) -> DictConfig:
             raise ConfigError(f"unknown config preset {name_or_path!r}; presets: {', '.join(preset_names())}")
     elif not path.exists():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        return OmegaConf.load(path)
-    except Exception as e:  # yaml's parser errors carry the line and column
-        raise ConfigError(f"config file {path}: not valid YAML: {e}") from None
+    data = read_yaml(path)
+    if data is not None and not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of config sections, got {type(data).__name__}")
+    return OmegaConf.create(data or {})  # plain data without '${': nothing for OmegaConf to resolve
 
 
 def leaf_keys(node: Any, prefix: str = "") -> list[str]:

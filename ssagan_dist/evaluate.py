@@ -52,21 +52,41 @@ PICKS = ("latest", "best")
 
 def pick_checkpoint(uri: str, pick: str = "latest", endpoint_url: Optional[str] = None) -> tuple[str, dict]:
     """(checkpoint URI, how it was picked) for ``uri``: a checkpoint directory as given; in a run
-    folder the latest checkpoint, or (``best``) the one with the highest validation metric (the
-    run's ``run.best_metric``) recorded in the run's metrics.jsonl, the newest among equals."""
+    folder the newest complete checkpoint, or (``best``) the complete one with the best validation
+    metric (the run's ``run.best_metric``, highest or, with ``run.best_mode: min``, lowest) recorded
+    in the run's metrics.jsonl, the newest among equals. Incomplete or damaged checkpoints
+    (``checkpointing.load_complete``) are skipped with a warning naming them."""
+    import logging
+
+    from ssagan_dist.config import ConfigError, parse_yaml
+
+    log = logging.getLogger(__name__)
     if pick not in PICKS:
         raise ValueError(f"--pick {pick!r}: one of {', '.join(PICKS)}")
     if storage.exists(storage.join(uri, checkpointing.MODEL_FILE), endpoint_url):
         return uri, {"pick": "given"}
     if pick == "latest":
         return checkpointing.resolve(uri, endpoint_url), {"pick": "latest"}
-    complete = [d for d in checkpointing.checkpoint_dirs(uri, endpoint_url)
-                if storage.exists(storage.join(d, checkpointing.MODEL_FILE), endpoint_url)]
-    if not complete:
+    present = [d for d in checkpointing.checkpoint_dirs(uri, endpoint_url)
+               if storage.exists(storage.join(d, checkpointing.MODEL_FILE), endpoint_url)]
+    if not present:
         raise FileNotFoundError(f"{uri} holds no checkpoint_* directory with {checkpointing.MODEL_FILE}")
-    run_cfg = OmegaConf.create(storage.read_bytes(storage.join(complete[0], checkpointing.CONFIG_FILE),
-                                                  endpoint_url).decode())
-    metric = OmegaConf.select(run_cfg, "run.best_metric", default="val/psnr")
+    run_cfg, unreadable = None, None
+    for d in present:  # the run's metric and mode: config.yaml as plain data, never resolved
+        url = storage.join(d, checkpointing.CONFIG_FILE)
+        try:
+            run_cfg = parse_yaml(storage.read_bytes(url, endpoint_url).decode("utf-8", "replace"), url)
+        except (ConfigError, FileNotFoundError) as e:
+            log.warning("skipping damaged checkpoint %s: %s", d, e)
+            unreadable = unreadable or e
+            continue
+        if isinstance(run_cfg, dict):
+            break
+    if not isinstance(run_cfg, dict):
+        raise unreadable or checkpointing.DamagedCheckpoint(f"{uri}: no checkpoint_* directory holds a readable "
+                                                            f"{checkpointing.CONFIG_FILE}")
+    run = run_cfg.get("run") if isinstance(run_cfg.get("run"), dict) else {}
+    metric, mode = run.get("best_metric", "val/psnr"), run.get("best_mode", "max")
     log_url = storage.join(uri, "metrics.jsonl")
     if not storage.exists(log_url, endpoint_url):
         raise FileNotFoundError(f"--pick best: {log_url} does not exist (it records {metric} per checkpoint); "
@@ -76,13 +96,23 @@ def pick_checkpoint(uri: str, pick: str = "latest", endpoint_url: Optional[str] 
         record = json.loads(line) if line.strip() else {}
         if isinstance(record.get(metric), (int, float)):
             recorded[record["step"]] = record[metric]
-    scored = [(recorded[step], step, d) for d in complete
+    scored = [(recorded[step], step, d) for d in present
               if (step := int(d.rstrip("/").rsplit("_", 1)[1])) in recorded]
     if not scored:
         raise ValueError(f"--pick best: {log_url} records no {metric} at the steps of {uri}'s checkpoints; "
                          "use --pick latest")
-    value, step, best = max(scored)
-    return best, {"pick": "best", "pick_metric": metric, "pick_value": value}
+    # best first (run.best_mode), the newest among equals
+    scored.sort(key=lambda v: (-v[0] if mode == "min" else v[0], v[1]), reverse=True)
+    first_problem: Optional[Exception] = None
+    for value, step, d in scored:
+        try:
+            checkpointing.check_complete(d, endpoint_url)
+        except (checkpointing.DamagedCheckpoint, FileNotFoundError) as e:
+            log.warning("skipping damaged checkpoint %s: %s", d, e)
+            first_problem = first_problem or e
+            continue
+        return d, {"pick": "best", "pick_metric": metric, "pick_mode": mode, "pick_value": value}
+    raise first_problem
 
 
 def copy_frame(real: Tensor) -> Tensor:

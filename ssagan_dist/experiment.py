@@ -22,7 +22,6 @@ trainer declares the ``optim`` and ``loss`` keys it reads and the checkpoints it
 from __future__ import annotations
 
 import math
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ssagan_dist import checkpointing, tracking
-from ssagan_dist.config import ConfigError, ExperimentConfig, merge
+from ssagan_dist.config import NAME_RULE, ConfigError, ExperimentConfig, merge, safe_name
 from ssagan_dist.data.index import DatasetInfo, inspect_dataset
 from ssagan_dist.models import registry
 from ssagan_dist.models.attention import SpatialSelfAttention
@@ -76,11 +75,12 @@ def load_trainer(uri: str, device: torch.device | str = "cpu",
 
     Returns (trainer, config, model_state) where model_state holds "step" and "clip_shape".
     """
-    uri = checkpointing.resolve(uri, endpoint_url)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = checkpointing.fetch(uri, Path(tmp), endpoint_url)
-        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), checkpointing.read_config(local, source=uri))
-        state = checkpointing.read_model(local, expect_model=cfg.model.name, source=uri)
+    with tempfile.TemporaryDirectory() as tmp:  # complete and untampered (checkpointing.load_complete)
+        uri, state, _ = checkpointing.open_complete(uri, Path(tmp), endpoint_url)
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), checkpointing.read_config(Path(tmp), source=uri))
+    if state.get("model", cfg.model.name) != cfg.model.name:
+        raise checkpointing.CheckpointError(f"checkpoint {uri} is of model {state['model']!r}, its config.yaml says "
+                                            f"{cfg.model.name!r}")
     trainer = build_trainer(cfg, device)
     trainer.load_state_dict(state["trainer"])
     for net in trainer.nets.values():
@@ -128,9 +128,6 @@ def dump(cfg: ExperimentConfig) -> str:
     return validate(cfg).dump()
 
 
-_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-
-
 def _check_values(cfg: ExperimentConfig) -> None:
     checks = [
         ("model.name", cfg.model.name in registry.names(), f"one of {registry.names()}"),
@@ -154,8 +151,8 @@ def _check_values(cfg: ExperimentConfig) -> None:
         *((f"loss.{k}", 0 <= v < math.inf, "finite and >= 0") for k, v in OmegaConf.to_container(cfg.loss).items()),
         ("data.loader_workers", cfg.data.loader_workers >= 0, ">= 0"),
         ("data.prefetch", cfg.data.prefetch >= 1, ">= 1"),
-        ("run.name", bool(_SAFE_NAME.match(cfg.run.name)),
-         "one folder name: letters, digits, '.', '_' or '-', not starting with '.' or '-'"),
+        ("run.name", safe_name(cfg.run.name), NAME_RULE),
+        ("run.best_mode", cfg.run.best_mode in ("max", "min"), "'max' (higher run.best_metric is better) or 'min'"),
         ("run.storage_path", bool(cfg.run.storage_path), "a folder or s3:// URL"),
         ("run.keep_checkpoints", cfg.run.keep_checkpoints >= 1, ">= 1"),
         ("run.max_failures", cfg.run.max_failures >= -1, ">= 0, or -1 for unlimited"),
@@ -305,17 +302,14 @@ class Experiment:
     def check_pretrained(self, p: Pretrained) -> None:
         """The checkpoint named by ``p.key`` exists and its generator fits ``nets[p.network]``."""
         given, ep = OmegaConf.select(self.cfg, p.key), self.cfg.run.s3_endpoint
-        try:
-            uri = checkpointing.resolve(given, ep)
-        except FileNotFoundError as e:
-            raise ConfigError(f"config key {p.key!r} = {given!r}: {e}") from None
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                local = checkpointing.fetch(uri, Path(tmp), ep)
-                state = checkpointing.read_model(local, source=uri)
-                trained_cfg = checkpointing.read_config(local, source=uri)
+                uri, state, _ = checkpointing.open_complete(given, Path(tmp), ep)
+                trained_cfg = checkpointing.read_config(Path(tmp), source=uri)
+            except FileNotFoundError as e:
+                raise ConfigError(f"config key {p.key!r} = {given!r}: {e}") from None
             except checkpointing.CheckpointError as e:
-                raise ConfigError(f"config key {p.key!r} = {uri!r}: {e}") from None
+                raise ConfigError(f"config key {p.key!r} = {given!r}: {e}") from None
         net = self.nets[p.network]
         for arg, (here, default) in p.same_args.items():
             trained = OmegaConf.select(trained_cfg, f"model.args.{arg}", default=None)
