@@ -259,6 +259,23 @@ report_timeout_s: 300
 """
 
 
+def test_a_min_sweep_ranks_train_checkpoints_lowest_first_unless_the_config_names_a_metric(tmp_path):
+    from ssagan_dist import checkpointing
+    from ssagan_dist.experiment import load_config
+    from ssagan_dist.tune.runner import rank_checkpoints_by_sweep
+
+    (tmp_path / "min.yaml").write_text(MIN_SWEEP.replace(", run.best_metric=step", ""))
+    sweep = sweeps.load_sweep(str(tmp_path / "min.yaml"))
+    cfg = load_config("tiny_cpu", sweep.overrides)
+    rank_checkpoints_by_sweep(cfg, sweep, "tiny_cpu", [])
+    ray_config = checkpointing.CheckpointManager.ray_config(cfg)
+    assert (ray_config.checkpoint_score_attribute, ray_config.checkpoint_score_order) == ("val/mse", "min")
+    named = ["run.best_metric=step"]  # the user's own choice stays (MIN_SWEEP keeps only the newest this way)
+    cfg = load_config("tiny_cpu", [*sweep.overrides, *named])
+    rank_checkpoints_by_sweep(cfg, sweep, "tiny_cpu", named)
+    assert (cfg.run.best_metric, cfg.run.best_mode) == ("step", "max")
+
+
 @pytest.mark.slow  # two sweeps of two trials: about a minute and a half
 def test_a_min_sweep_names_one_winner_everywhere_also_after_retention_deleted_its_checkpoint(sky, tmp_path):
     (tmp_path / "min.yaml").write_text(MIN_SWEEP)

@@ -12,12 +12,15 @@ from omegaconf import OmegaConf
 from ray.tune import Callback
 
 from ssagan_dist import raycluster, storage, tracking
-from ssagan_dist.config import ConfigError, ExperimentConfig
+from ssagan_dist.config import NAME_RULE, ConfigError, ExperimentConfig, merge, safe_name
 from ssagan_dist.experiment import dump, load_config
-from ssagan_dist.tune import sweep as sweeps
+from ssagan_dist.tune import sweep as sweeps, trust
 from ssagan_dist.tune.report import write_report as make_report
 from ssagan_dist.tune.results import DIVERGED, SWEEP_FILE, Best, Trial, find_best, finite, load_trials
 from ssagan_dist.tune.trainable import SweepContext, SweepTrial, trial_config
+
+
+TUNER_FILE = "tuner.pkl"  # Tune's own record that a folder holds a sweep to restore (Tuner.can_restore)
 
 
 def per_trial_resources(cfg: ExperimentConfig, driver_cpus: float) -> dict[str, float]:
@@ -117,6 +120,15 @@ def announce_winner(cfg: ExperimentConfig, ctx: SweepContext, best: Best, metric
     print(f"[tune] best.yaml: {best_yaml}  (retrain: python -m ssagan_dist.train --config {best_yaml})", flush=True)
 
 
+def rank_checkpoints_by_sweep(cfg: ExperimentConfig, sweep: sweeps.Sweep, config: str, overrides: list[str]) -> None:
+    """Each trial's Train run keeps its best checkpoints (``run.keep_checkpoints``) by the sweep's
+    metric in the sweep's order (``run.best_metric``, ``run.best_mode``), unless the config or an
+    override names ``run.best_metric`` itself."""
+    named = merge(config, [*sweep.overrides, *overrides])
+    if "run.best_metric" not in (*named.preset_keys, *named.override_keys):
+        cfg.run.best_metric, cfg.run.best_mode = sweep.metric, sweep.mode
+
+
 def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optional[str] = None,
               num_cpus: Optional[float] = None, retry_errored: bool = False, write_report: bool = True) -> int:
     """Run (or resume) a sweep; returns a process exit code."""
@@ -126,14 +138,19 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
     from ssagan_dist import train
 
     sweep = sweeps.load_sweep(sweep_name)
+    name = name or sweep.name
+    if not safe_name(name):  # the sweep's folder under run.storage_path: the rule run.name follows
+        raise ConfigError(f"sweep name {name!r} (--name, else the sweep file's name): must be {NAME_RULE}")
     sweeps.check_against_config(sweep, config, overrides)
     cfg = load_config(config, [*sweep.overrides, *overrides])
-    if sweep.mode == "max":
-        cfg.run.best_metric = sweep.metric  # Train keeps the best checkpoints by the swept metric
+    rank_checkpoints_by_sweep(cfg, sweep, config, overrides)
     cfg, clip_shape = train.prepare(cfg)
-    name = name or sweep.name
     sweep_url = storage.join(cfg.run.storage_path, name)
     endpoint = cfg.run.s3_endpoint
+    # Tune's state is pickles: restore only what this machine's sweeps signed (trust.py), before Ray starts
+    restoring = storage.exists(storage.join(sweep_url, TUNER_FILE), endpoint)
+    if restoring:
+        trust.check_restorable(sweep_url, endpoint)
     ctx = SweepContext(base=OmegaConf.to_container(cfg), clip_shape=list(clip_shape), sweep_url=sweep_url,
                        keys=sweep.keys, metric=sweep.metric, report_timeout_s=sweep.report_timeout_s)
 
@@ -163,7 +180,7 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
         trainable = tune.with_resources(tune.with_parameters(SweepTrial, ctx=ctx), {"cpu": sweep.driver_cpus})
         storage_path, storage_fs = train.storage_for_ray(cfg)
         experiment_path = sweep_url if storage_fs is None else storage.join(storage_path, name)
-        if tune.Tuner.can_restore(experiment_path, storage_filesystem=storage_fs):
+        if restoring:  # checked above; its callbacks (progress lines, signer) are the ones tuner.pkl keeps
             print(f"[tune] resuming sweep {name}: finished trials are kept, unfinished ones continue "
                   "from their latest checkpoint", flush=True)
             tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_unfinished=True,
@@ -181,9 +198,15 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
                 run_config=tune.RunConfig(
                     name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                    callbacks=[ProgressLines(sweep, sweep_url, endpoint, cfg.trainer.max_steps)],
+                    callbacks=[ProgressLines(sweep, sweep_url, endpoint, cfg.trainer.max_steps),
+                               trust.ManifestSigner(sweep_url, endpoint)],
                     verbose=0))
+            trust.sign_storage_files(sweep_url, [TUNER_FILE], endpoint)  # written by Tuner() straight to storage
         results = tuner.fit()
+        unsigned = trust.unsigned_files(sweep_url, endpoint)
+        if unsigned:
+            print(f"[tune] warning: the sweep folder holds Tune state that its manifest does not vouch for "
+                  f"({', '.join(unsigned[:4])}): a resume of this sweep will be refused", flush=True)
         errored = [r for r in results if r.error is not None]
         for r in errored:
             print(f"[tune] failed trial: {r.path}: {type(r.error).__name__}: {str(r.error).splitlines()[0][:300]}",

@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ssagan_dist.config import ConfigError
+from ssagan_dist.config import ConfigError, interpolations
 
 SWEEP_DIR = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
 DOMAINS = ("loguniform", "uniform", "randint", "choice", "grid")
@@ -180,6 +180,10 @@ def load_sweep(name_or_path: str) -> Sweep:
         raise SweepError(f"sweep file {where}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise SweepError(f"sweep file {where}: expected a mapping of fields")
+    found = interpolations(raw)  # its overrides become config values: plain data, as config files are
+    if found:
+        raise SweepError(f"sweep file {where} field {found[0]!r}: holds an interpolation ('${{...}}'); sweep files "
+                         "are plain data, never resolved: write the value itself")
     unknown = sorted(set(raw) - TOP_LEVEL)
     if unknown:
         raise SweepError(f"sweep file {where}: unknown field {unknown[0]!r}; fields: {', '.join(sorted(TOP_LEVEL))}")
