@@ -27,7 +27,7 @@ checkov-env: .venv-checkov/.checkov-$(CHECKOV_VERSION)
 	python3 -m venv .venv-checkov
 	.venv-checkov/bin/pip install -q "checkov==$(CHECKOV_VERSION)"
 	touch $@
-soak: setup  # fault soak: random worker kills, Ctrl-C/resume cycles, S3 faults (MINUTES=10)
+soak: setup  # fault soak: worker kills, Ctrl-C/resume cycles, S3 faults, then the same weights as an uninterrupted run (MINUTES=10; the issue's figures: MINUTES=60)
 	RAY_AUTH_MODE=token .venv/bin/python -m tests.soak --minutes $${MINUTES:-10}
 bench: setup
 	.venv/bin/python -m ssagan_dist.bench

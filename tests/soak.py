@@ -6,12 +6,20 @@ it (``python -m ssagan_dist.train``), for N minutes of cycles. Each cycle starts
 waits for it to write a new checkpoint, at a random moment SIGKILLs one Ray Train worker (the run
 must carry on from a checkpoint) or not, and ends with Ctrl-C (the command must exit 130; the
 next cycle resumes). At the end the run is completed and its final checkpoint must load with the
-step it claims; a report of faults injected and survived is printed and written as JSON.
+step it claims; then (unless --no-reference) the same training runs uninterrupted, without
+faults, to the same step, and the two final checkpoints must hold the same weights, bit for bit
+(the run is deterministic: nothing was lost or repeated). The figures (cycles, worker kills,
+Ctrl-C, S3 faults injected, steps, digests and whether they match) are printed and written as
+JSON (--report).
+
+    python -m tests.soak --minutes 60      # the issue's figures (about 60 + the reference's minutes)
+    python -m tests.soak --minutes 3       # a quick check that it works
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -42,11 +50,28 @@ def _workers_of(proc: subprocess.Popen) -> list[psutil.Process]:
     return out
 
 
+def nets_digest(model_state: dict) -> str:
+    """sha256 over every network's parameters and buffers (names, dtypes, shapes, bytes)."""
+    import torch
+
+    h = hashlib.sha256()
+    for net, state in sorted(model_state["trainer"]["nets"].items()):
+        for key, tensor in sorted(state.items()):
+            t = tensor.detach().cpu().contiguous() if isinstance(tensor, torch.Tensor) else torch.as_tensor(tensor)
+            h.update(f"{net}.{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.numpy().tobytes() if t.dtype != torch.bfloat16 else t.view(torch.int16).numpy().tobytes())
+    return h.hexdigest()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--minutes", type=float, default=10.0)
-    ap.add_argument("--fault-share", type=float, default=0.05, help="share of S3 requests failed by the proxy")
+    ap.add_argument("--minutes", type=float, default=10.0,
+                    help="minutes of fault cycles (the issue's figures: 60); the finish and the reference come after")
+    ap.add_argument("--fault-share", type=float, default=0.05,
+                    help="share of S3 requests answered 503 (half as many dropped, half as many GETs cut mid-body)")
+    ap.add_argument("--no-reference", dest="reference", action="store_false",
+                    help="skip the uninterrupted reference run (and the digest comparison)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--report", default="soak-report.json")
     a = ap.parse_args(argv)
@@ -73,10 +98,13 @@ def main(argv: list[str] | None = None) -> int:
     for split, clips, seed in (("train", 64, 0), ("val", 16, 1)):
         synth.generate(f"s3://soak/sky/{split}", clips=clips, size=32, frames=8, seed=seed, endpoint_url=endpoint,
                        progress=False)
-    report: dict = {"cycles": [], "faults": {"ctrl_c": 0, "worker_kill": 0}, "survived": True}
+    report: dict = {"minutes": a.minutes, "fault_share": a.fault_share, "seed": a.seed, "cycles": [],
+                    "faults": {"ctrl_c": 0, "worker_kill": 0}, "survived": True}
+    started = time.monotonic()
     deadline = time.monotonic() + a.minutes * 60
     run = "s3://soak/runs/soak"
-    with FlakyS3Proxy(endpoint, error=a.fault_share, drop=a.fault_share / 2, seed=a.seed) as proxy:
+    with FlakyS3Proxy(endpoint, error=a.fault_share, drop=a.fault_share / 2, cut=a.fault_share / 2,
+                      seed=a.seed) as proxy:
         cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", "data.train_urls=s3://soak/sky/train",
                "data.val_urls=s3://soak/sky/val", f"run.s3_endpoint={proxy.url}", "run.storage_path=s3://soak/runs",
                "run.name=soak", "trainer.val_every=20", "trainer.log_every=20", "run.max_failures=-1",
@@ -129,12 +157,45 @@ def main(argv: list[str] | None = None) -> int:
                            "expected_step": final_step, "metrics_lines_valid_json": json_lines}
         report["survived"] &= done.returncode == 0 and final is not None and final[1]["step"] == final_step
         report["s3_faults_injected"] = dict(proxy.injected)
+        if final is not None:
+            report["final"]["digest"] = nets_digest(final[1])
+    report["soak_seconds"] = round(time.monotonic() - started, 1)
+    if a.reference and report["survived"]:
+        # the same training, uninterrupted and without faults, to the same step: the same weights
+        began = time.monotonic()
+        ref_cmd = [c for c in cmd if not c.startswith(("run.s3_endpoint=", "run.name=", "trainer.max_steps="))]
+        ref = subprocess.run([*ref_cmd, f"run.s3_endpoint={endpoint}", "run.name=soak-reference",
+                              f"trainer.max_steps={final_step}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                             timeout=max(900, int(report["soak_seconds"] * 2)))
+        reference = checkpointing.CheckpointManager(load_config("tiny_cpu", [
+            "run.storage_path=s3://soak/runs", "run.name=soak-reference", f"run.s3_endpoint={endpoint}"]))
+        ref_final = reference.newest_complete()
+        if ref.returncode != 0:
+            print(ref.stderr[-3000:], file=sys.stderr)
+        report["reference"] = {"exit": ref.returncode, "step": ref_final[1]["step"] if ref_final else None,
+                               "digest": nets_digest(ref_final[1]) if ref_final else None,
+                               "seconds": round(time.monotonic() - began, 1)}
+        report["digest_match"] = (ref.returncode == 0 and report["reference"]["step"] == final_step
+                                  and report["reference"]["digest"] == report["final"].get("digest"))
+        report["survived"] &= report["digest_match"]
     moto.stop()
+    injected = report.get("s3_faults_injected", {})
+    report["figures"] = {
+        "cycles": len(report["cycles"]), "worker_kills": report["faults"]["worker_kill"],
+        "ctrl_c": report["faults"]["ctrl_c"],
+        "s3_faults": sum(injected.get(k, 0) for k in ("error", "drop", "cut")),
+        "s3_requests_forwarded": injected.get("forwarded", 0),
+        "final_step": report.get("final", {}).get("step"), "digest_match": report.get("digest_match"),
+        "soak_minutes": round(report["soak_seconds"] / 60, 1),
+    }
     Path(a.report).write_text(json.dumps(report, indent=1))
     print(json.dumps(report, indent=1))
-    print(f"[soak] {'survived' if report['survived'] else 'FAILED'}: {len(report['cycles'])} cycles, "
-          f"{report['faults']['worker_kill']} worker kills, {report['faults']['ctrl_c']} Ctrl-C, "
-          f"{report['s3_faults_injected']['error'] + report['s3_faults_injected']['drop']} S3 faults")
+    f = report["figures"]
+    match = {True: "same weights as the uninterrupted run", False: "WEIGHTS DIFFER from the uninterrupted run",
+             None: "no reference run"}[f["digest_match"]]
+    print(f"[soak] {'survived' if report['survived'] else 'FAILED'} in {f['soak_minutes']} min: {f['cycles']} cycles, "
+          f"{f['worker_kills']} worker kills, {f['ctrl_c']} Ctrl-C, {f['s3_faults']} S3 faults "
+          f"({injected}), final step {f['final_step']}, {match}; report {a.report}")
     return 0 if report["survived"] else 1
 
 
