@@ -85,15 +85,21 @@ def run_without(packages: tuple[str, ...], module: str, *args: str) -> subproces
 RAY_TEST_CPUS = 4
 
 
+def start_session_ray() -> None:
+    """The session's one local Ray (4 CPUs, no dashboard), unless a Ray is up in this process;
+    for fixtures of a wider scope than ``ray_cluster``'s."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=False, log_to_driver=False)
+
+
 @pytest.fixture
 def ray_cluster():
     """The session's one local Ray (4 CPUs, no dashboard), started by the first test that asks for
     it and shared by the next ones (each in-process train.main joins it). A test that needs a Ray of
     its own shuts it down first (ray.shutdown()); the next test that asks starts it again."""
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=RAY_TEST_CPUS, include_dashboard=False, log_to_driver=False)
+    start_session_ray()
     yield
 
 

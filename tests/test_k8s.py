@@ -247,8 +247,9 @@ def test_without_any_crds_everything_else_is_checked_and_the_skip_is_said_in_one
     assert bad.returncode == 2 and "readOnlyRootFilesystem" in bad.stderr
     assert bad.stdout.startswith("skipped: the RayJob/RayCluster schema check")
     # ...but a schema-only mistake needs the CRDs: with them it is found
-    assert _checker(str(BROKEN / "typo_field"), env_path=no_kubectl).returncode == 2  # via a cross-check
-    assert "unknown field 'shutdownAfterJobFinish'" not in _checker(str(BROKEN / "typo_field"), env_path=no_kubectl).stderr
+    typo = _checker(str(BROKEN / "typo_field"), env_path=no_kubectl)
+    assert typo.returncode == 2  # via a cross-check
+    assert "unknown field 'shutdownAfterJobFinish'" not in typo.stderr
 
 
 @pytest.mark.slow

@@ -1,5 +1,4 @@
 import json
-import subprocess
 import sys
 
 import pytest
@@ -55,11 +54,17 @@ def test_bad_input_names_the_problem(argv, message, capsys):
     assert message in capsys.readouterr().err
 
 
-def test_module_entry_point():
-    proc = subprocess.run([sys.executable, "-m", "ssagan_dist.models", "--model", "mdgan_stage1", "--json"],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["generator_params"] == 149_968
+def test_module_entry_point(capsys, monkeypatch):
+    """`python -m ssagan_dist.models`, as runpy runs it (in this interpreter: a fresh one would
+    spend its time importing torch; tests/test_structure.py imports every module afresh)."""
+    import runpy
+
+    monkeypatch.setattr(sys, "argv", ["ssagan_dist.models", "--model", "mdgan_stage1", "--json"])
+    monkeypatch.delitem(sys.modules, "ssagan_dist.models.__main__")  # imported above: run it as a fresh __main__
+    with pytest.raises(SystemExit) as exited:
+        runpy.run_module("ssagan_dist.models", run_name="__main__", alter_sys=True)
+    assert exited.value.code == 0
+    assert json.loads(capsys.readouterr().out)["generator_params"] == 149_968
 
 
 @pytest.mark.slow

@@ -81,25 +81,40 @@ def test_data_model_shape_mismatch_is_caught(sky, tmp_path):
 
 # -- distributed training ------------------------------------------------------------------------
 
-def test_two_workers_stay_in_sync_and_resume_bit_identically(ray_cluster, sky, tmp_path):
-    two = [*FAST, *data_args(sky), "trainer.num_workers=2", "trainer.max_steps=4", f"run.storage_path={tmp_path}",
-           "trainer.val_batches=0"]
+@pytest.fixture(scope="module")
+def two_worker_runs(sky, tmp_path_factory):
+    """Three trainings of 2 workers x batch 3, shared by the tests below (each a Ray Train run:
+    the default suite's cost): `straight` to step 4, and `resumed`, stopped after 2 steps, then
+    re-run under its name to 4. Validation every 2 steps on 5 held-out clips: fewer than one batch
+    per worker (2 x 3 = 6 per step), so it pads and masks as evaluate does."""
+    from data_tools import synth
+    from tests.conftest import start_session_ray
+
+    start_session_ray()
+    root = tmp_path_factory.mktemp("two_workers")
+    synth.generate(str(root / "val5"), clips=5, size=32, frames=8, seed=1, progress=False)
+    two = [*FAST, f"data.train_urls={sky / 'train'}", f"data.val_urls={root / 'val5'}", "trainer.num_workers=2",
+           "trainer.batch_size=3", "trainer.max_steps=4", "trainer.val_batches=0", f"run.storage_path={root}"]
     assert train.main(["--config", "tiny_cpu", *two, "run.name=straight"]) == 0
     # The same run stopped after 2 steps, then re-run under its name to 4.
     assert train.main(["--config", "tiny_cpu", *two, "run.name=resumed", "trainer.max_steps=2"]) == 0
     assert train.main(["--config", "tiny_cpu", *two, "run.name=resumed"]) == 0
+    return root
 
-    ckpt = latest(tmp_path / "straight")
+
+def test_two_workers_stay_in_sync_and_resume_bit_identically(two_worker_runs):
+    root = two_worker_runs
+    ckpt = latest(root / "straight")
     digests = {checkpointing.read_worker(ckpt, r)["state_digest"] for r in (0, 1)}
     assert len(digests) == 1, "ranks hold different G/D weights"
 
-    straight, resumed = nets_state(tmp_path / "straight"), nets_state(tmp_path / "resumed")
-    assert checkpointing.read_model(latest(tmp_path / "resumed"))["step"] == 4
+    straight, resumed = nets_state(root / "straight"), nets_state(root / "resumed")
+    assert checkpointing.read_model(latest(root / "resumed"))["step"] == 4
     assert straight.keys() == resumed.keys()
     for k in straight:
         assert torch.equal(straight[k], resumed[k]), f"{k} differs after resume"
 
-    lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(x) for x in (root / "resumed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lines if "val/psnr" in r] == [2, 4]
     assert {"val/psnr", "val/ssim", "val/mse", "val/baseline_psnr"} <= lines[-1].keys()
     # every validation scores the same held-out clips (not an exhausted loader: NaN means)
@@ -108,30 +123,45 @@ def test_two_workers_stay_in_sync_and_resume_bit_identically(ray_cluster, sky, t
     # held-out PSNR in training is what evaluate finds for the saved checkpoint on the same clips.
     from ssagan_dist import evaluate
 
-    scored = evaluate.evaluate(str(tmp_path / "resumed"), str(sky / "val"), batch_size=2, progress=False)
-    assert scored["count"] == lines[-1]["val/count"] == 8
+    scored = evaluate.evaluate(str(root / "resumed"), str(root / "val5"), batch_size=2, progress=False)
+    assert scored["count"] == lines[-1]["val/count"] == 5
     assert scored["psnr"] == pytest.approx(lines[-1]["val/psnr"], rel=1e-9)
     assert scored["ssim"] == pytest.approx(lines[-1]["val/ssim"], rel=1e-9)
-    samples = tmp_path / "straight" / "samples"
+    samples = root / "straight" / "samples"
     assert (samples / "step_000000004.png").stat().st_size > 0
     assert (samples / "step_000000004.gif").stat().st_size > 0
 
 
-def test_a_val_set_smaller_than_one_batch_per_worker_is_scored_whole(ray_cluster, sky, tmp_path):
+def test_a_val_set_smaller_than_one_batch_per_worker_is_scored_whole(two_worker_runs):
     """5 held-out clips, 2 workers x batch 3 = 6 per step: validation pads and masks (as evaluate
     does) and scores each clip exactly once, the same scores evaluate finds for the checkpoint."""
-    from data_tools import synth
     from ssagan_dist import evaluate
 
-    synth.generate(str(tmp_path / "val5"), clips=5, size=32, frames=8, seed=1, progress=False)
-    args = [*FAST, f"data.train_urls={sky / 'train'}", f"data.val_urls={tmp_path / 'val5'}", "trainer.num_workers=2",
-            "trainer.batch_size=3", "trainer.val_batches=0", f"run.storage_path={tmp_path}", "run.name=small_val"]
-    assert train.main(["--config", "tiny_cpu", *args]) == 0
-    [record] = [json.loads(x) for x in (tmp_path / "small_val" / "metrics.jsonl").read_text().splitlines()
-                if "val/psnr" in json.loads(x)]
-    assert record["val/count"] == record["val/baseline_count"] == 5
-    scored = evaluate.evaluate(str(tmp_path / "small_val"), str(tmp_path / "val5"), batch_size=4, progress=False)
-    assert scored["count"] == 5 and scored["psnr"] == pytest.approx(record["val/psnr"], rel=1e-9)
+    root = two_worker_runs
+    records = [r for r in map(json.loads, (root / "straight" / "metrics.jsonl").read_text().splitlines())
+               if "val/psnr" in r]
+    assert [r["step"] for r in records] == [2, 4]
+    assert all(r["val/count"] == r["val/baseline_count"] == 5 for r in records)
+    scored = evaluate.evaluate(str(root / "straight"), str(root / "val5"), batch_size=4, progress=False)
+    assert scored["count"] == 5 and scored["psnr"] == pytest.approx(records[-1]["val/psnr"], rel=1e-9)
+
+
+def test_evaluate_and_predict_from_a_checkpoint(two_worker_runs, sky, tmp_path):
+    from ssagan_dist import evaluate, predict
+
+    run = two_worker_runs / "straight"
+    result = evaluate.evaluate(str(run), str(sky / "val"), batch_size=2, progress=False)
+    assert result["step"] == 4 and result["count"] == 8
+    assert 0 < result["baseline_psnr"] < 100 and 0 < result["psnr"] < 100
+    out = tmp_path / "pred.gif"
+    pred = predict.predict(str(run), str(out), data=str(sky / "val"))
+    assert pred.shape == (3, 8, 32, 32) and out.stat().st_size > 0
+    from PIL import Image
+
+    Image.fromarray(((pred[:, 0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()).save(tmp_path / "p.png")
+    assert predict.main(["--checkpoint", str(run), "--image", str(tmp_path / "p.png"),
+                         "--out", str(tmp_path / "pred.mp4")]) == 0
+    assert (tmp_path / "pred.mp4").stat().st_size > 0
 
 
 @pytest.mark.slow
@@ -157,11 +187,14 @@ def test_data_and_checkpoints_on_s3_and_resume_from_there(ray_cluster, s3_bucket
     assert state["step"] == 4  # resumed from the step-2 checkpoint on S3, not restarted
 
 
-# four through Ray in the default suite; the other four (each also trained in-process by
-# tests/test_trainers_zoo.py) with the slow tests
-@pytest.mark.parametrize("model", ["ssagan", "mdgan_stage1", "hrvgan", "convlstm_gan",
+# Through Ray in the default suite: hrvgan and convlstm_gan here, ssagan (tiny_cpu) in the
+# two-worker runs above, mdgan_stage1 and mdgan_stage2 in the refine test below; the other four
+# (each also trained in-process by tests/test_trainers_zoo.py) and ssagan from the `defaults`
+# config with the slow tests.
+@pytest.mark.parametrize("model", ["hrvgan", "convlstm_gan",
                                    *(pytest.param(m, marks=pytest.mark.slow)
-                                     for m in ("pix2pix_video", "video3d_gan", "dcgan", "ssagan_a"))])
+                                     for m in ("ssagan", "mdgan_stage1", "pix2pix_video", "video3d_gan", "dcgan",
+                                               "ssagan_a"))])
 def test_every_trainer_runs_through_the_entry_point(ray_cluster, model, tmp_path):
     from data_tools import synth
 
@@ -180,6 +213,8 @@ def test_refine_trainers_start_from_a_stage1_checkpoint(ray_cluster, model, sky,
     assert train.main(["--config", "defaults", *base, f"model.name={stage1}", "run.name=stage1"]) == 0
     assert train.main(["--config", "defaults", *base, f"model.name={model}", "run.name=stage2",
                        f"run.stage1_checkpoint={tmp_path / 'stage1'}"]) == 0
+    assert checkpointing.read_model(latest(tmp_path / "stage1"))["step"] == 2
+    assert checkpointing.read_model(latest(tmp_path / "stage2"))["step"] == 2
     g1 = checkpointing.read_model(latest(tmp_path / "stage1"))["trainer"]["nets"]["G"]
     frozen = checkpointing.read_model(latest(tmp_path / "stage2"))["trainer"]["nets"]["G_stage1"]
     for k in g1:
@@ -195,21 +230,3 @@ def test_a_diverged_run_stops_with_an_error_and_saves_no_nan_checkpoint(ray_clus
     lines = [json.loads(x) for x in (tmp_path / "nan" / "metrics.jsonl").read_text().splitlines()]  # valid JSON
     assert "diverged" in lines[-1]["error"]
     assert not list((tmp_path / "nan").glob("checkpoint_*")), "a checkpoint was saved from a diverged run"
-
-
-def test_evaluate_and_predict_from_a_checkpoint(ray_cluster, sky, tmp_path):
-    from ssagan_dist import evaluate, predict
-
-    assert train.main(["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}",
-                       "run.name=ev"]) == 0
-    result = evaluate.evaluate(str(tmp_path / "ev"), str(sky / "val"), batch_size=2, progress=False)
-    assert result["step"] == 2 and 0 < result["baseline_psnr"] < 100 and 0 < result["psnr"] < 100
-    out = tmp_path / "pred.gif"
-    pred = predict.predict(str(tmp_path / "ev"), str(out), data=str(sky / "val"))
-    assert pred.shape == (3, 8, 32, 32) and out.stat().st_size > 0
-    from PIL import Image
-
-    Image.fromarray(((pred[:, 0].permute(1, 2, 0) + 1) * 127.5).clamp(0, 255).byte().numpy()).save(tmp_path / "p.png")
-    assert predict.main(["--checkpoint", str(tmp_path / "ev"), "--image", str(tmp_path / "p.png"),
-                         "--out", str(tmp_path / "pred.mp4")]) == 0
-    assert (tmp_path / "pred.mp4").stat().st_size > 0
