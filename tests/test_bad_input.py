@@ -505,7 +505,9 @@ def test_a_dead_clusters_recorded_address_is_reported_at_once(sky, tmp_path):
     assert line.startswith(f"error: no Ray cluster answers at {dead} (Ray's recorded address in "
                            f"{tmp_path / 'ray' / 'ray_current_cluster'}"), line
     assert "ray start --head" in line and "run.ray_address=local" in line
-    assert took < 30  # the probe waits 3 s; the rest is Python starting on a loaded machine
+    # the probe waits 3 s; the rest is Python importing torch and Ray, 5-25 s on a loaded 2-core
+    # machine (more on a slower CPU). Ray's own wait on a dead head was 13 minutes.
+    assert took < 45
 
 
 def test_an_explicit_address_that_does_not_answer_fails_after_a_bounded_printed_wait(sky, tmp_path):
@@ -520,4 +522,4 @@ def test_an_explicit_address_that_does_not_answer_fails_after_a_bounded_printed_
                        "(SSAGAN_RAY_CONNECT_WAIT_S)")
     assert error == (f"error: no Ray cluster answers at {dead} (run.ray_address = '{dead}') after 3 s: start it, "
                      "or fix the address (SSAGAN_RAY_CONNECT_WAIT_S sets the wait)")
-    assert took < 30
+    assert took < 45  # 3 s asked for; unheeded, the default wait alone would be 60 s (+ the start)
