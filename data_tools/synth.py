@@ -15,6 +15,7 @@ under a sky whose colour drifts slowly toward dusk. The future is predictable fr
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
@@ -95,17 +96,25 @@ def _sample_periodic(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
     return top * (1 - fy) + bottom * fy
 
 
-def render_clip(params: dict[str, Any], size: int, frames: int) -> np.ndarray:
-    """uint8 (T, H, W, 3) for one clip's parameters."""
+def render_clip(params: dict[str, Any], size: int, frames: int, *, freeze_motion: bool = False,
+                freeze_drift: bool = False) -> np.ndarray:
+    """uint8 (T, H, W, 3) for one clip's parameters.
+
+    ``freeze_motion``: the clouds stay where they are at frame 0 (the colour still drifts);
+    ``freeze_drift``: the sky colour stays at frame 0's (``tau0``; the clouds still move). Frame 0
+    is the same in every variant, and with neither the output is what ``generate`` writes.
+    """
     s, t = size, np.arange(frames, dtype=np.float32)
+    still = np.zeros_like(t)
     yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
     vx, vy = params["wind"]
     field = _cloud_field(params["noise"], params["wind"], params["travel"])
-    n = _sample_periodic(field, xx[None] - vx * t[:, None, None], yy[None] - vy * t[:, None, None])  # (T, H, W)
+    tm = still if freeze_motion else t  # the clouds' clock
+    n = _sample_periodic(field, xx[None] - vx * tm[:, None, None], yy[None] - vy * tm[:, None, None])  # (T, H, W)
     density = np.clip((n - params["coverage"]) / 0.8, 0.0, 1.0)
     density = density * density * (3 - 2 * density)  # smoothstep: soft cloud edges
 
-    tau = params["tau0"] + DRIFT * t / max(frames - 1, 1)  # (T,)
+    tau = params["tau0"] + DRIFT * (still if freeze_drift else t) / max(frames - 1, 1)  # (T,)
     height = (yy / (s - 1))[None, :, :, None]  # 0 at the top
     sky = _palette(tau, _ZENITH)[:, None, None] * (1 - height) + _palette(tau, _HORIZON)[:, None, None] * height
     lit = 0.7 * np.ones(3, np.float32) + 0.3 * _palette(tau, _HORIZON)  # clouds take the horizon's tint
@@ -131,6 +140,44 @@ def render_clip(params: dict[str, Any], size: int, frames: int) -> np.ndarray:
     flag = (along >= 1) & (along <= length) & (np.abs(across) <= thick * (1 - along / (length + 1)) + 0.5)
     img[:, flag & ~ground] = _FLAG
     return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+# -- re-rendering a stored clip: the exact clip and the oracles with one factor frozen ---------
+TOOL = "data_tools.synth"  # index.json "source" "tool" of a dataset written by ``generate``
+VARIANTS = {
+    "exact": {},  # the clip as generate rendered it (before JPEG)
+    "drift_only": {"freeze_motion": True},  # the true colour drift, clouds frozen at frame 0's position
+    "motion_only": {"freeze_drift": True},  # the true cloud motion, colour frozen at frame 0's (tau0)
+}
+_KEY = re.compile(r"^sky(\d{4,})_(\d{7,})$")
+
+
+def clip_key(seed: int, index: int) -> str:
+    """The key ``generate`` gives clip ``index`` of a dataset made with ``seed``."""
+    return f"sky{seed:04d}_{index:07d}"
+
+
+def parse_key(key: str) -> tuple[int, int] | None:
+    """(seed, index) of a key made by ``clip_key``; None for any other key."""
+    m = _KEY.match(key)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def clip_params(seed: int, index: int, size: int, frames: int) -> dict[str, Any]:
+    """The parameters of clip ``index`` of ``generate(..., size=size, frames=frames, seed=seed)``:
+    wind (px per frame), travel, coverage, tau0, noise, skyline."""
+    return _clip_params(np.random.default_rng([seed, index]), size, frames)
+
+
+def rerender(seed: int, index: int, size: int, frames: int, variant: str = "exact") -> np.ndarray:
+    """uint8 (T, H, W, 3): clip ``index`` of the dataset ``generate`` makes with (seed, size,
+    frames), rendered again. ``variant`` (``VARIANTS``): "exact", the clip itself, bit for bit
+    what was encoded (a stored JPEG differs by its compression error only); "drift_only", the true
+    colour drift with the clouds frozen at frame 0's position; "motion_only", the true cloud motion
+    with the colour frozen at frame 0's (tau0). Frame 0 is the same in all three."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant {variant!r}: one of {', '.join(VARIANTS)}")
+    return render_clip(clip_params(seed, index, size, frames), size, frames, **VARIANTS[variant])
 
 
 def generate(
@@ -159,17 +206,17 @@ def generate(
                          endpoint_url=endpoint_url, overwrite=overwrite)
     with Timer() as timer, progress_bar(clips, f"synth {split}", progress) as bar:
         for i in range(clips):
-            params = _clip_params(np.random.default_rng([seed, i]), size, frames)
+            params = clip_params(seed, i, size, frames)
             video = render_clip(params, size, frames)
             meta = {"source": "synth", "seed": seed, "index": i, "first_frame": 0, "fps": FPS,
                     "label": None, "orig_size": [size, size], "wind_px_per_frame": list(params["wind"]),
                     "tau0": params["tau0"], "coverage": params["coverage"]}
-            writer.add(f"sky{seed:04d}_{i:07d}", encode_clip(video, frame_format, quality, meta))
+            writer.add(clip_key(seed, i), encode_clip(video, frame_format, quality, meta))
             bar.update(1)
         index = writer.close(
             clip_shape=[3, frames, size, size], frame_format=frame_format,
             jpeg_quality=quality if frame_format == "jpg" else None, fps=FPS, labels=False, classes=None,
-            source={"tool": "data_tools.synth", "seed": seed, "clips": clips, "size": size, "frames": frames},
+            source={"tool": TOOL, "seed": seed, "clips": clips, "size": size, "frames": frames},
         )
     if progress:
         print(summary(index, out_url, timer.seconds), file=sys.stderr)
