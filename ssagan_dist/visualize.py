@@ -33,7 +33,11 @@ VIDEO_MIN_SIDE = 128
 
 BACKGROUND = (255, 255, 255)
 TEXT = (20, 20, 20)
-LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+TRUE_COLOUR = (0, 150, 0)  # motion arrows and numbers: the truth's ...
+PRED_COLOUR = (210, 0, 210)  # ... and the prediction's
+MOTION_PANEL_MIN_W = 96  # the motion column fits "pred +10.5,-12.5"
+LINE_COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+                (227, 119, 194), (127, 127, 127), (188, 189, 34)]
 
 
 def _font(size: int = 11) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -104,11 +108,18 @@ def sample_strip(
     times: list[int] | None = None,
     max_clips: int = 4,
     scale: int | None = None,
+    motion: bool = False,
 ) -> Image.Image:
     """A grid for up to `max_clips` clips: the input frame, then predicted and real frames at `times`.
 
     inputs_frame: (N, C, H, W); pred, real: (N, C, T, H, W), all in [-1, 1]. Each clip takes two
     rows (pred above real), the input frame sits left of both; columns are labelled with t.
+
+    ``motion``: one more column, per clip the input frame with the clouds' displacement from
+    frame 0 to the last frame (``ssagan_dist.motion.displacement``, both measured from the real
+    input frame) drawn as arrows from the frame's centre, the truth's in green and the
+    prediction's in magenta (a dot: less than half a pixel), and the numbers (dx, dy in pixels;
+    positive: right, down) below it.
     """
     if pred.shape != real.shape or pred.dim() != 5:
         raise ValueError(
@@ -124,7 +135,9 @@ def sample_strip(
     scale = _auto_scale(h, w, STRIP_MIN_SIDE, scale)
     th, tw = h * scale, w * scale
     pair_h = 2 * (th + GAP) + CLIP_GAP
-    image = Image.new("RGB", (LABEL_W + (1 + len(times)) * (tw + GAP), HEADER_H + k * pair_h - CLIP_GAP), BACKGROUND)
+    panel_w = max(tw, MOTION_PANEL_MIN_W) + GAP if motion else 0
+    image = Image.new("RGB", (LABEL_W + (1 + len(times)) * (tw + GAP) + panel_w, HEADER_H + k * pair_h - CLIP_GAP),
+                      BACKGROUND)
     draw, font = ImageDraw.Draw(image), _font()
 
     def col_x(j: int) -> int:
@@ -142,7 +155,51 @@ def sample_strip(
             frames = _enlarge(to_uint8_frames(video[:, times]), scale)
             for j, frame in enumerate(frames, start=1):
                 image.paste(Image.fromarray(frame), (col_x(j), y))
+    if motion:
+        _motion_panels(image, draw, font, inputs_frame[:k], pred[:k], real[:k], col_x(1 + len(times)), pair_h,
+                       scale)
     return image
+
+
+def _arrow(draw: ImageDraw.ImageDraw, start: tuple[float, float], d: tuple[float, float], scale: int,
+           colour: tuple[int, int, int], width: int = 2) -> None:
+    """An arrow from ``start`` by ``d`` pixels of the frame (times ``scale``), on a dark outline; a
+    dot where it would be shorter than half a frame pixel."""
+    x0, y0 = start
+    x1, y1 = x0 + d[0] * scale, y0 + d[1] * scale
+    if math.hypot(*d) < 0.5:
+        for r, fill in ((width + 1, (0, 0, 0)), (width, colour)):
+            draw.ellipse([x0 - r, y0 - r, x0 + r, y0 + r], fill=fill)
+        return
+    angle = math.atan2(y1 - y0, x1 - x0)
+    head = [(x1 + 6 * math.cos(angle + a), y1 + 6 * math.sin(angle + a)) for a in (math.pi * 0.8, -math.pi * 0.8)]
+    for w, fill in ((width + 2, (0, 0, 0)), (width, colour)):
+        draw.line([(x0, y0), (x1, y1)], fill=fill, width=w)
+        draw.line([head[0], (x1, y1), head[1]], fill=fill, width=w)
+
+
+def _motion_panels(image: Image.Image, draw: ImageDraw.ImageDraw, font, inputs_frame: Tensor, pred: Tensor,
+                   real: Tensor, x: int, pair_h: int, scale: int) -> None:
+    """sample_strip's motion column: per clip the input frame, arrows and numbers."""
+    from ssagan_dist.motion import displacement  # numpy/torch only; imported when asked for
+
+    t = real.shape[2]
+    reference = real[:, :, 0].detach().float().cpu()
+    true_d = displacement(real.detach().float().cpu(), reference)[:, -1].tolist()
+    pred_d = displacement(pred.detach().float().cpu(), reference)[:, -1].tolist()
+    _, _, h, w = inputs_frame.shape
+    th, tw = h * scale, w * scale
+    draw.text((x + max(tw, MOTION_PANEL_MIN_W) // 2, HEADER_H // 2), f"moved by t={t - 1} (px)", fill=TEXT,
+              font=font, anchor="mm")
+    for clip, (dt, dp) in enumerate(zip(true_d, pred_d)):
+        top = HEADER_H + clip * pair_h
+        image.paste(Image.fromarray(_enlarge(to_uint8_frames(inputs_frame[clip].unsqueeze(1))[0], scale)), (x, top))
+        centre = (x + tw / 2, top + th / 2)
+        _arrow(draw, centre, dt, scale, TRUE_COLOUR, width=4)  # the wider one: both show where they agree
+        _arrow(draw, centre, dp, scale, PRED_COLOUR, width=2)
+        for i, (label, d, colour) in enumerate((("true", dt, TRUE_COLOUR), ("pred", dp, PRED_COLOUR))):
+            draw.text((x, top + th + 3 + 13 * i), f"{label} {d[0]:+.1f},{d[1]:+.1f}", fill=colour, font=font,
+                      anchor="la")
 
 
 # -- several models side by side ------------------------------------------------------------
