@@ -1,6 +1,7 @@
 """Check the Kubernetes manifests of ``k8s/`` offline, without a cluster.
 
     python -m ssagan_dist.deploy.check k8s/ [--crds DIR] [--kubernetes-version 1.30]
+    python -m ssagan_dist.deploy.check k8s/ --extract-pods DIR   # pod templates as Pods, for checkov
 
 Every ``*.yaml``/``*.yml`` under the folder, recursively, is parsed and validated:
 
