@@ -19,9 +19,25 @@ same clips and with the same metric code:
   *training* clips (``--train-data``, default the checkpoint's ``data.train_urls``): a
   prediction that knows the average motion of the data but nothing of this clip.
 
-``--out`` writes ``scores.json``, ``per_frame.png`` (PSNR and SSIM per future frame) and
-``extremes.png`` (the held-out clips where the model gains least and most over copy-frame).
-Conventions: docs/metrics.md; what the numbers mean for quality: docs/quality.md.
+On synthetic skies (``data_tools.synth``; the dataset's index.json names it) three oracles,
+each clip rendered again from the parameters it was made with (``--no-oracles`` leaves them out):
+
+- ``oracle_drift_*``: the true colour drift, the clouds held still where they are in the photo;
+- ``oracle_motion_*``: the true cloud motion, the sky's colour held at the photo's;
+- ``oracle_exact_*``: the clip itself, unlike the stored clip by its JPEG error only.
+
+Motion (``ssagan_dist.motion``; ``--no-motion`` leaves it out): how far the clouds moved from the
+input frame to the last, measured by phase correlation over the sky band, in the truth and in
+every series: ``true_displacement``, and per series ``pred_displacement``,
+``direction_agreement`` (share of clips within 45° of the true displacement and at least half
+its length), ``magnitude_ratio``, ``along_ratio``, ``pred_frame_change`` (see ``score``). PSNR
+over copy-frame mostly measures colour drift and blur on the skies; these measure the task.
+
+``--out`` writes ``scores.json``, ``per_frame.png`` (PSNR, SSIM and cloud displacement per future
+frame) and ``extremes.png`` (the held-out clips where the model gains least and most over
+copy-frame, with the true and predicted displacement drawn as arrows); ``--per-clip`` adds every
+clip's values (``per_clip.json``). Conventions: docs/metrics.md; what the numbers mean for
+quality: docs/quality.md.
 """
 
 from __future__ import annotations
@@ -30,23 +46,37 @@ import argparse
 import heapq
 import itertools
 import json
+import math
+import posixpath
 import sys
+from collections import OrderedDict
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.distributed as dist
-from omegaconf import OmegaConf
 from torch import Tensor
 from tqdm import tqdm
 
-from ssagan_dist import checkpointing, cli, experiment, metrics, storage
-from ssagan_dist.data import ClipLoader, resolve_urls
+from ssagan_dist import checkpointing, cli, experiment, metrics, motion, storage
+from ssagan_dist.data import ClipLoader, read_index, resolve_urls
 from ssagan_dist.trainers import GANTrainer
 from ssagan_dist.trainers.base import WEIGHTS
 
 # prefix of each series' keys in the result: "" = the model
 BASELINES = {"baseline_": "copy frame", "mean_change_": "mean training change"}
+# synthetic skies (data_tools.synth): each clip rendered again from its parameters, {prefix:
+# (synth.VARIANTS name, label)}; "exact" differs from the stored clip by its JPEG error only
+ORACLES = {"oracle_drift_": ("drift_only", "oracle: true drift, clouds still"),
+           "oracle_motion_": ("motion_only", "oracle: true motion, colour still"),
+           "oracle_exact_": ("exact", "oracle: exact re-render")}
+# motion measures (ssagan_dist.motion.summarize): per series, with its prefix; of the truth
+MOTION_SERIES_KEYS = ("pred_displacement", "direction_agreement", "magnitude_ratio", "magnitude_ratio_median",
+                      "along_ratio", "pred_frame_change")
+MOTION_TRUE_KEYS = ("true_displacement", "true_frame_change")
+# per-clip motion values (ssagan_dist.motion.per_clip) in result["per_clip"], per series with its prefix
+MOTION_PER_CLIP = ("pred_displacement", "direction_agreement", "magnitude_ratio", "along_ratio", "pred_frame_change")
 PICKS = ("latest", "best")
 
 
@@ -196,21 +226,245 @@ class Extremes:
         return worst, best
 
 
+def synthetic_clips(loader: ClipLoader) -> dict[str, tuple[int, int, int, int, str]]:
+    """{clip key: (seed, index, size, frames, shard)} for the clips of ``loader`` that
+    ``data_tools.synth`` wrote (their dataset's index.json names it as ``source.tool``), whose
+    parameters it can render again (``synth.rerender``); ``shard`` names the stored bytes (the
+    shard's sha256 as indexed, else its URL). Empty without data_tools or synthetic clips."""
+    try:
+        from data_tools import synth  # the dataset tool; the library imports without it
+    except ImportError:
+        return {}
+    indexes: dict[str, Optional[dict]] = {}
+    out: dict[str, tuple[int, int, int, int, str]] = {}
+    for shard in getattr(loader, "shards", []):
+        folder, name = posixpath.split(shard.url)
+        if folder not in indexes:
+            try:
+                indexes[folder] = read_index(folder, getattr(loader, "endpoint_url", None))
+            except (OSError, ValueError):
+                indexes[folder] = None
+        index = indexes[folder] or {}
+        source = index.get("source") or {}
+        if source.get("tool") != synth.TOOL:
+            continue
+        seed, size, frames = source.get("seed"), source.get("size"), source.get("frames")
+        if shard.clip_shape is not None and tuple(shard.clip_shape) != (3, frames, size, size):
+            continue
+        entry = next((e for e in index.get("shards", []) if e.get("name") == name), {})
+        ident = str(entry.get("sha256") or shard.url)
+        for key in shard.keys:
+            parsed = synth.parse_key(key)
+            if parsed is not None and parsed[0] == seed:
+                out[key] = (seed, parsed[1], size, frames, ident)
+    return out
+
+
+def _render_oracles(params: list, like: Tensor) -> tuple[dict[str, Tensor], Tensor]:
+    """({prefix: (n, C, T, H, W) clips in [-1, 1] like ``like``} for ``ORACLES``, (n, 2) wind in
+    pixels per frame) for synthetic clips given as (seed, index, size, frames)."""
+    from data_tools import synth
+
+    videos: dict[str, list] = {prefix: [] for prefix in ORACLES}
+    winds = []
+    for seed, index, size, frames, *_ in params:
+        p = synth.clip_params(seed, index, size, frames)
+        winds.append(p["wind"])
+        for prefix, (variant, _) in ORACLES.items():
+            videos[prefix].append(synth.render_clip(p, size, frames, **synth.VARIANTS[variant]))
+    clips = {prefix: torch.from_numpy(np.stack(v)).permute(0, 4, 1, 2, 3).to(like.device, like.dtype)
+             .div(127.5).sub(1.0) for prefix, v in videos.items()}
+    return clips, torch.tensor(winds, dtype=torch.float64)
+
+
+class OracleCache:
+    """The oracles' values of synthetic clips depend on the data alone: each clip is rendered and
+    scored once per process and reused at every later validation (least recently used first out
+    beyond ``limit`` clips). Per clip and oracle one float64 row: mse, psnr, ssim, their per-frame
+    values, the displacement of every frame (nan when not measured) and the frame change; then
+    the wind (px per frame)."""
+
+    def __init__(self, limit: int = 8192):
+        self.limit = limit
+        self.entries: "OrderedDict[tuple, tuple[np.ndarray, bool]]" = OrderedDict()
+
+    def values(self, keys: list[str], clips: list[tuple], real: Tensor, measure_motion: bool
+               ) -> tuple[dict[str, dict[str, Tensor]], Tensor]:
+        """({prefix: clip_metrics' dict (CPU float64), plus "displacement" (n, T, 2) and
+        "frame_change" (n,) with ``measure_motion``}, wind (n, 2)) for the synthetic clips ``keys``
+        (``synthetic_clips``' values ``clips``) whose stored clips are ``real``."""
+        t = real.shape[2]
+        width = len(metrics.METRICS) * (1 + t) + 2 * t + 1
+        ids = [(info[4], key, t) for key, info in zip(keys, clips)]
+        need = [i for i, c in enumerate(ids) if c not in self.entries or (measure_motion and not self.entries[c][1])]
+        if need:
+            rendered, wind = _render_oracles([clips[i] for i in need], real)
+            stored = real[need]
+            rows = np.full((len(need), len(ORACLES) * width + 2), np.nan)
+            rows[:, -2:] = wind.numpy()
+            for j, (prefix, oracle) in enumerate(rendered.items()):
+                m = metrics.clip_metrics(oracle, stored)
+                block = rows[:, j * width : (j + 1) * width]
+                for i, name in enumerate(metrics.METRICS):
+                    block[:, i] = m[name].double().cpu().numpy()
+                    first = len(metrics.METRICS) + i * t
+                    block[:, first : first + t] = m[f"{name}_per_frame"].double().cpu().numpy()
+                if measure_motion:
+                    at = len(metrics.METRICS) * (1 + t)
+                    d = motion.displacement(oracle, stored[:, :, 0])
+                    block[:, at : at + 2 * t] = d.cpu().numpy().reshape(-1, 2 * t)
+                    block[:, -1] = motion.frame_change(oracle).cpu().numpy()
+            for i, row in zip(need, rows):
+                self.entries[ids[i]] = (row, measure_motion)
+        for c in ids:
+            self.entries.move_to_end(c)
+        table = np.stack([self.entries[c][0] for c in ids])
+        while len(self.entries) > self.limit:
+            self.entries.popitem(last=False)
+        out: dict[str, dict[str, Tensor]] = {}
+        k = len(metrics.METRICS)
+        for j, prefix in enumerate(ORACLES):
+            block = torch.from_numpy(table[:, j * width : (j + 1) * width].copy())
+            values = {name: block[:, i] for i, name in enumerate(metrics.METRICS)}
+            values.update({f"{name}_per_frame": block[:, k + i * t : k + (i + 1) * t]
+                           for i, name in enumerate(metrics.METRICS)})
+            if measure_motion:
+                values["displacement"] = block[:, k * (1 + t) : k * (1 + t) + 2 * t].reshape(-1, t, 2)
+                values["frame_change"] = block[:, -1]
+            out[prefix] = values
+        return out, torch.from_numpy(table[:, -2:].copy())
+
+
+ORACLE_CACHE = OracleCache()
+
+
+class PerClip:
+    """Every scored clip's values, one row per clip and one named column per value (nan where a
+    series does not cover the clip: an oracle on a clip that is not synthetic): the series'
+    MSE/PSNR/SSIM, and with motion the displacement of every frame (series and truth), the frame
+    change and the wind. Gathered over ranks as one float64 tensor padded to ``rows`` rows."""
+
+    def __init__(self, prefixes: tuple[str, ...], frames: int, measure_motion: bool, synth: bool):
+        cols = [p + m for p in prefixes for m in metrics.METRICS]
+        if measure_motion:
+            for p in (*prefixes, "true_"):
+                cols += [f"{p}{axis}_{t}" for t in range(frames) for axis in ("dx", "dy")] + [p + "frame_change"]
+            if synth:
+                cols += ["wind_dx", "wind_dy"]
+        self.columns = cols
+        self.frames = frames
+        self.blocks: list[np.ndarray] = []
+        self.keys: list[str] = []
+
+    def batch(self, keys: list[str]) -> dict[str, np.ndarray]:
+        """A block of nan rows for the clips ``keys``, as {column: (n,) view} to fill in."""
+        block = np.full((len(keys), len(self.columns)), np.nan)
+        self.blocks.append(block)
+        self.keys += keys
+        return {c: block[:, i] for i, c in enumerate(self.columns)}
+
+    def put_displacement(self, row: dict[str, np.ndarray], prefix: str, d: Tensor, index=slice(None)) -> None:
+        d = d.cpu().numpy()
+        for t in range(self.frames):
+            row[f"{prefix}dx_{t}"][index] = d[:, t, 0]
+            row[f"{prefix}dy_{t}"][index] = d[:, t, 1]
+
+    def gather(self, rows: int, device, want_keys: bool) -> tuple[np.ndarray, list[str]]:
+        """(every rank's rows, rank 0's first, and with ``want_keys`` their keys)."""
+        table = np.concatenate(self.blocks) if self.blocks else np.zeros((0, len(self.columns)))
+        keys = list(self.keys)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            if len(table) > rows:
+                raise RuntimeError(f"{len(table)} scored clips on one rank, more than {rows} batches × batch size")
+            padded = torch.full((rows, len(self.columns) + 1), float("nan"), dtype=torch.float64)
+            padded[: len(table), :-1] = torch.from_numpy(table)
+            padded[: len(table), -1] = 1.0
+            padded = padded.to(device)
+            parts = [torch.empty_like(padded) for _ in range(dist.get_world_size())]
+            dist.all_gather(parts, padded)
+            stacked = torch.cat(parts).cpu()
+            table = stacked[stacked[:, -1] == 1.0][:, :-1].numpy()
+            if want_keys:
+                every: list = [None] * dist.get_world_size()
+                dist.all_gather_object(every, keys)
+                keys = [k for part in every for k in part]
+        return table, keys
+
+
+def _motion_results(table: np.ndarray, columns: list[str], prefixes: tuple[str, ...], frames: int,
+                    synth: bool) -> tuple[dict, dict]:
+    """(summary keys and curves, per-clip arrays) of the motion measures from PerClip's rows."""
+    col = {c: table[:, i] for i, c in enumerate(columns)}
+    last = frames - 1
+
+    def disp(prefix: str, t: int) -> np.ndarray:
+        return np.stack([col[f"{prefix}dx_{t}"], col[f"{prefix}dy_{t}"]], -1)
+
+    true_last = disp("true_", last)
+    summary: dict = {}
+    clips: dict = {"true_dx": true_last[:, 0], "true_dy": true_last[:, 1],
+                   "true_displacement": np.hypot(true_last[:, 0], true_last[:, 1]),
+                   "true_frame_change": col["true_frame_change"]}
+    summary["true_displacement_curve"] = [float(np.hypot(*disp("true_", t).T).mean()) if len(table) else math.nan
+                                          for t in range(frames)]
+    for prefix in prefixes:
+        covered = np.isfinite(col[f"{prefix}dx_{last}"])
+        pred = disp(prefix, last)
+        each = motion.per_clip(pred[covered], true_last[covered], col[prefix + "frame_change"][covered],
+                               col["true_frame_change"][covered])
+        s = motion.summarize(each)
+        if prefix == "":
+            summary.update({k: s[k] for k in MOTION_TRUE_KEYS})
+        summary.update({prefix + k: s[k] for k in MOTION_SERIES_KEYS})
+        summary[prefix + "displacement_curve"] = [
+            float(np.hypot(*disp(prefix, t)[covered].T).mean()) if covered.any() else math.nan for t in range(frames)]
+        for k in ("pred_dx", "pred_dy", *MOTION_PER_CLIP):
+            full = np.full(len(table), np.nan)
+            full[covered] = each[k]
+            clips[prefix + k] = full
+    if synth:
+        wind = np.stack([col["wind_dx"], col["wind_dy"]], -1) * last
+        known = np.isfinite(wind[:, 0])
+        clips["wind_dx"], clips["wind_dy"] = wind[:, 0], wind[:, 1]
+        summary["wind_displacement"] = float(np.hypot(*wind[known].T).mean()) if known.any() else math.nan
+        summary["true_displacement_error"] = (float(np.hypot(*(true_last[known] - wind[known]).T).mean())
+                                              if known.any() else math.nan)
+    return summary, clips
+
+
 @torch.no_grad()
 def score(trainer: GANTrainer, loader: ClipLoader, frames: int, device: torch.device | str, *,
           max_batches: int = 0, progress: bool = False, change: Optional[Tensor] = None,
-          extremes: Optional[Extremes] = None) -> tuple[dict, Optional[tuple[torch.Tensor, torch.Tensor]]]:
+          extremes: Optional[Extremes] = None, measure_motion: bool = True, oracles: bool = True,
+          per_clip: bool = False) -> tuple[dict, Optional[tuple[torch.Tensor, torch.Tensor]]]:
     """Model, copy-frame and (with ``change``, see ``mean_change``) mean-change metrics over every
     clip of ``loader`` (or its first ``max_batches`` batches), summed over every rank when a process
     group is up; also this rank's first (real, predicted) batch, on the CPU.
 
     Keys: mse, psnr, ssim (means over future frames, then clips), {mse,psnr,ssim}_curve (per frame
     index, frame 0 = the input), count (clips scored), each again with ``baseline_`` (copy-frame)
-    and ``mean_change_`` prefixes.
+    and ``mean_change_`` prefixes; on synthetic skies (``synthetic_clips``) and with ``oracles``,
+    again with the ``ORACLES`` prefixes (``oracle_drift_``, ``oracle_motion_``, ``oracle_exact_``).
+
+    ``measure_motion`` (``ssagan_dist.motion``; docs/metrics.md "Motion"): the displacement of the
+    clouds from the input frame to the last, of the truth and of every series, both measured from
+    the real input frame: true_displacement, true_frame_change, and per series (with its prefix)
+    pred_displacement, direction_agreement, magnitude_ratio, magnitude_ratio_median,
+    along_ratio, pred_frame_change, displacement_curve (mean length per frame), and
+    true_displacement_curve; on synthetic skies wind_displacement (the recorded wind's) and
+    true_displacement_error (measured truth against the wind, the estimator's error).
+
+    ``per_clip``: ``result["per_clip"]``, every clip's values as lists in the order of ``key``
+    (sorted): each series' mse/psnr/ssim and motion values (``MOTION_PER_CLIP``, pred_dx,
+    pred_dy) with its prefix, true_dx/true_dy/true_displacement/true_frame_change, wind_dx/wind_dy
+    (px at the last frame) on synthetic skies; nan where a series does not cover a clip. Under a
+    process group the clips' keys are gathered with ``all_gather_object`` for it (only then).
     """
     loader = loader.every_clip()  # pads and masks the last batches: every clip once, on any world size
-    prefixes = ("", "baseline_") + (("mean_change_",) if change is not None else ())
+    synth = synthetic_clips(loader) if oracles else {}
+    prefixes = ("", "baseline_") + (("mean_change_",) if change is not None else ()) + (tuple(ORACLES) if synth else ())
     sums = Scores(frames, prefixes)
+    rows = PerClip(prefixes, frames, measure_motion, bool(synth))
     first = None
     total = min(len(loader), max_batches) if max_batches else len(loader)
     for batch in tqdm(itertools.islice(loader, total), total=total, desc="evaluate", unit="batch",
@@ -221,21 +475,60 @@ def score(trainer: GANTrainer, loader: ClipLoader, frames: int, device: torch.de
         real, pred = real[valid.to(real.device)], pred[valid.to(pred.device)]
         if not len(real):
             continue
-        model = metrics.clip_metrics(pred, real)
-        copied = metrics.clip_metrics(copy_frame(real), real)
-        sums.add("", model)
-        sums.add("baseline_", copied)
+        keys = [k for k, ok in zip(batch["key"], valid.tolist()) if ok]
+        row = rows.batch(keys)
+        predictions = {"": pred, "baseline_": copy_frame(real)}  # every clip of the batch
         if change is not None:
-            sums.add("mean_change_", metrics.clip_metrics(with_mean_change(real, change), real))
+            predictions["mean_change_"] = with_mean_change(real, change)
+        scored = {prefix: metrics.clip_metrics(clips, real) for prefix, clips in predictions.items()}
+        known = [i for i, key in enumerate(keys) if key in synth]
+        if known:
+            oracle_values, wind = ORACLE_CACHE.values([keys[i] for i in known], [synth[keys[i]] for i in known],
+                                                      real[known], measure_motion)
+            scored.update(oracle_values)
+            if measure_motion:
+                row["wind_dx"][known], row["wind_dy"][known] = wind[:, 0].numpy(), wind[:, 1].numpy()
+        covers = {prefix: (known if prefix in ORACLES else slice(None)) for prefix in scored}
+        for prefix, m in scored.items():
+            sums.add(prefix, m)
+            for name in metrics.METRICS:
+                row[prefix + name][covers[prefix]] = m[name].double().cpu().numpy()
+        if measure_motion:
+            reference = real[:, :, 0]
+            rows.put_displacement(row, "true_", motion.displacement(real, reference))
+            row["true_frame_change"][:] = motion.frame_change(real).cpu().numpy()
+            for prefix, clips in predictions.items():
+                rows.put_displacement(row, prefix, motion.displacement(clips, reference))
+                row[prefix + "frame_change"][:] = motion.frame_change(clips).cpu().numpy()
+            for prefix in ORACLES if known else ():
+                rows.put_displacement(row, prefix, scored[prefix]["displacement"], known)
+                row[prefix + "frame_change"][known] = scored[prefix]["frame_change"].numpy()
         if extremes is not None:
-            keys = [k for k, ok in zip(batch["key"], valid.tolist()) if ok]
-            extremes.add(model["psnr"] - copied["psnr"], keys, real, pred)
+            extremes.add(scored[""]["psnr"] - scored["baseline_"]["psnr"], keys, real, pred)
         if first is None:
             first = (real.cpu(), pred.cpu())
     flat = sums.sums.flatten().to(device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(flat)
-    return sums.means(flat.cpu()), first
+    result = sums.means(flat.cpu())
+    if measure_motion or per_clip:
+        table, keys = rows.gather(total * loader.batch_size, device, per_clip)
+        if measure_motion:
+            # rows in one order on every world size and batch size: the same sums, the same floats
+            canonical = table[np.lexsort(table.T[::-1])] if len(table) else table
+            summary, _ = _motion_results(canonical, rows.columns, prefixes, frames, bool(synth))
+            result.update(summary)
+        if per_clip:
+            order = sorted(range(len(keys)), key=keys.__getitem__)
+            table = table[order]
+            each = {"key": [keys[i] for i in order]}
+            scores = {p + m for p in prefixes for m in metrics.METRICS}
+            each.update({c: table[:, i].tolist() for i, c in enumerate(rows.columns) if c in scores})
+            if measure_motion:
+                _, clips = _motion_results(table, rows.columns, prefixes, frames, bool(synth))
+                each.update({k: v.tolist() for k, v in clips.items()})
+            result["per_clip"] = each
+    return result, first
 
 
 def _train_urls(cfg, train_data: Optional[str]) -> Optional[str]:
@@ -245,11 +538,13 @@ def _train_urls(cfg, train_data: Optional[str]) -> Optional[str]:
 def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: int = 0, device: str = "cpu",
              endpoint_url: Optional[str] = None, progress: bool = True, train_data: Optional[str] = None,
              out: Optional[str] = None, extremes: int = 4, pick: str = "latest",
-             weights: Optional[str] = None) -> dict:
+             weights: Optional[str] = None, measure_motion: bool = True, oracles: bool = True,
+             per_clip: bool = False) -> dict:
     """Score ``checkpoint`` (``pick``: see ``pick_checkpoint``) on ``data``; ``train_data`` ("" =
     none) gives the mean-change baseline (default: the run's ``data.train_urls``); ``out`` = a
     folder for scores.json and the PNGs; ``weights``: "ema" (G's moving average), "raw" (G as
-    trained) or None (the average when the checkpoint keeps one)."""
+    trained) or None (the average when the checkpoint keeps one); ``measure_motion``,
+    ``oracles``, ``per_clip``: see ``score``."""
     checkpoint, picked = pick_checkpoint(checkpoint, pick, endpoint_url)
     trainer, cfg, state = experiment.load_trainer(checkpoint, device, endpoint_url)
     try:
@@ -271,7 +566,8 @@ def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: in
     keep = Extremes(extremes) if out and extremes else None
     with trainer.generator_weights(weights):
         result, _ = score(trainer, loader, state["clip_shape"][1], device, max_batches=max_batches,
-                          progress=progress, change=change, extremes=keep)
+                          progress=progress, change=change, extremes=keep, measure_motion=measure_motion,
+                          oracles=oracles, per_clip=per_clip)
     result.update({"model": cfg.model.name, "preset": cfg.model.preset, "step": state["step"], "weights": weights,
                    "output": dict(cfg.model.args).get("output", "direct"),
                    "checkpoint": checkpoint, "data": data, "train_data": train_urls, **picked})
@@ -282,27 +578,38 @@ def evaluate(checkpoint: str, data: str, *, batch_size: int = 8, max_batches: in
 
 def series(result: dict) -> dict[str, str]:
     """{prefix: label} of the series present in a result, the model first."""
-    return {"": "model", **{p: label for p, label in BASELINES.items() if p + "psnr" in result}}
+    others = {**BASELINES, **{p: label for p, (_, label) in ORACLES.items()}}
+    return {"": "model", **{p: label for p, label in others.items() if p + "psnr" in result}}
 
 
 def write_report(result: dict, out: str, keep: Optional[Extremes] = None, title: str = "") -> None:
-    """scores.json, per_frame.png and (with ``keep``) extremes.png in the folder ``out``."""
+    """scores.json, per_frame.png, (with ``per_clip``) per_clip.json and (with ``keep``)
+    extremes.png + extremes.json in the folder ``out``."""
     from ssagan_dist import visualize  # Pillow/PyAV only when pictures are asked for
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "scores.json").write_text(json.dumps(result, indent=2, sort_keys=True))
+    scalars = {k: v for k, v in result.items() if k != "per_clip"}
+    (folder / "scores.json").write_text(json.dumps(scalars, indent=2, sort_keys=True))
+    if "per_clip" in result:
+        (folder / "per_clip.json").write_text(json.dumps(result["per_clip"]))
     named = series(result)
+    panels = {"PSNR (dB)": {label: result[p + "psnr_curve"][1:] for p, label in named.items()},
+              "SSIM": {label: result[p + "ssim_curve"][1:] for p, label in named.items()}}
+    if "true_displacement_curve" in result:
+        panels["cloud displacement from frame 0 (px)"] = {  # the truth last: each series keeps its colour
+            **{label: result[p + "displacement_curve"][1:] for p, label in named.items()
+               if p + "displacement_curve" in result},
+            "truth": result["true_displacement_curve"][1:]}
     visualize.quality_curves_png(
-        {"PSNR (dB)": {label: result[p + "psnr_curve"][1:] for p, label in named.items()},
-         "SSIM": {label: result[p + "ssim_curve"][1:] for p, label in named.items()}},
-        folder / "per_frame.png", title=title or f"{result.get('model', '')} on {Path(str(result.get('data', ''))).name}")
+        panels, folder / "per_frame.png",
+        title=title or f"{result.get('model', '')} on {Path(str(result.get('data', ''))).name}")
     if keep is not None and keep.worst:
         worst, best = keep.clips()
         picked = worst + best
         real = torch.stack([r for _, _, r, _ in picked])
         pred = torch.stack([p for _, _, _, p in picked])
-        strip = visualize.sample_strip(real[:, :, 0], pred, real, max_clips=len(picked))
+        strip = visualize.sample_strip(real[:, :, 0], pred, real, max_clips=len(picked), motion=True)
         visualize.save_image(strip, folder / "extremes.png")
         (folder / "extremes.json").write_text(json.dumps(
             {"order": "rows 0..k-1: lowest model-minus-copy-frame PSNR first; then highest first",
@@ -311,13 +618,31 @@ def write_report(result: dict, out: str, keep: Optional[Extremes] = None, title:
 
 
 def format_table(result: dict) -> str:
-    lines = [f"{'':>22}{'MSE':>10}{'PSNR (dB)':>12}{'SSIM':>10}{'clips':>8}"]
-    for prefix, label in series(result).items():
-        lines.append(f"{label:>22}{result[prefix + 'mse']:>10.5f}{result[prefix + 'psnr']:>12.3f}"
+    named = series(result)
+    lines = [f"{'':>40}{'MSE':>10}{'PSNR (dB)':>12}{'SSIM':>10}{'clips':>8}"]
+    for prefix, label in named.items():
+        lines.append(f"{label:>40}{result[prefix + 'mse']:>10.5f}{result[prefix + 'psnr']:>12.3f}"
                      f"{result[prefix + 'ssim']:>10.4f}{result[prefix + 'count']:>8d}")
     lines.append("PSNR per future frame (dB):")
-    for prefix, label in series(result).items():
-        lines.append(f"{label:>22}  " + " ".join(f"{v:6.2f}" for v in result[prefix + "psnr_curve"][1:]))
+    for prefix, label in named.items():
+        lines.append(f"{label:>40}  " + " ".join(f"{v:6.2f}" for v in result[prefix + "psnr_curve"][1:]))
+    if "true_displacement" in result:
+        lines.append("Cloud motion, input frame -> last frame (px; agreement: within 45 deg and >= half the true "
+                     "length; ratio: mean length / true mean length; along: signed, along the true direction):")
+        lines.append(f"{'':>40}{'displacement':>14}{'agreement':>11}{'ratio':>8}{'median':>8}{'along':>8}"
+                     f"{'change':>9}")
+        lines.append(f"{'truth':>40}{result['true_displacement']:>14.2f}{'':>11}{'':>8}{'':>8}{'':>8}"
+                     f"{result['true_frame_change']:>9.4f}")
+        for prefix, label in named.items():
+            if prefix + "pred_displacement" in result:
+                lines.append(f"{label:>40}{result[prefix + 'pred_displacement']:>14.2f}"
+                             f"{result[prefix + 'direction_agreement']:>11.3f}"
+                             f"{result[prefix + 'magnitude_ratio']:>8.3f}"
+                             f"{result[prefix + 'magnitude_ratio_median']:>8.3f}{result[prefix + 'along_ratio']:>8.3f}"
+                             f"{result[prefix + 'pred_frame_change']:>9.4f}")
+        if "wind_displacement" in result:
+            lines.append(f"recorded wind: {result['wind_displacement']:.2f} px; measured truth vs wind: "
+                         f"{result['true_displacement_error']:.2f} px mean error")
     return "\n".join(lines)
 
 
@@ -337,6 +662,11 @@ def main(argv: Optional[list[str]] = None) -> int:
                    help="training clips for the mean-change baseline (default: the run's data.train_urls; '' = none)")
     p.add_argument("--out", default=None, help="folder for scores.json, per_frame.png and extremes.png")
     p.add_argument("--extremes", type=int, default=4, help="worst and best clips each in extremes.png (default 4)")
+    p.add_argument("--no-motion", action="store_true", help="leave out the cloud-motion measures")
+    p.add_argument("--no-oracles", action="store_true",
+                   help="synthetic skies: leave out the oracles re-rendered from each clip's parameters")
+    p.add_argument("--per-clip", action="store_true",
+                   help="every clip's scores too (in --json's output; per_clip.json in --out)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-batches", type=int, default=0, help="0 = the whole dataset")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -346,7 +676,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     a = p.parse_args(argv)
     r = evaluate(a.checkpoint, a.data, batch_size=a.batch_size, max_batches=a.max_batches, device=a.device,
                  endpoint_url=a.s3_endpoint, progress=not a.json, train_data=a.train_data, out=a.out,
-                 extremes=a.extremes, pick=a.pick, weights=a.weights)
+                 extremes=a.extremes, pick=a.pick, weights=a.weights, measure_motion=not a.no_motion,
+                 oracles=not a.no_oracles, per_clip=a.per_clip)
     if a.json:
         print(json.dumps(r, sort_keys=True))
         return 0
@@ -356,7 +687,8 @@ def main(argv: Optional[list[str]] = None) -> int:
           f"on {r['data']}")
     print(format_table(r))
     if a.out:
-        print(f"report: {a.out}/scores.json, per_frame.png" + (", extremes.png" if a.extremes else ""))
+        print(f"report: {a.out}/scores.json, per_frame.png" + (", extremes.png" if a.extremes else "")
+              + (", per_clip.json" if a.per_clip else ""))
     return 0
 
 

@@ -2,7 +2,8 @@
 
     config.yaml                 the keys this run reads (``experiment.dump``): ``--config`` it to retrain
     metrics.jsonl               one JSON object per log step and per validation
-    samples/step_<step>.png     held-out strip: input | prediction | truth, a few frames each
+    samples/step_<step>.png     held-out strip: input | prediction | truth, a few frames each, and the
+                                clouds' true and predicted displacement as arrows (ssagan_dist.motion)
     samples/step_<step>.gif     the first held-out clip, prediction beside truth
     samples/psnr_per_frame.png  PSNR per future frame, model against the copy-frame baseline
     tensorboard/                TensorBoard event files (losses, PSNR/SSIM, learning rates, samples)
@@ -66,7 +67,8 @@ class RunLog:
         tracked: dict[str, bytes] = {}
         with tempfile.TemporaryDirectory() as tmp:
             outputs = {
-                f"samples/step_{step:09d}.png": lambda p: visualize.sample_strip(real[:, :, 0], pred, real).save(p),
+                f"samples/step_{step:09d}.png": lambda p: visualize.sample_strip(real[:, :, 0], pred, real,
+                                                                                  motion=True).save(p),
                 f"samples/step_{step:09d}.gif": lambda p: visualize.save_gif(pred[0], p, real=real[0]),
                 "samples/psnr_per_frame.png": lambda p: visualize.psnr_curve_png(psnr_curves, p),
             }

@@ -84,7 +84,8 @@ def _two_ranks(rank: int, port: int, val: str, out: str) -> None:
         results = {bs: score(Darken(), _loader(val, bs, rank, 2), FRAMES, "cpu")[0] for bs in range(1, 17)}
         if rank == 0:
             with open(out, "w") as f:
-                json.dump({bs: {k: r[k] for k in ("count", "psnr", "ssim")} for bs, r in results.items()}, f)
+                json.dump({bs: {k: r[k] for k in ("count", "psnr", "ssim", "true_displacement", "pred_displacement",
+                                                  "direction_agreement")} for bs, r in results.items()}, f)
     finally:
         dist.destroy_process_group()
 
@@ -100,6 +101,8 @@ def test_every_clip_scored_once_on_two_ranks(held_out, tmp_path):
         assert r["count"] == 8, bs
         assert r["psnr"] == pytest.approx(one_rank["psnr"], rel=1e-12), bs
         assert r["ssim"] == pytest.approx(one_rank["ssim"], rel=1e-12), bs
+        for key in ("true_displacement", "pred_displacement", "direction_agreement"):  # gathered per clip
+            assert r[key] == pytest.approx(one_rank[key], rel=1e-12), (bs, key)
 
 
 def test_baselines_use_the_same_frames_and_metric_as_the_model(held_out):
@@ -137,7 +140,7 @@ def test_report_files(held_out, tmp_path):
     saved = json.loads((tmp_path / "scores.json").read_text())
     assert saved["count"] == 8 and len(saved["ssim_curve"]) == FRAMES
     with Image.open(tmp_path / "per_frame.png") as png:
-        assert png.width == 2 * 640  # PSNR and SSIM panels
+        assert png.width == 3 * 640  # PSNR, SSIM and cloud-displacement panels
     with Image.open(tmp_path / "extremes.png") as png:
         assert png.height > 4 * 2 * 16
     table = evaluate.format_table(r)
@@ -252,3 +255,133 @@ def test_quality_benchmark_records_every_checkpoint_and_summarises_seeds(run_fol
     assert summary["d_psnr"]["mean"] == pytest.approx(2.0) and summary["d_psnr"]["std"] == pytest.approx(1.0)
     assert summary["d_psnr"]["min"] == pytest.approx(1.0) and summary["seeds"] == [0, 1, 2]
     assert "+2.000 ± 1.000 (min +1.000)" in quality.summary_table([summary])
+
+
+# -- motion measures, oracles and per-clip values (issue #30) -------------------------------------
+
+class Truth:
+    """A 'trainer' that predicts the real clip itself: every motion measure at its best."""
+
+    def predict(self, batch):
+        return batch["video"]
+
+
+SKY_CLIPS, SKY_FRAMES = 12, 8
+
+
+@pytest.fixture(scope="module")
+def skies(tmp_path_factory):
+    """32x32x8 synthetic skies (the demo's size): clouds move up to 14 px over a clip."""
+    root = tmp_path_factory.mktemp("skies")
+    generate(str(root / "val"), SKY_CLIPS, size=32, frames=SKY_FRAMES, seed=99, shard_clips=5, progress=False)
+    return str(root / "val")
+
+
+def test_motion_measures_copy_frame_zero_truth_one_and_the_oracles(skies):
+    copied, _ = score(CopyFrame(), _loader(skies, 5), SKY_FRAMES, "cpu")
+    truth, _ = score(Truth(), _loader(skies, 5), SKY_FRAMES, "cpu")
+    for r in (copied, truth):
+        assert r["count"] == SKY_CLIPS and r["true_displacement"] > 5
+        assert r["baseline_direction_agreement"] == 0.0 and r["baseline_pred_displacement"] == 0.0
+        assert r["oracle_drift_count"] == r["oracle_motion_count"] == r["oracle_exact_count"] == SKY_CLIPS
+    assert copied["direction_agreement"] == 0.0 and copied["pred_displacement"] == 0.0
+    assert copied["magnitude_ratio"] == 0.0 and copied["pred_frame_change"] == 0.0
+    assert truth["direction_agreement"] == 1.0
+    for key in ("magnitude_ratio", "magnitude_ratio_median", "along_ratio"):
+        assert truth[key] == pytest.approx(1.0, abs=1e-12)
+    assert truth["pred_frame_change"] == truth["true_frame_change"] > 0
+    assert len(truth["displacement_curve"]) == len(truth["true_displacement_curve"]) == SKY_FRAMES
+    assert truth["displacement_curve"] == truth["true_displacement_curve"]
+    # the oracles: exact re-render within JPEG error; moving clouds agree, still clouds do not
+    assert truth["oracle_exact_psnr"] > 35 > max(truth["oracle_drift_psnr"], truth["oracle_motion_psnr"])
+    assert truth["oracle_drift_psnr"] > truth["baseline_psnr"]
+    assert truth["oracle_motion_direction_agreement"] >= 0.9 and truth["oracle_drift_direction_agreement"] == 0.0
+    assert truth["oracle_exact_direction_agreement"] == 1.0
+    # the estimator against the recorded wind
+    assert truth["true_displacement"] == pytest.approx(truth["wind_displacement"], rel=0.1)
+    assert truth["true_displacement_error"] < 1.5
+    table = evaluate.format_table(truth)
+    assert "Cloud motion" in table and "oracle: true drift, clouds still" in table and "recorded wind" in table
+
+
+def test_per_clip_values_are_the_same_at_every_batch_size(skies):
+    results = {bs: score(Darken(), _loader(skies, bs), SKY_FRAMES, "cpu", per_clip=True)[0] for bs in (5, 12)}
+    reference = results[12]
+    each = reference["per_clip"]
+    assert each["key"] == sorted(each["key"]) and len(each["key"]) == SKY_CLIPS
+    for key in ("psnr", "baseline_psnr", "oracle_drift_psnr", "oracle_motion_ssim", "pred_displacement",
+                "true_displacement", "direction_agreement", "baseline_direction_agreement", "pred_dx", "true_dy",
+                "wind_dx", "true_frame_change", "oracle_motion_magnitude_ratio"):
+        assert len(each[key]) == SKY_CLIPS, key
+    assert sum(each["psnr"]) / SKY_CLIPS == pytest.approx(reference["psnr"], rel=1e-12)
+    assert sum(each["direction_agreement"]) / SKY_CLIPS == reference["direction_agreement"]
+    assert sum(each["true_displacement"]) / SKY_CLIPS == pytest.approx(reference["true_displacement"], rel=1e-12)
+    for bs, r in results.items():
+        assert r["per_clip"] == each, bs
+        for key in (*evaluate.MOTION_TRUE_KEYS, *evaluate.MOTION_SERIES_KEYS, "oracle_motion_direction_agreement"):
+            assert r[key] == reference[key], (bs, key)
+    assert "per_clip" not in score(Darken(), _loader(skies, 5), SKY_FRAMES, "cpu")[0]
+
+
+def test_motion_and_oracles_can_be_left_out_and_need_a_synthetic_source(skies, tmp_path):
+    plain, _ = score(Darken(), _loader(skies, 6), SKY_FRAMES, "cpu", measure_motion=False, oracles=False)
+    assert not any(k.startswith("oracle_") or "displacement" in k for k in plain)
+    full, _ = score(Darken(), _loader(skies, 6), SKY_FRAMES, "cpu")
+    assert all(plain[k] == full[k] for k in plain)  # MSE/PSNR/SSIM do not change
+    # the same clips under another tool's name: motion measured, no oracles (no parameters to render)
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(skies, other)
+    index = json.loads((other / "index.json").read_text())
+    index["source"] = {"tool": "data_tools.shard"}
+    (other / "index.json").write_text(json.dumps(index))
+    r, _ = score(Darken(), _loader(str(other), 6), SKY_FRAMES, "cpu")
+    assert "true_displacement" in r and "wind_displacement" not in r
+    assert not any(k.startswith("oracle_") for k in r)
+
+
+def _two_ranks_per_clip(rank: int, port: int, val: str, out: str) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        results = {bs: score(Darken(), _loader(val, bs, rank, 2), SKY_FRAMES, "cpu", per_clip=True)[0]
+                   for bs in (1, 5)}
+        if rank == 0:
+            with open(out, "w") as f:
+                json.dump({bs: {k: v for k, v in r.items() if not k.endswith("_curve")}
+                           for bs, r in results.items()}, f)
+    finally:
+        dist.barrier()
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes (~20 s on a busy 2-core machine); the gathered motion
+# summaries are also checked by test_every_clip_scored_once_on_two_ranks
+def test_motion_and_per_clip_values_on_two_ranks(skies, tmp_path):
+    from tests.conftest import free_port
+
+    out = tmp_path / "two_ranks.json"
+    mp.start_processes(_two_ranks_per_clip, args=(free_port(), skies, str(out)), nprocs=2, join=True,
+                       start_method="spawn")
+    one_rank, _ = score(Darken(), _loader(skies, 5), SKY_FRAMES, "cpu", per_clip=True)
+    for bs, r in json.loads(out.read_text()).items():
+        assert r["count"] == SKY_CLIPS, bs
+        assert r["per_clip"] == json.loads(json.dumps(one_rank["per_clip"])), bs
+        for key in (*evaluate.MOTION_TRUE_KEYS, *evaluate.MOTION_SERIES_KEYS, "wind_displacement",
+                    "oracle_drift_psnr", "oracle_motion_direction_agreement"):
+            assert r[key] == pytest.approx(one_rank[key], rel=1e-12), (bs, key)
+
+
+def test_report_marks_the_motion(skies, tmp_path):
+    keep = Extremes(2)
+    r, _ = score(Darken(), _loader(skies, 6), SKY_FRAMES, "cpu", extremes=keep, per_clip=True)
+    write_report({**r, "model": "darken", "data": skies}, str(tmp_path), keep)
+    saved = json.loads((tmp_path / "scores.json").read_text())
+    assert "per_clip" not in saved and saved["true_displacement"] == r["true_displacement"]
+    assert json.loads((tmp_path / "per_clip.json").read_text())["key"] == r["per_clip"]["key"]
+    with Image.open(tmp_path / "extremes.png") as png:
+        colours = {c for _, c in png.convert("RGB").getcolors(1 << 20)}
+    from ssagan_dist import visualize
+
+    assert visualize.TRUE_COLOUR in colours and visualize.PRED_COLOUR in colours
