@@ -65,6 +65,7 @@ def checkov_report(tmp_path_factory) -> dict:
     return report
 
 
+@pytest.mark.slow  # checkov: 10-20 s on 2 shared cores (about 4 s of CPU)
 def test_checkov_finds_no_failed_check_in_the_pod_templates(checkov_report):
     summary = checkov_report["summary"]
     assert summary["checkov_version"] == CHECKOV_VERSION
@@ -75,6 +76,7 @@ def test_checkov_finds_no_failed_check_in_the_pod_templates(checkov_report):
     assert len(scanned_pods) == len(ray_pods()) == 8  # 3 heads, 3 worker groups, 2 job submitters
 
 
+@pytest.mark.slow  # checkov: 10-20 s on 2 shared cores (about 4 s of CPU)
 def test_every_skipped_check_has_its_reason(checkov_report):
     skipped = checkov_report["results"]["skipped_checks"]
     assert skipped, "the pod templates carry checkov.io/skip annotations"
