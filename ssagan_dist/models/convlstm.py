@@ -19,7 +19,8 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
 from ssagan_dist.models.video3d import VideoDiscriminator, log2_exact
-from ssagan_dist.models.layers import apply_change, check_output, init_weights, repeat_frame, zero_output_layer
+from ssagan_dist.models.layers import (GlobalVelocity, check_output, compose_output, init_weights, output_channels, repeat_frame,
+                                       zero_output_layer)
 
 
 class ConvLSTMCell(nn.Module):
@@ -78,7 +79,7 @@ class ConvLSTMGenerator(nn.Module):
                  output: str = "direct"):
         super().__init__()
         self.z_dim, self.frames, self.size, self.channels = z_dim, frames, size, channels
-        self.output = check_output(output)  # residual: the Tanh is the change from the repeated image
+        self.output = check_output(output)  # residual / flow: layers.compose_output on the repeated image
         if size % lstm_size:
             raise ValueError(f"size = {size} must be a multiple of lstm_size = {lstm_size}")
         n_scale = log2_exact(size // lstm_size, "size / lstm_size")
@@ -103,18 +104,24 @@ class ConvLSTMGenerator(nn.Module):
         for c_in, c_out in zip(dec_widths, dec_widths[1:]):
             decoder += [nn.ConvTranspose3d(c_in, c_out, (3, 4, 4), (1, 2, 2), 1, bias=False),
                         nn.BatchNorm3d(c_out), nn.ReLU(inplace=True)]
-        decoder += [nn.ConvTranspose3d(dec_widths[-1], channels, (3, 4, 4), (1, 2, 2), 1), nn.Tanh()]
+        decoder += [nn.ConvTranspose3d(dec_widths[-1], output_channels(self.output, channels), (3, 4, 4), (1, 2, 2), 1),
+                    nn.Tanh()]
         self.decode = nn.Sequential(*decoder)
+        # flow output: the clip's global velocity, pooled from the image's encoding
+        self.velocity = GlobalVelocity([widths[-1]]) if self.output == "flow" else None
 
     def forward(self, z: Tensor, image: Tensor) -> Tensor:
-        x = torch.cat([self.encode_image(image), self.project_noise(z)], dim=1)
-        out = self.decode(self.lstm(x, self.frames))
-        return apply_change(repeat_frame(image, self.frames), out) if self.output == "residual" else out
+        encoded = self.encode_image(image)
+        velocity = self.velocity([encoded]) if self.velocity is not None else None
+        out = self.decode(self.lstm(torch.cat([encoded, self.project_noise(z)], dim=1), self.frames))
+        return compose_output(repeat_frame(image, self.frames), out, self.output, velocity)
 
     def start_unchanged(self) -> None:
-        """Residual output: zero the last deconv, so G starts by repeating its image."""
-        if self.output == "residual":
+        """Residual and flow outputs: zero the last deconv (and the velocity), so G starts by repeating its image."""
+        if self.output != "direct":
             zero_output_layer(self.decode[-2])
+        if self.velocity is not None:
+            zero_output_layer(self.velocity.linear)
 
     def example_inputs(self, n: int = 1) -> tuple[Tensor, ...]:
         return torch.randn(n, self.z_dim), torch.rand(n, self.channels, self.size, self.size) * 2 - 1

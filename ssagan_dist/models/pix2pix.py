@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
 from ssagan_dist.models.video3d import log2_exact
-from ssagan_dist.models.layers import apply_change, check_output, init_weights, zero_output_layer
+from ssagan_dist.models.layers import GlobalVelocity, check_output, compose_output, init_weights, output_channels, zero_output_layer
 
 
 class UNet2d(nn.Module):
@@ -36,7 +36,7 @@ class UNet2d(nn.Module):
                  dropout: float = 0.5, output: str = "direct"):
         super().__init__()
         self.size, self.channels = size, channels
-        self.output = check_output(output)  # residual: the Tanh is the change from the input frame
+        self.output = check_output(output)  # residual / flow: layers.compose_output
         self.frames = frames  # the clip length a rollout makes by default (one input + frames-1 predictions)
         levels = log2_exact(size, "size")
         widths = [base_channels * min(2**i, 8) for i in range(levels)]
@@ -54,12 +54,14 @@ class UNet2d(nn.Module):
             c_in = widths[i] if i == levels - 1 else 2 * widths[i]  # the innermost has no skip to concatenate
             layers = [nn.ReLU()]
             if i == 0:
-                layers += [nn.ConvTranspose2d(c_in, channels, 4, 2, 1), nn.Tanh()]
+                layers += [nn.ConvTranspose2d(c_in, output_channels(self.output, channels), 4, 2, 1), nn.Tanh()]
             else:
                 layers += [nn.ConvTranspose2d(c_in, widths[i - 1], 4, 2, 1, bias=False), nn.BatchNorm2d(widths[i - 1])]
                 if 4 <= i < levels - 1 and dropout > 0:  # pix2pix: the levels - 5 ngf*8 blocks under the innermost
                     layers.append(nn.Dropout(dropout))
             self.up.append(nn.Sequential(*layers))
+        # flow output: the frame's global velocity, pooled from every encoder level's features
+        self.velocity = GlobalVelocity(widths) if self.output == "flow" else None
 
     def forward(self, frame: Tensor) -> Tensor:
         skips = []
@@ -67,15 +69,18 @@ class UNet2d(nn.Module):
         for down in self.down:
             x = down(x)
             skips.append(x)
+        velocity = self.velocity(skips) if self.velocity is not None else None
         x = self.up[-1](skips[-1])
         for i in range(len(self.up) - 2, -1, -1):
             x = self.up[i](torch.cat([x, skips[i]], dim=1))
-        return apply_change(frame, x) if self.output == "residual" else x
+        return compose_output(frame, x, self.output, velocity)
 
     def start_unchanged(self) -> None:
-        """Residual output: zero the last deconv, so G starts by copying its frame."""
-        if self.output == "residual":
+        """Residual and flow outputs: zero the last deconv (and the velocity), so G starts by copying its frame."""
+        if self.output != "direct":
             zero_output_layer(self.up[0][1])
+        if self.velocity is not None:
+            zero_output_layer(self.velocity.linear)
 
     def rollout(self, first_frame: Tensor, frames: int | None = None) -> Tensor:
         """(N, C, H, W) -> (N, C, frames, H, W): frame 0 is the input, each next frame G(previous)."""

@@ -34,6 +34,7 @@ Stage II) and learns only what changes (docs/quality.md has the measurements).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Sequence
@@ -43,7 +44,8 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.attention import SpatialSelfAttention
 from ssagan_dist.models.registry import register
-from ssagan_dist.models.layers import apply_change, check_output, init_weights, repeat_frame, zero_output_layer
+from ssagan_dist.models.layers import (GlobalVelocity, check_output, compose_output, init_weights, output_channels, repeat_frame,
+                                       zero_output_layer)
 
 Triple = tuple[int, int, int]
 
@@ -111,7 +113,8 @@ class UNet3DGenerator(nn.Module):
     ``skips``: encoder layers (1 = outermost) whose output is added to the mirrored decoder
     block's output; None = all but the innermost. MD-GAN Stage II drops the two outermost
     (``drop_outer_skips(...)``).
-    ``output``: "direct" (the papers) or "residual" (the change from the input clip).
+    ``output``: "direct" (the papers), "residual" (the change from the input clip) or "flow" (a
+    flow field that moves the input clip's pixels, plus a change; ``layers.compose_output``).
     ``dropout``: dropout after each decoder block but the output layer, during training only (as
     pix2pix's decoder; 0 = none, the papers).
     """
@@ -141,12 +144,17 @@ class UNet3DGenerator(nn.Module):
             self.up.append(_block(_conv(spec, transpose=True), spec.in_channels, norm=True,
                                   act=nn.ReLU(inplace=True), ssa=ssa, reduced_channels=reduced_channels,
                                   dropout=dropout))
-        self.up.append(nn.Sequential(_conv(plan[0], transpose=True), nn.Tanh()))
+        last = dataclasses.replace(plan[0], in_channels=output_channels(self.output, in_channels))
+        self.up.append(nn.Sequential(_conv(last, transpose=True), nn.Tanh()))
+        # flow output: the clip's global velocity, pooled from every encoder block's features
+        self.velocity = GlobalVelocity([spec.out_channels for spec in plan]) if self.output == "flow" else None
 
     def start_unchanged(self) -> None:
-        """Residual output: zero the last deconv, so G starts by predicting its input."""
-        if self.output == "residual":
+        """Residual and flow outputs: zero the last deconv, so G starts by predicting its input."""
+        if self.output != "direct":
             zero_output_layer(self.up[-1][0])
+        if self.velocity is not None:
+            zero_output_layer(self.velocity.linear)
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 5 or x.shape[1:] != (self.in_channels, self.frames, self.size, self.size):
@@ -158,11 +166,12 @@ class UNet3DGenerator(nn.Module):
             x = block(x)
             features.append(x)
         depth = len(self.down)
+        velocity = self.velocity(features) if self.velocity is not None else None
         for k, block in enumerate(self.up, start=1):
             x = block(x)
             if depth - k in self.skips:  # up_k = down_{depth-k} + up_k
                 x = x + features[depth - k - 1]
-        return apply_change(given, x) if self.output == "residual" else x
+        return compose_output(given, x, self.output, velocity)
 
     def example_inputs(self, n: int = 1) -> tuple[Tensor, ...]:
         """A static clip (the repeated photo), as Stage I sees it."""
