@@ -297,6 +297,7 @@ class Tracker:
         self.endpoint = cfg.run.s3_endpoint
         self.state_url = self.context.get("state_url") or storage.join(run_url, STATE_FILE)
         self.best_metric = cfg.run.best_metric
+        self.best_sign = -1.0 if cfg.run.best_mode == "min" else 1.0  # compare sign·value: higher is better
         self.run_url = run_url
         self.problems: list[dict[str, Any]] = []  # tracking_failed events for metrics.jsonl
         self.failed = False
@@ -327,7 +328,8 @@ class Tracker:
         if values:
             self._queue.put(("metrics", [(step, values)], True))
         best = values.get(self.best_metric)
-        if best is not None and best > self.state.get("best", {}).get("value", -math.inf):
+        kept = self.state.get("best", {}).get("value")
+        if best is not None and (kept is None or self.best_sign * best > self.best_sign * kept):
             from ssagan_dist import checkpointing, storage
 
             uri = storage.join(self.run_url, checkpointing.checkpoint_dir_name(step))

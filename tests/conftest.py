@@ -22,6 +22,10 @@ if "RAY_TMPDIR" not in os.environ:
     import tempfile
 
     os.environ["RAY_TMPDIR"] = tempfile.mkdtemp(prefix="ssagan-t-", dir="/tmp")
+# The key that signs sweeps' Tune state (ssagan_dist.tune.trust): the session's own, never the
+# user's ~/.config/ssagan-dist/sweep.key.
+if "SSAGAN_SWEEP_KEY_FILE" not in os.environ:
+    os.environ["SSAGAN_SWEEP_KEY_FILE"] = os.path.join(os.environ["RAY_TMPDIR"], "sweep.key")
 
 import pytest  # noqa: E402
 

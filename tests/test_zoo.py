@@ -114,9 +114,11 @@ def test_bad_selection_names_the_variable(env, named):
         zoo.selection(env)
 
 
-def test_every_recipe_has_the_same_budget_and_loads():
-    budget = zoo.recipes_budget(registry.names())
-    assert budget["trainer.max_steps"] > 0 and budget["trainer.val_batches"] == 0  # the whole validation split
+def test_every_recipe_of_a_table_has_the_same_budget_and_loads():
+    budgets = zoo.recipes_budget(registry.names())
+    assert set(budgets) == {"image-conditioned", "noise-only"}
+    for budget in budgets.values():
+        assert budget["trainer.max_steps"] > 0 and budget["trainer.val_batches"] == 0  # the whole validation split
     for model in registry.names():
         assert load_config(zoo.recipe(model)).model.name == model
     for entry, (model, times) in zoo.LONGER.items():

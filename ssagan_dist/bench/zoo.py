@@ -15,7 +15,7 @@ point (``python -m ssagan_dist.train``, its own local Ray), on 32×32×8 clips o
   clips, too few for the noise-only distance's ≥ 1000).
 
 ``check_splits`` refuses a data set whose validation or training clips share a data seed, a clip
-key or a video with its test clips. Every recipe has the same budget, checked before anything
+key or a video with its test clips. Every recipe of a table (image-conditioned, noise-only) has the same budget, checked before anything
 runs: ``trainer.max_steps`` G updates of ``trainer.batch_size`` clips on one worker, validation
 (the whole validation split) and a checkpoint every ``trainer.val_every`` steps.
 
@@ -137,17 +137,25 @@ def recipe(model: str) -> str:
     return f"zoo/{model_of(model)}"
 
 
-def recipes_budget(models: list[str]) -> dict:
-    """The budget keys, equal in every recipe (else ValueError naming the recipe and key)."""
-    budget: dict = {}
+def group(entry: str) -> str:
+    """The table an entry's row stands in: image-conditioned models are scored against the true
+    future, noise-only ones by a distribution distance; each group shares one budget."""
+    return "noise-only" if model_of(entry) in NOISE else "image-conditioned"
+
+
+def recipes_budget(models: list[str]) -> dict[str, dict]:
+    """The budget keys of each group (``group``), equal in every recipe of that group (else
+    ValueError naming the recipe and key): {group: {key: value}}."""
+    budgets: dict[str, dict] = {}
     for model in dict.fromkeys(model_of(m) for m in models):
         cfg = load_config(recipe(model))
+        budget = budgets.setdefault(group(model), {})
         for key in BUDGET_KEYS:
             value = OmegaConf.select(cfg, key)
             if budget.setdefault(key, value) != value:
-                raise ValueError(f"{PRESET_DIR / recipe(model)}.yaml: {key} = {value}, the other recipes have "
-                                 f"{budget[key]}: every zoo model gets the same budget")
-    return budget
+                raise ValueError(f"{PRESET_DIR / recipe(model)}.yaml: {key} = {value}, the other {group(model)} "
+                                 f"recipes have {budget[key]}: every zoo model of a table gets the same budget")
+    return budgets
 
 
 def entries() -> list[str]:
@@ -314,7 +322,7 @@ def keeps_ema(run: str) -> bool:
     """Whether a run kept a moving average of G (``trainer.g_ema_decay`` > 0): it is then scored
     with the average (what validation picked on) and, beside it, with G as trained."""
     first = checkpointing.checkpoint_dirs(run)[-1]
-    cfg = OmegaConf.load(Path(first) / checkpointing.CONFIG_FILE)
+    cfg = OmegaConf.create(checkpointing.read_config(Path(first)))
     return bool(OmegaConf.select(cfg, "trainer.g_ema_decay", default=0.0))
 
 
@@ -570,15 +578,18 @@ def run() -> dict:
     work.mkdir(parents=True, exist_ok=True)
     timeout = int(os.environ.get("ZOO_TIMEOUT_S", "900"))
     sel = selection()
-    budget = recipes_budget(sel["models"])
-    budget.update(o.split("=", 1) for o in os.environ.get("ZOO_OVERRIDES", "").split() if o.split("=")[0] in BUDGET_KEYS)
+    budgets = recipes_budget(sel["models"])
+    for budget in budgets.values():
+        budget.update(o.split("=", 1) for o in os.environ.get("ZOO_OVERRIDES", "").split()
+                      if o.split("=")[0] in BUDGET_KEYS)
     if "real" in sel["data"]:
         quality.check_footage()  # a missing package fails in seconds, not after the skies
     todo = runs_to_do(sel)
     results: dict = {"cpus": os.cpu_count(), "load_1min_at_start": round(os.getloadavg()[0], 2),
-                     "budget": budget, "selection": sel, "data": {}, "rows": []}
+                     "budget": budgets, "selection": sel, "data": {}, "rows": []}
     print(f"[zoo] {len(todo)} runs: {', '.join(sel['models'])} on {' and '.join(sel['data'])}; budget "
-          + ", ".join(f"{k.split('.')[1]} {v}" for k, v in budget.items()), flush=True)
+          + "; ".join(f"{g}: " + ", ".join(f"{k.split('.')[1]} {v}" for k, v in budget.items())
+                      for g, budget in budgets.items()), flush=True)
     start = time.perf_counter()
     picked: dict[str, str] = {}
     builders = {"sky": sky_dataset, "real": real_dataset}
@@ -594,7 +605,7 @@ def run() -> dict:
         for d, model, seed in todo:
             if d != data_name:
                 continue
-            row = one_run(work, d, data, clips, model, seed, picked, timeout, budget)
+            row = one_run(work, d, data, clips, model, seed, picked, timeout, budgets[group(model)])
             picked[run_name(d, model, seed)] = row["checkpoint"]
             results["rows"].append(row)
             print(f"[zoo] {len(results['rows'])}/{len(todo)} {run_name(d, model, seed)}: step {row['step']} picked "
@@ -1042,12 +1053,17 @@ def noise_tables(data: str, noise: list[dict], info: dict) -> list[str]:
 def markdown(results: dict) -> str:
     summary = summarise(results["rows"])
     comps = results["comparisons"] if "comparisons" in results else comparisons(results["rows"])
-    budget = results["budget"]
-    lines = [f"Budget for every model: {budget.get('trainer.max_steps')} G updates of "
-             f"{budget.get('trainer.batch_size')} clips on {budget.get('trainer.num_workers')} worker (a 2× row: "
-             f"twice that; a Stage II: its own after its Stage I's); validation and a checkpoint every "
-             f"{budget.get('trainer.val_every')} steps; the checkpoint is picked on validation and scored once on "
-             "test.", ""]
+    budgets = results["budget"]
+    if "trainer.max_steps" in budgets:  # results written before budgets were kept per group
+        budgets = {"every": budgets}
+    lines = []
+    for name, budget in budgets.items():
+        lines.append(f"Budget for {name} models: {budget.get('trainer.max_steps')} G updates of "
+                     f"{budget.get('trainer.batch_size')} clips on {budget.get('trainer.num_workers')} worker (a 2× "
+                     f"row: twice that; a Stage II: its own after its Stage I's); validation and a checkpoint every "
+                     f"{budget.get('trainer.val_every')} steps; the checkpoint is picked on validation and scored "
+                     "once on test.")
+    lines.append("")
     for data in results["selection"]["data"]:
         info = results.get("data", {}).get(data, {})
         cond = [s for s in summary if s["data"] == data and s["model"] not in NOISE]
