@@ -15,6 +15,11 @@ from typing import NoReturn
 # One intra-op thread per test process: the suite runs on 2 cores beside Ray workers, and
 # oversubscribed threads make small CPU kernels tens of times slower. Set before torch loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# Ray Train's controller polls its workers every RAY_TRAIN_HEALTH_CHECK_INTERVAL_S (2 s by default)
+# and takes a rank's report (a barrier on the workers) only then: each test training of a few steps
+# waits seconds on these polls. Polling every 0.5 s changes nothing else (a missed poll is not a
+# failure; a worker counts as hung after 10 minutes). Propagated to the controller by Ray Train.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 # Ray's temp dir of this test session (inherited by every process it starts): a bare ray.init() in a
 # test never joins the cluster another user's `ray start` recorded in /tmp/ray, nor rewrites that file.
 # Short: Ray's socket paths live under it.
