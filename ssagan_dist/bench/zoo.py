@@ -5,7 +5,7 @@
 Every model trains from its recipe ``ssagan_dist/configs/zoo/<model>.yaml`` through the real entry
 point (``python -m ssagan_dist.train``, its own local Ray), on 32×32×8 clips of two data sets:
 
-- **Synthetic skies** (``SKY_SPLITS``): 1024 training clips (data seed 100), 256 validation clips
+- **Synthetic skies** (``SKY_SPLITS``): 4096 training clips (data seed 100), 256 validation clips
   (seed 101) and 1024 test clips (seed 102), seeds never used before this benchmark's 2026-12-07
   version (seeds 0-4 were: the earlier zoo and ``bench quality`` splits, the demo, the tuning
   docs and tests; ``SKY_SEEDS_USED_BEFORE``). Validation makes every choice (recipes, the
@@ -106,7 +106,7 @@ DATASETS = ("sky", "real")
 SIZE, FRAMES = quality.SIZE, quality.FRAMES
 # (clips, data seed) per split: new seeds (2026-12-07); the test set big enough for intervals and
 # for the noise-only distance against >= 1000 real clips.
-SKY_SPLITS = {"train": (1024, 100), "val": (256, 101), "test": (1024, 102)}
+SKY_SPLITS = {"train": (4096, 100), "val": (256, 101), "test": (1024, 102)}
 SKY_SEEDS_USED_BEFORE = frozenset({0, 1, 2, 3, 4})  # earlier zoo/quality splits, demo, tuning docs, tests
 SAMPLES = 1024  # clips drawn from a noise-only model, and training clips for its references
 N_BOOT, KERNEL_BOOT, BOOT_SEED, CI = 2000, 1000, 0, 0.95

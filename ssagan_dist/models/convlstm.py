@@ -107,12 +107,16 @@ class ConvLSTMGenerator(nn.Module):
         decoder += [nn.ConvTranspose3d(dec_widths[-1], output_channels(self.output, channels), (3, 4, 4), (1, 2, 2), 1),
                     nn.Tanh()]
         self.decode = nn.Sequential(*decoder)
-        # flow output: the clip's global velocity, pooled from the image's encoding
-        self.velocity = GlobalVelocity([widths[-1]]) if self.output == "flow" else None
+        # flow output: the clip's global velocity, pooled from every level of the image's encoding
+        self.velocity = GlobalVelocity(widths) if self.output == "flow" else None
 
     def forward(self, z: Tensor, image: Tensor) -> Tensor:
-        encoded = self.encode_image(image)
-        velocity = self.velocity([encoded]) if self.velocity is not None else None
+        levels, encoded = [], image
+        for layer in self.encode_image:
+            encoded = layer(encoded)
+            if isinstance(layer, nn.LeakyReLU):
+                levels.append(encoded)
+        velocity = self.velocity(levels) if self.velocity is not None else None
         out = self.decode(self.lstm(torch.cat([encoded, self.project_noise(z)], dim=1), self.frames))
         return compose_output(repeat_frame(image, self.frames), out, self.output, velocity)
 
