@@ -155,7 +155,8 @@ def test_evaluate_cli_on_an_untrained_residual_checkpoint(tmp_path, capsys):
 
     generate(str(tmp_path / "val"), 5, size=32, frames=8, seed=1, progress=False)
     generate(str(tmp_path / "train"), 6, size=32, frames=8, seed=0, progress=False)
-    cfg = load_config("tiny_cpu", [f"data.train_urls={tmp_path / 'train'}", f"data.val_urls={tmp_path / 'val'}"])
+    cfg = load_config("tiny_cpu", [f"data.train_urls={tmp_path / 'train'}", f"data.val_urls={tmp_path / 'val'}",
+                                   "model.args.output=residual"])
     ckpt = tmp_path / "run" / "checkpoint_000000000"
     ckpt.mkdir(parents=True)
     checkpointing.write(ckpt, rank=0, worker_state={}, trainer=experiment.build_trainer(cfg), step=0,
