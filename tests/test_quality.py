@@ -44,13 +44,18 @@ def test_untrained_residual_generator_returns_its_input(name):
         assert not torch.allclose(direct(*direct.example_inputs(3)), _given(name, direct, direct.example_inputs(3)))
 
 
-def test_residual_trainer_predicts_copy_frame_before_training():
-    cfg = load_config("tiny_cpu", ["data.train_urls=/nowhere"])
-    assert cfg.model.args["output"] == "residual"  # the default preset uses the measured better output
+@pytest.mark.parametrize("output", ["residual", "flow"])
+def test_residual_and_flow_trainers_predict_copy_frame_before_training(output):
+    cfg = load_config("tiny_cpu", ["data.train_urls=/nowhere", f"model.args.output={output}"])
+    if output == "flow":
+        assert load_config("tiny_cpu").model.args["output"] == "flow"  # the demo moves pixels (docs/models.md)
     trainer = experiment.build_trainer(cfg)
     clip = torch.rand(2, 3, 8, 32, 32) * 2 - 1
     pred = trainer.predict({"video": clip})
-    assert torch.equal(pred, clip[:, :, :1].expand_as(clip))
+    if output == "residual":
+        assert torch.equal(pred, clip[:, :, :1].expand_as(clip))
+    else:  # a zero flow samples every pixel at its own place, up to grid_sample's rounding
+        torch.testing.assert_close(pred, clip[:, :, :1].expand_as(clip), atol=1e-4, rtol=0)
 
 
 def test_residual_output_learns_and_stays_in_range():
