@@ -443,12 +443,12 @@ def test_zoo_chains_stage2_from_its_stage1_and_a_rerun_reuses_finished_runs(monk
     assert list(rows) == ["mdgan_stage1", "mdgan_stage2"]
     stage2_cfg = OmegaConf.load(Path(rows["mdgan_stage2"]["checkpoint"]) / checkpointing.CONFIG_FILE)
     assert stage2_cfg.run.stage1_checkpoint == rows["mdgan_stage1"]["checkpoint"]  # the Stage I picked on validation
-    assert stage2_cfg.model.args.stage1_output == "residual"
+    assert stage2_cfg.model.args.stage1_output == "flow"  # read the way the Stage-I recipe trained it
     g1 = checkpointing.read_model(Path(rows["mdgan_stage2"]["checkpoint"]))["trainer"]["nets"]["G_stage1"]
     stage1_nets = checkpointing.read_model(Path(rows["mdgan_stage1"]["checkpoint"]))["trainer"]["nets"]
     trained = stage1_nets.get("G_ema", stage1_nets["G"])  # what Stage I was scored with
     assert all(torch.equal(g1[k], trained[k]) for k in trained)  # Stage II refines that very generator
-    assert results["budget"]["trainer.max_steps"] == "2"
+    assert results["budget"]["image-conditioned"]["trainer.max_steps"] == "2"
     table = (tmp_path / "zoo.md").read_text()
     assert "| mdgan_stage2 | 0 |" in table and "copy-frame" in table
     assert (tmp_path / "zoo.png").stat().st_size > 0 and (tmp_path / "zoo.gif").stat().st_size > 0
