@@ -19,8 +19,8 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
 from ssagan_dist.models.video3d import VideoDiscriminator, log2_exact
-from ssagan_dist.models.layers import (GlobalVelocity, check_output, compose_output, init_weights, output_channels, repeat_frame,
-                                       zero_output_layer)
+from ssagan_dist.models.layers import (GlobalVelocity, check_output, compose_output, init_weights, output_channels,
+                                       repeat_frame, zero_output_layer)
 
 
 class ConvLSTMCell(nn.Module):

@@ -51,10 +51,11 @@ def compose_output(base: Tensor, out: Tensor, output: str, velocity: Tensor | No
     - ``flow``: ``base``'s pixels are moved (``warp``), then ``out``'s first C channels are applied
       to them as a change. Each pixel moves at a constant velocity: over a clip, frame t moves
       ``t / (T - 1)`` of it, a next frame moves it once. The velocity is ``gate · velocity + local``:
-      ``velocity`` (N, 2), one per clip (a global wind, from the generator's innermost features),
+      ``velocity`` (N, 2), one per clip (a global wind, ``GlobalVelocity`` of the encoder's features),
       ``gate`` in (0, 1) and ``local`` (x, y) per pixel from ``out``'s last three channels,
       averaged over the clip's frames. Velocities are in ``grid_sample``'s units (2 = the frame's
-      width). A zeroed last layer and velocity predict ``base`` exactly, as ``residual`` does.
+      width). A zeroed last layer and velocity predict ``base``, as ``residual`` does (up to
+      ``grid_sample``'s rounding, about 1e-5).
     """
     if output == "direct":
         return out

@@ -24,7 +24,8 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.registry import register
 from ssagan_dist.models.video3d import log2_exact
-from ssagan_dist.models.layers import GlobalVelocity, check_output, compose_output, init_weights, output_channels, zero_output_layer
+from ssagan_dist.models.layers import (GlobalVelocity, check_output, compose_output, init_weights, output_channels,
+                                       zero_output_layer)
 
 
 class UNet2d(nn.Module):

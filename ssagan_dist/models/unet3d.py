@@ -29,7 +29,9 @@ gets the input photo repeated T times (``repeat_frame``); Stage II gets the Stag
 Output (``output``): ``direct`` is the papers' Tanh image; ``residual`` reads the same Tanh as a
 change applied to the input clip (``layers.apply_change``), with the last deconv zeroed at
 initialisation, so an untrained G predicts "nothing moves" (copy-frame for Stage I, Y1 for
-Stage II) and learns only what changes (docs/quality.md has the measurements).
+Stage II) and learns only what changes (docs/quality.md has the measurements); ``flow`` moves the
+input's pixels by a flow field before applying a change (``layers.compose_output``; docs/models.md,
+"Flow output": the only output with which these networks learnt to move the clouds).
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ from torch import Tensor, nn
 
 from ssagan_dist.models.attention import SpatialSelfAttention
 from ssagan_dist.models.registry import register
-from ssagan_dist.models.layers import (GlobalVelocity, check_output, compose_output, init_weights, output_channels, repeat_frame,
-                                       zero_output_layer)
+from ssagan_dist.models.layers import (GlobalVelocity, check_output, compose_output, init_weights, output_channels,
+                                       repeat_frame, zero_output_layer)
 
 Triple = tuple[int, int, int]
 
