@@ -40,6 +40,23 @@ def test_warp_of_a_clip_moves_each_frame_by_its_own_flow():
     torch.testing.assert_close(moved[:, :, 2, :, 2:], frames[..., :-2], atol=1e-5, rtol=0)
 
 
+def test_a_non_finite_flow_gives_nan_pixels_and_backward_runs():
+    """A diverging run's flow is NaN or inf; grid_sample's CPU kernel would read out of bounds on
+    it (a segfault in a Ray worker, seen in CI): those pixels come out NaN instead, the others as
+    usual, and the backward pass completes."""
+    frames = torch.rand(2, 3, 8, 8, requires_grad=True)
+    flow = torch.zeros(2, 2, 8, 8)
+    flow[0, 0, 2, 3], flow[0, 1, 5, 5], flow[1, 0, 1, 1] = float("nan"), float("inf"), -float("inf")
+    flow.requires_grad_(True)
+    out = warp(frames, flow)
+    bad = torch.zeros(2, 8, 8, dtype=torch.bool)
+    bad[0, 2, 3] = bad[0, 5, 5] = bad[1, 1, 1] = True
+    assert out.isnan().any(dim=1).eq(bad).all()
+    torch.testing.assert_close(out.permute(0, 2, 3, 1)[~bad], frames.detach().permute(0, 2, 3, 1)[~bad])
+    out.nan_to_num().sum().backward()
+    assert torch.isfinite(frames.grad).all() and torch.isfinite(flow.grad).all()
+
+
 def test_compose_flow_moves_frame_t_by_t_over_t_minus_1_of_the_velocity():
     base = _textured(n=1).unsqueeze(2).expand(-1, -1, 5, -1, -1).contiguous()
     out = torch.zeros(1, output_channels("flow", 3), 5, 16, 16)

@@ -320,7 +320,7 @@ def test_a_diverged_trial_is_not_retried_and_shows_as_diverged(sky, tmp_path):
     result = run_sweep(sweep_cmd(sky, tmp_path, str(tmp_path / "nan.yaml"), "--name", "nan"))
     out = result.stdout
     assert result.returncode == 1, out[-3000:]  # no winner: the only trial diverged
-    assert "nothing to pick" in out and "diverged 1" in out and "training diverged at step" in out
+    assert "nothing to pick" in out and "diverged 1" in out and "training diverged at step" in out, out[-3000:]
     sweep_dir = tmp_path / "nan"
     [trial] = trial_results(sweep_dir)
     assert [h["event"] for h in trial.history] == ["start"]  # one Train run: not started again

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from typing import Sequence
 
 import torch
@@ -105,9 +107,15 @@ def warp(frames: Tensor, flow: Tensor) -> Tensor:
     ys = torch.linspace(-1, 1, h, device=frames.device, dtype=flow.dtype)
     xs = torch.linspace(-1, 1, w, device=frames.device, dtype=flow.dtype)
     identity = torch.stack(torch.meshgrid(xs, ys, indexing="xy"), dim=-1)  # (H, W, 2): (x, y)
-    grid = identity - flow.permute(0, 2, 3, 1)
-    return F.grid_sample(frames, grid.to(frames.dtype), mode="bilinear", padding_mode="border",
-                         align_corners=True)
+    grid = (identity - flow.permute(0, 2, 3, 1)).to(frames.dtype)
+    # grid_sample's CPU kernel reads out of bounds (a segfault, not an error) on a non-finite grid
+    # (pytorch/pytorch#24823), which a diverging run produces: sample a safe grid and give those
+    # pixels NaN, as any other op would, so the loss goes non-finite and the run stops as diverged.
+    # The clamp is the identity for every finite flow the output head can give (|grid| <= 3).
+    finite = torch.isfinite(grid).all(dim=-1)
+    safe = torch.where(finite.unsqueeze(-1), grid, torch.zeros_like(grid)).clamp(-4, 4)
+    moved = F.grid_sample(frames, safe, mode="bilinear", padding_mode="border", align_corners=True)
+    return torch.where(finite.unsqueeze(1), moved, torch.full_like(moved, math.nan))
 
 
 def apply_change(base: Tensor, change: Tensor) -> Tensor:
