@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Submit a module of this project as a Ray job to a cluster, with the repository as working dir.
-#   RAY_ADDRESS=http://HEAD:8265 jobs/submit.sh ssagan_dist.train --config ssagan_sky128 trainer.num_workers=16
+#   RAY_ADDRESS=http://HEAD:8265 jobs/submit.sh ssagan_dist.train --config paper/ssagan_sky128 scaling.ranks=16
 #   jobs/submit.sh ssagan_dist.evaluate --checkpoint s3://ssagan-runs/ssagan_sky128 --data s3://sky-timelapse/test
 # The cluster: RAY_ADDRESS (its job API, http://HEAD:8265) if set, else the local head that
 # jobs/ray_local.sh started (its address recorded in runs/.ray-local/address); never an assumed

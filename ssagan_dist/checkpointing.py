@@ -19,7 +19,7 @@ continues from), what it saves, and which checkpoints Ray keeps. Rebuilding a tr
 checkpoint is ``experiment.load_trainer``.
 
 A checkpoint is *complete* (``load_complete``, the one rule for resume, ``resolve`` and so
-evaluate, predict and ``run.stage1_checkpoint``) when its config.yaml reads as plain data
+evaluate, predict and ``init.stage1_checkpoint``) when its config.yaml reads as plain data
 (``config.read_yaml``: no interpolation), its model.pt loads, every rank that model.pt says saved
 left its worker file, each of them loads, and the weights in model.pt hash to the ``state_digest``
 the ranks recorded at the save. The digest catches a file damaged or edited after the save; it is
@@ -41,7 +41,9 @@ import torch
 from omegaconf import OmegaConf
 
 from ssagan_dist import storage
-from ssagan_dist.config import ConfigError, ExperimentConfig, InterpolationRefused, read_yaml
+from ssagan_dist.config import ConfigError, ExperimentConfig, InterpolationRefused, read_yaml, upgrade
+from ssagan_dist.data.loader import rank_seed
+from ssagan_dist.runfolder import RunFolder
 from ssagan_dist.trainers import GANTrainer, unwrap
 
 log = logging.getLogger(__name__)
@@ -148,7 +150,7 @@ def read_config(directory: Path, source: Optional[str] = None) -> Any:
         raise DamagedCheckpoint(f"checkpoint file {shown} cannot be read ({why})") from None
     if not isinstance(data, dict):
         raise DamagedCheckpoint(f"checkpoint file {shown} is not a configuration (a YAML mapping)")
-    return OmegaConf.create(data)  # plain data without '${': nothing for OmegaConf to resolve
+    return OmegaConf.create(upgrade(data, shown))  # plain data without '${'; keys renamed since, moved
 
 
 def read_worker(directory: Path, rank: int, source: Optional[str] = None) -> Optional[dict[str, Any]]:
@@ -305,20 +307,20 @@ class CheckpointManager:
 
     def __init__(self, cfg: ExperimentConfig, rank: int = 0, world: int = 1):
         self.cfg, self.rank, self.world = cfg, rank, world
-        self.run_uri = storage.join(cfg.run.storage_path, cfg.run.name)
+        self.run_uri = RunFolder.of(cfg).url
         self.endpoint = cfg.run.s3_endpoint
         self.events: list[dict[str, Any]] = []  # resumed / started_from / skipped_damaged_checkpoint
         self.resumed_from: Optional[str] = None  # the run's own checkpoint that restore took
 
     @staticmethod
     def ray_config(cfg: ExperimentConfig):
-        """Ray Train's retention: the last ``run.keep_checkpoints``, plus the best by ``run.best_metric``
-        in the order ``run.best_mode`` (max: highest, min: lowest)."""
+        """Ray Train's retention: the last ``checkpoint.keep``, plus the best by ``checkpoint.best_metric``
+        in the order ``checkpoint.best_mode`` (max: highest, min: lowest)."""
         import ray.train
 
-        return ray.train.CheckpointConfig(num_to_keep=cfg.run.keep_checkpoints,
-                                          checkpoint_score_attribute=cfg.run.best_metric,
-                                          checkpoint_score_order=cfg.run.best_mode)
+        return ray.train.CheckpointConfig(num_to_keep=cfg.checkpoint.keep,
+                                          checkpoint_score_attribute=cfg.checkpoint.best_metric,
+                                          checkpoint_score_order=cfg.checkpoint.best_mode)
 
     def newest_complete(self) -> Optional[tuple[str, dict[str, Any], Optional[dict[str, Any]]]]:
         """(uri, model state, this rank's worker state) of the run's newest complete checkpoint
@@ -339,7 +341,7 @@ class CheckpointManager:
     def restore(self, trainer: GANTrainer, loader: Any, start_from: Optional[str] = None) -> int:
         """Load the checkpoint the policy picks into ``trainer`` and the data ``loader`` (and this
         rank's RNG); returns the step to continue from. Learning rates stay the config's."""
-        seed = self.cfg.trainer.seed
+        seed = self.cfg.loop.seed
         model_state = worker_state = None
         found = self.newest_complete()
         if found is not None:
@@ -349,9 +351,9 @@ class CheckpointManager:
             model_state, worker_state = load_for_worker(start_from, self.rank, self.cfg.model.name, self.endpoint)
             self.events.append({"event": "started_from", "from": start_from})
         if model_state is None:
-            for p in trainer.pretrained:
-                trainer.load_pretrained(p.network, load_generator(OmegaConf.select(self.cfg, p.key), self.endpoint))
-            torch.manual_seed(seed * 1_000_003 + self.rank + 1)  # each rank its own noise
+            for network, uri in trainer.pretrained_sources().items():
+                trainer.load_pretrained(network, load_generator(uri, self.endpoint))
+            torch.manual_seed(rank_seed(seed, self.rank) + 1)  # each rank its own noise
             return 0
         trainer.load_state_dict(model_state["trainer"])
         if worker_state is not None:
@@ -359,11 +361,11 @@ class CheckpointManager:
                 loader.load_state_dict(worker_state["loader"])
             except ValueError as e:
                 raise RuntimeError(f"cannot continue run {self.run_uri} with {self.world} worker(s): {e}; set "
-                                   "trainer.min_workers for a group that may resize, or start a new run.name") from None
+                                   "scaling.min_ranks for a group that may resize, or start a new run.name") from None
         if worker_state is not None and "rng" in worker_state:
             set_rng_state(worker_state["rng"])
         else:  # a rank the checkpoint did not have (the group grew): its own noise, seeded afresh
-            torch.manual_seed(seed * 1_000_003 + self.rank + 1 + model_state["step"])
+            torch.manual_seed(rank_seed(seed, self.rank) + 1 + model_state["step"])
         return model_state["step"]
 
     def save(self, trainer: GANTrainer, loader: Any, step: int, clip_shape: list[int], metrics: dict[str, Any]) -> int:

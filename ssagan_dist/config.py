@@ -6,6 +6,14 @@ and wrong types fail in OmegaConf's merge, raising ``ConfigError`` naming the ke
 needs the model (values, buildable networks, keys that would do nothing) is checked a level up,
 by ``ssagan_dist.experiment.load_config``: this module imports nothing from the project.
 
+A preset is named by its path under ``ssagan_dist/configs/`` without ``.yaml``, its folder saying
+what it is: ``paper/<setup>`` the published setups at full size (GPUs, S3 data: ``paper/ssagan_a``
+is the SSA-GAN paper's 8-GPU run), ``zoo/<model>`` the small CPU recipes ``bench zoo`` trains
+(``zoo/ssagan_a`` is the same model, another recipe), and at the top ``tiny_cpu`` (the demo) and
+``defaults`` (these dataclass defaults alone). ``sweeps/`` holds ``--sweep`` files, not presets.
+A paper setup's old bare name (``ssagan_a``, before 2026-12-07) still loads, answered with one
+line giving its new name; no top-level name may also name a file in a folder.
+
 Every config *file* (a preset, ``--config runs/x/config.yaml``, a checkpoint's config.yaml) is
 read by ``read_yaml`` alone: plain data through a safe YAML loader, and a string holding an
 OmegaConf interpolation (``${...}``, e.g. ``${oc.env:AWS_SECRET_ACCESS_KEY}``) is refused naming
@@ -17,9 +25,10 @@ may write; an interpolation would read this machine's environment into errors an
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -36,11 +45,19 @@ class InterpolationRefused(ConfigError):
     """A config file holding an OmegaConf interpolation (``${...}``); the message names the file and key."""
 
 
+# Each section has one reader (docs/configuration.md): the model registry reads ``model``; the
+# trainer (``trainers/``) is handed ``optim``, ``loss``, ``ema`` and ``init`` as typed objects; the
+# data layer reads ``data``; the training loop ``loop``, ``checkpoint``, ``ddp`` and ``perf``; the
+# Ray set-up ``scaling`` and ``ray``; telemetry ``telemetry``; tracking ``tracking``. ``run`` names
+# the run and where it lives, for all of them. "rank" is a DDP process; "loader process" a
+# DataLoader worker; "flavor" the registry's named constructor arguments; "preset" (recipe) a
+# ``--config`` YAML file.
+
 @dataclass
 class ModelConfig:
     name: str = "ssagan"  # a name from ssagan_dist.models.registry
-    preset: str = "tiny"  # "tiny" or "paper": the registry's constructor arguments
-    # constructor arguments that replace the preset's (e.g. {size: 64, frames: 16})
+    flavor: str = "tiny"  # the registry's named constructor arguments for this model (registry.flavors)
+    # constructor arguments that replace the flavor's (e.g. {size: 64, frames: 16})
     args: dict[str, Any] = field(default_factory=dict)
 
 
@@ -48,35 +65,65 @@ class ModelConfig:
 class DataConfig:
     train_urls: str = ""  # shard URLs: a brace pattern, comma-separated list, or dataset dir/URL
     val_urls: str = ""
-    loader_workers: int = 2  # DataLoader worker processes per rank
-    prefetch: int = 2  # batches each loader worker reads ahead (needs loader_workers >= 1)
+    loader_processes: int = 2  # DataLoader worker processes per rank (0: load in the rank's own process)
+    prefetch: int = 2  # batches each loader process reads ahead (needs loader_processes >= 1)
     skip_bad: bool = False  # skip undecodable samples (counted and logged) instead of failing
+    pin_memory: bool = False  # page-locked batches for asynchronous host-to-GPU copies (GPU only)
 
 
 @dataclass
-class TrainerConfig:
-    num_workers: int = 1  # Ray Train workers (DDP ranks); with min_workers, the most
-    # Elastic training (spot capacity): 0 = a fixed group of num_workers. Else the group may run
-    # with any size in [min_workers, num_workers] as the cluster allows, resizing from the latest
-    # checkpoint; the global batch (batch_size x num_workers) is kept, so each size must divide it.
-    min_workers: int = 0
+class ScalingConfig:
+    """How many ranks, on what (read by the Ray set-up in train.py)."""
+
+    ranks: int = 1  # Ray Train workers, one DDP rank each; with min_ranks, the most
+    # Elastic training (spot capacity): 0 = a fixed group of `ranks`. Else the group may run with
+    # any size in [min_ranks, ranks] as the cluster allows, resizing from the latest checkpoint;
+    # the global batch (loop.batch_size x ranks) is kept, so each size must divide it.
+    min_ranks: int = 0
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    batch_size: int = 4  # per worker
+    cpus_per_rank: float = 1.0
+
+
+@dataclass
+class RayConfig:
+    """The Ray cluster and Ray Train's own behaviour (read by the Ray set-up in train.py)."""
+
+    address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
+    # restarts of the rank group after a failure (a lost worker or node), each from the latest
+    # checkpoint; -1 = unlimited. A diverged run (non-finite loss) is not restarted.
+    max_failures: int = 3
+    train_log_level: str = "WARNING"  # Ray Train's own console logs (INFO: every report and checkpoint)
+
+
+@dataclass
+class LoopConfig:
+    """The training loop's batch, length and cadence (train.py)."""
+
+    batch_size: int = 4  # per rank
     max_steps: int = 100  # generator updates
     seed: int = 0
     deterministic: bool = True  # deterministic kernels (bit-identical resume on CPU)
-    sync_batchnorm: bool = False
     log_every: int = 10
-    val_every: int = 50
-    val_batches: int = 8  # per worker; 0 = the whole validation set
-    # Exponential moving average of G (StyleGAN2's G_ema; docs/training.md): 0 = none, else its decay
-    # per G update (0.99: a half-life of 69 updates). Validation, evaluate and predict then use it.
-    g_ema_decay: float = 0.0
-    # its ramp-up (StyleGAN2-ADA's ema_rampup): after t G updates the half-life is at most
-    # g_ema_rampup x t updates, i.e. β_t = min(g_ema_decay, 0.5 ** (1 / (g_ema_rampup·t))); 0 = none
-    g_ema_rampup: float = 0.05
-    # A checkpoint is written at every validation (val_every) and at the last step.
+    val_every: int = 50  # validation, then a checkpoint (also at the last step)
+    val_batches: int = 8  # per rank; 0 = the whole validation set
+
+
+@dataclass
+class CheckpointConfig:
+    """Which checkpoints the run keeps (Ray Train's CheckpointConfig, read by train.py)."""
+
+    keep: int = 3  # the latest K
+    best_metric: str = "val/psnr"  # and the best by this metric
+    best_mode: str = "max"  # "max": higher best_metric is better (PSNR, SSIM); "min": lower (val/mse, losses)
+
+
+@dataclass
+class DDPConfig:
+    """DistributedDataParallel's settings (read where the loop wraps the networks)."""
+
+    sync_batchnorm: bool = False  # BatchNorm statistics across ranks (GPU only)
+    bucket_cap_mb: int = 25  # gradient bucket size (torch's default 25 MB)
+    gradient_as_bucket_view: bool = False  # gradients alias DDP's buckets (no copy, less memory)
 
 
 @dataclass
@@ -97,37 +144,54 @@ class LossConfig:
 
 
 @dataclass
+class EMAConfig:
+    """The exponential moving average of G (StyleGAN2's G_ema; docs/training.md), kept by the trainer.
+    Validation, evaluate and predict then use it."""
+
+    decay: float = 0.0  # 0 = none, else its decay per G update (0.99: a half-life of 69 updates)
+    # its ramp-up (StyleGAN2-ADA's ema_rampup): after t G updates the half-life is at most
+    # rampup x t updates, i.e. beta_t = min(decay, 0.5 ** (1 / (rampup * t))); 0 = none
+    rampup: float = 0.05
+
+
+@dataclass
+class InitConfig:
+    """Trained networks a trainer starts from (``GANTrainer.pretrained`` says which it needs)."""
+
+    stage1_checkpoint: Optional[str] = None  # refine models: the Stage-I run's checkpoint URI (or run folder)
+
+
+@dataclass
 class RunConfig:
+    """The run's name and where it lives (read by every layer)."""
+
     name: str = "ssagan-run"
     storage_path: str = "runs"  # local folder or s3://bucket/prefix (see run.s3_endpoint)
     # S3 endpoint for s3:// data and storage, e.g. http://127.0.0.1:9000; else AWS_ENDPOINT_URL(_S3)
     s3_endpoint: Optional[str] = None
-    keep_checkpoints: int = 3
-    best_metric: str = "val/psnr"  # kept besides the last K, ranked by best_mode
-    best_mode: str = "max"  # "max": higher best_metric is better (PSNR, SSIM); "min": lower (val/mse, losses)
-    stage1_checkpoint: Optional[str] = None  # refine models: the Stage-I run's checkpoint URI
-    ray_address: Optional[str] = None  # None: join RAY_ADDRESS if set, else start a local Ray
-    # restarts of the worker group after a failure (a lost worker or node), each from the latest
-    # checkpoint; -1 = unlimited. A diverged run (non-finite loss) is not restarted.
-    max_failures: int = 3
-    ray_train_log_level: str = "WARNING"  # Ray Train's own console logs (INFO: every report and checkpoint)
-    # Experiment tracking by rank 0: none, mlflow, wandb or a list ([mlflow, wandb]); where and who
-    # from the trackers' environment variables (MLFLOW_TRACKING_URI, WANDB_PROJECT, ...; docs/tracking.md)
-    tracking: Any = "none"
 
 
 @dataclass
-class MetricsConfig:
-    """Prometheus export from every training worker (docs/observability.md)."""
+class TrackingConfig:
+    """Experiment tracking by rank 0 (docs/tracking.md)."""
+
+    # none, mlflow, wandb or a list ([mlflow, wandb]); where and who from the trackers' environment
+    # variables (MLFLOW_TRACKING_URI, WANDB_PROJECT, ...)
+    backends: Any = "none"
+
+
+@dataclass
+class TelemetryConfig:
+    """Prometheus export from every training rank (docs/observability.md)."""
 
     enabled: bool = True
-    host: str = "127.0.0.1"  # interface the per-worker /metrics server binds (k8s/ run config: 0.0.0.0)
-    # Each worker takes the first free port in [port, port + port_span): ranks sharing a node and
-    # two runs on one machine never collide. On Kubernetes (one worker per pod) that is `port`.
+    host: str = "127.0.0.1"  # interface the per-rank /metrics server binds (k8s/ run config: 0.0.0.0)
+    # Each rank takes the first free port in [port, port + port_span): ranks sharing a node and
+    # two runs on one machine never collide. On Kubernetes (one rank per pod) that is `port`.
     port: int = 9400
     port_span: int = 64
-    # Prometheus file_sd folder: each worker writes <run>-<trial>-<rank>.json naming its target
-    # there ("" = none), so a local Prometheus finds workers on whatever port they took.
+    # Prometheus file_sd folder: each rank writes <run>-<trial>-<rank>.json naming its target
+    # there ("" = none), so a local Prometheus finds ranks on whatever port they took.
     sd_dir: str = ""
     pushgateway: str = ""  # Pushgateway URL: also push at checkpoints and at the end (short jobs)
 
@@ -139,9 +203,6 @@ class PerfConfig:
     autocast: str = "none"  # "none", "bf16" (CPU or GPU) or "fp16" (GPU only, with a gradient scaler)
     channels_last: bool = False  # networks and 5-D inputs in channels_last_3d memory format
     compile: bool = False  # torch.compile every network (in place: state_dict keys unchanged)
-    ddp_bucket_cap_mb: int = 25  # DDP gradient bucket size (torch's default 25 MB)
-    ddp_gradient_as_bucket_view: bool = False  # gradients alias DDP's buckets (no copy, less memory)
-    pin_memory: bool = False  # page-locked batches for asynchronous host-to-GPU copies (GPU only)
     attention: str = "auto"  # SSA kernel: "auto" (rule in models/attention.py), "sdpa" or "saved_probs"
 
 
@@ -149,18 +210,142 @@ class PerfConfig:
 class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    scaling: ScalingConfig = field(default_factory=ScalingConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    ddp: DDPConfig = field(default_factory=DDPConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     loss: LossConfig = field(default_factory=LossConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    init: InitConfig = field(default_factory=InitConfig)
     run: RunConfig = field(default_factory=RunConfig)
-    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     perf: PerfConfig = field(default_factory=PerfConfig)
 
 
+# -- rules declared by the code that reads a key (collected by ssagan_dist.experiment) --------------
+
+@dataclass(frozen=True)
+class Allowed:
+    """The values a key may take, declared beside the code that reads it; a config whose value
+    fails ``ok(cfg)`` is refused naming ``key`` and ``want``."""
+
+    key: str
+    ok: Callable[[Any], bool]  # of the whole config
+    want: str
+
+
+@dataclass(frozen=True)
+class ReadWhen:
+    """A key its reader acts on only in some setups, declared beside the code that reads it: set
+    when ``read(cfg, nets)`` is false (``nets``: the model's networks on the meta device), it would
+    do nothing, and is refused with ``why_not`` (``{model}`` there: the model's name)."""
+
+    key: str
+    read: Callable[[Any, Any], bool]
+    why_not: str
+
+
+# Keys renamed on 2026-12-07 (issue 34): old dotted key -> new. ``merge`` (and so every config
+# file, override, checkpoint's config.yaml and sweep file) still reads the old names, answering
+# each with one line that gives its new name; they will be refused in a later release.
+RENAMED_KEYS: dict[str, str] = {
+    "model.preset": "model.flavor",
+    "data.loader_workers": "data.loader_processes",
+    "perf.pin_memory": "data.pin_memory",
+    "trainer.num_workers": "scaling.ranks",
+    "trainer.min_workers": "scaling.min_ranks",
+    "trainer.use_gpu": "scaling.use_gpu",
+    "trainer.cpus_per_worker": "scaling.cpus_per_rank",
+    "run.ray_address": "ray.address",
+    "run.max_failures": "ray.max_failures",
+    "run.ray_train_log_level": "ray.train_log_level",
+    "trainer.batch_size": "loop.batch_size",
+    "trainer.max_steps": "loop.max_steps",
+    "trainer.seed": "loop.seed",
+    "trainer.deterministic": "loop.deterministic",
+    "trainer.log_every": "loop.log_every",
+    "trainer.val_every": "loop.val_every",
+    "trainer.val_batches": "loop.val_batches",
+    "run.keep_checkpoints": "checkpoint.keep",
+    "run.best_metric": "checkpoint.best_metric",
+    "run.best_mode": "checkpoint.best_mode",
+    "trainer.sync_batchnorm": "ddp.sync_batchnorm",
+    "perf.ddp_bucket_cap_mb": "ddp.bucket_cap_mb",
+    "perf.ddp_gradient_as_bucket_view": "ddp.gradient_as_bucket_view",
+    "trainer.g_ema_decay": "ema.decay",
+    "trainer.g_ema_rampup": "ema.rampup",
+    "run.stage1_checkpoint": "init.stage1_checkpoint",
+    "run.tracking": "tracking.backends",
+    "metrics.enabled": "telemetry.enabled",
+    "metrics.host": "telemetry.host",
+    "metrics.port": "telemetry.port",
+    "metrics.port_span": "telemetry.port_span",
+    "metrics.sd_dir": "telemetry.sd_dir",
+    "metrics.pushgateway": "telemetry.pushgateway",
+}
+_told: set[str] = set()  # old keys already answered in this process
+
+
+def new_key(key: str) -> str:
+    """The current name of a dotted key (itself when it was not renamed)."""
+    return RENAMED_KEYS.get(key, key)
+
+
+def upgrade(tree: Any, source: str) -> Any:
+    """A config tree (plain data, as a file holds it) with renamed keys moved to their new
+    place; each old key is answered once per process with a line naming its new one. A tree
+    holding both an old key and its new one is refused (which one would win is not obvious)."""
+    if not isinstance(tree, dict) or not any(isinstance(v, dict) for v in tree.values()):
+        return tree
+    out = {section: dict(v) if isinstance(v, dict) else v for section, v in tree.items()}
+    for old, new in RENAMED_KEYS.items():
+        old_section, old_name = old.split(".", 1)
+        section = out.get(old_section)
+        if not isinstance(section, dict) or old_name not in section:
+            continue
+        value = section.pop(old_name)
+        new_section, new_name = new.split(".", 1)
+        target = out.setdefault(new_section, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"config {source}: key {new_section!r} must be a section")
+        if new_name in target:
+            raise ConfigError(f"config {source}: sets both {old!r} (its old name) and {new!r}; keep {new!r}")
+        target[new_name] = value
+        if not section:
+            del out[old_section]
+        tell_renamed(old, source)
+    return out
+
+
+def upgrade_key(key: str, source: str) -> str:
+    """A dotted key's current name (an old one answered once, as ``upgrade`` does)."""
+    if key in RENAMED_KEYS:
+        tell_renamed(key, source)
+        return RENAMED_KEYS[key]
+    return key
+
+
+def upgrade_override(override: str, source: str = "override") -> str:
+    """``key=value`` with an old key renamed (answered once, as ``upgrade`` does)."""
+    key, sep, value = override.partition("=")
+    return f"{upgrade_key(key.strip(), source)}={value}" if sep else override
+
+
+def tell_renamed(old: str, source: str) -> None:
+    if old not in _told:
+        _told.add(old)
+        print(f"[config] {old} is now {RENAMED_KEYS[old]} ({source}); the old name still works for now",
+              file=sys.stderr, flush=True)
+
+
 def preset_names() -> list[str]:
-    """Presets by the name ``--config`` takes: ``tiny_cpu``, and ``zoo/<model>`` for the zoo recipes."""
-    return sorted([p.stem for p in PRESET_DIR.glob("*.yaml")]
-                  + [f"zoo/{p.stem}" for p in (PRESET_DIR / "zoo").glob("*.yaml")])
+    """Presets by the name ``--config`` takes, folder and all (module docstring): ``defaults``,
+    ``tiny_cpu``, ``paper/<setup>``, ``zoo/<model>``."""
+    return sorted(p.relative_to(PRESET_DIR).with_suffix("").as_posix()
+                  for folder in ("", "paper", "zoo") for p in (PRESET_DIR / folder).glob("*.yaml"))
 
 
 # -- names that become folders ---------------------------------------------------------------------
@@ -277,15 +462,22 @@ def read_yaml(path: Path | str, source: Optional[str] = None) -> Any:
 def _preset(name_or_path: str) -> DictConfig:
     path = Path(name_or_path)
     if not path.suffix:
+        names = preset_names()
+        if name_or_path not in names and f"paper/{name_or_path}" in names:  # its name before 2026-12-07
+            if f"preset:{name_or_path}" not in _told:
+                _told.add(f"preset:{name_or_path}")
+                print(f"[config] preset {name_or_path} is now paper/{name_or_path}; the old name still works "
+                      "for now", file=sys.stderr, flush=True)
+            name_or_path = f"paper/{name_or_path}"
+        elif name_or_path not in names:
+            raise ConfigError(f"unknown config preset {name_or_path!r}; presets: {', '.join(names)}")
         path = PRESET_DIR / f"{name_or_path}.yaml"
-        if not path.exists():
-            raise ConfigError(f"unknown config preset {name_or_path!r}; presets: {', '.join(preset_names())}")
     elif not path.exists():
         raise ConfigError(f"config file not found: {path}")
     data = read_yaml(path)
     if data is not None and not isinstance(data, dict):
         raise ConfigError(f"config file {path}: expected a mapping of config sections, got {type(data).__name__}")
-    return OmegaConf.create(data or {})  # plain data without '${': nothing for OmegaConf to resolve
+    return OmegaConf.create(upgrade(data or {}, str(path)))  # plain data without '${': nothing to resolve
 
 
 def leaf_keys(node: Any, prefix: str = "") -> list[str]:
@@ -313,7 +505,7 @@ def merge(preset: Optional[str] = None, overrides: list[str] | tuple[str, ...] =
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ConfigError(f"override {bad[0]!r} is not of the form key=value")
-        override_layer = OmegaConf.from_dotlist(list(overrides))
+        override_layer = OmegaConf.from_dotlist([upgrade_override(o) for o in overrides])
         cfg = OmegaConf.merge(cfg, override_layer)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None)

@@ -13,10 +13,12 @@ that nothing reads would silently do nothing, so it is refused), the clip shape 
 and, reading indexes and checkpoints, whether the datasets and the trained networks the trainer
 starts from (``GANTrainer.pretrained``) fit it.
 
-Who reads what: the training loop reads the ``data``, ``trainer``, ``run``, ``metrics`` and
-``perf`` sections (a few keys only under conditions, see ``Experiment.conditional_keys``); the
-trainer declares the ``optim`` and ``loss`` keys it reads and the checkpoints it starts from
-(``GANTrainer.keys_read``, ``GANTrainer.pretrained``); the model reads ``model``.
+Who reads what (``config.py`` names each section's reader): the model reads ``model``; the
+trainer is handed ``optim``, ``loss``, ``ema`` and ``init`` and declares the fields it reads
+(``GANTrainer.fields_read``); the loop, the Ray set-up, telemetry and tracking read every key of
+their sections. A reader that acts on a key only in some setups, or takes only some values,
+declares it beside its code (``config.ReadWhen``, ``config.Allowed`` in ``CONFIG_RULES``); the
+checks here read those declarations (``RULES``), so a rule lives in one place.
 """
 
 from __future__ import annotations
@@ -31,30 +33,34 @@ import torch
 from omegaconf import OmegaConf
 from torch import nn
 
-from ssagan_dist import checkpointing, tracking
-from ssagan_dist.config import NAME_RULE, ConfigError, ExperimentConfig, merge, safe_name
+from ssagan_dist import checkpointing, parallel, perf, tracking
+from ssagan_dist.config import NAME_RULE, Allowed, ConfigError, ExperimentConfig, ReadWhen, merge, safe_name
+from ssagan_dist.data import loader
 from ssagan_dist.data.index import DatasetInfo, inspect_dataset
 from ssagan_dist.models import registry
-from ssagan_dist.models.attention import SpatialSelfAttention
-from ssagan_dist.trainers import TRAINERS, GANTrainer, Pretrained
+from ssagan_dist.trainers import TRAINERS, GANTrainer, Pretrained, ema
 
-# Keys that only the trainers declaring them read (``GANTrainer.pretrained``), not the loop.
-PRETRAINED_KEYS = frozenset(p.key for cls in TRAINERS.values() for p in cls.pretrained)
-LOOP_SECTIONS = ("data", "trainer", "run", "metrics", "perf")
+# Sections whose every key is read (by the loop, the Ray set-up, telemetry, tracking), unless a
+# ReadWhen below says otherwise; the trainer's sections are read as it declares.
+WHOLE_SECTIONS = ("data", "scaling", "ray", "loop", "checkpoint", "ddp", "run", "tracking", "telemetry", "perf")
+TRAINER_SECTIONS = ("optim", "loss", "ema", "init")
+# Every reader's declared rules (values and "read only when"), in one list.
+RULES: tuple[Allowed | ReadWhen, ...] = (*loader.CONFIG_RULES, *parallel.CONFIG_RULES, *perf.CONFIG_RULES,
+                                         *ema.CONFIG_RULES)
 
 
 # -- building --------------------------------------------------------------------------------------
 
 def trainer_class(model_name: str) -> type[GANTrainer]:
-    kind = registry.get(model_name).trainer
+    kind = registry.get(model_name).family
     if kind not in TRAINERS:
         raise KeyError(f"model {model_name!r} names trainer kind {kind!r}; kinds: {sorted(TRAINERS)}")
     return TRAINERS[kind]
 
 
 def model_args(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The model's constructor arguments: its preset's, with ``model.args`` on top."""
-    return registry.constructor_args(cfg.model.name, cfg.model.preset, dict(cfg.model.args))
+    """The model's constructor arguments: its flavor's, with ``model.args`` on top."""
+    return registry.constructor_args(cfg.model.name, cfg.model.flavor, dict(cfg.model.args))
 
 
 def build_networks(cfg: ExperimentConfig, device: torch.device | str = "cpu") -> dict[str, nn.Module]:
@@ -65,8 +71,7 @@ def build_networks(cfg: ExperimentConfig, device: torch.device | str = "cpu") ->
 
 def build_trainer(cfg: ExperimentConfig, device: torch.device | str = "cpu") -> GANTrainer:
     """Networks + trainer (optimizers included) for ``cfg``, on ``device``."""
-    return trainer_class(cfg.model.name)(build_networks(cfg), cfg.optim, cfg.loss, device,
-                                         g_ema_decay=cfg.trainer.g_ema_decay, g_ema_rampup=cfg.trainer.g_ema_rampup)
+    return trainer_class(cfg.model.name)(build_networks(cfg), cfg.optim, cfg.loss, device, ema=cfg.ema, init=cfg.init)
 
 
 def load_trainer(uri: str, device: torch.device | str = "cpu",
@@ -90,15 +95,21 @@ def load_trainer(uri: str, device: torch.device | str = "cpu",
 
 # -- checking --------------------------------------------------------------------------------------
 
-def load_config(preset: Optional[str] = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+def load(preset: Optional[str] = None, overrides: list[str] | tuple[str, ...] = ()) -> Experiment:
     """Defaults <- preset <- overrides (``config.merge``), validated, and every key the preset or
     an override sets read by the model, its trainer or the loop. Raises ConfigError naming the
-    key, before any Ray resource exists; builds the networks once, on the meta device."""
+    key, before any Ray resource exists; builds the networks once, on the meta device. The
+    ``Experiment`` goes on to ``train.prepare``: a command validates its config once."""
     merged = merge(preset, overrides)
     exp = validate(merged.cfg)
     exp.require_read(merged.override_keys, source="override")
     exp.require_read(merged.preset_keys, source=f"set in {preset}")
-    return exp.cfg
+    return exp
+
+
+def load_config(preset: Optional[str] = None, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """``load``'s validated config."""
+    return load(preset, overrides).cfg
 
 
 def validate(cfg: ExperimentConfig) -> Experiment:
@@ -107,13 +118,13 @@ def validate(cfg: ExperimentConfig) -> Experiment:
     _check_values(cfg)
     trainer = trainer_class(cfg.model.name)
     for p in trainer.pretrained:
-        if not OmegaConf.select(cfg, p.key):
+        if not getattr(cfg.init, p.field):
             raise ConfigError(f"config key {p.key!r} is required for model {cfg.model.name!r} (it starts from a "
                               f"trained {p.what} generator)")
     try:
         nets = build_networks(cfg, "meta")
     except (TypeError, ValueError) as e:
-        raise ConfigError(f"config key 'model.args' (model {cfg.model.name!r}, preset {cfg.model.preset!r}): "
+        raise ConfigError(f"config key 'model.args' (model {cfg.model.name!r}, flavor {cfg.model.flavor!r}): "
                           f"{e}") from None
     return Experiment(cfg, trainer, nets)
 
@@ -130,61 +141,53 @@ def dump(cfg: ExperimentConfig) -> str:
 
 def _check_values(cfg: ExperimentConfig) -> None:
     checks = [
-        ("model.name", cfg.model.name in registry.names(), f"one of {registry.names()}"),
-        ("model.preset", cfg.model.preset in ("tiny", "paper"), "'tiny' or 'paper'"),
-        ("trainer.num_workers", cfg.trainer.num_workers >= 1, ">= 1"),
-        ("trainer.min_workers", 0 <= cfg.trainer.min_workers <= cfg.trainer.num_workers,
-         "0 (a fixed group) or in [1, trainer.num_workers]"),
-        ("trainer.batch_size", cfg.trainer.batch_size >= 1, ">= 1"),
-        ("trainer.max_steps", cfg.trainer.max_steps >= 1, ">= 1"),
-        ("trainer.cpus_per_worker", cfg.trainer.cpus_per_worker > 0, "> 0"),
-        ("trainer.log_every", cfg.trainer.log_every >= 1, ">= 1"),
-        ("trainer.val_every", cfg.trainer.val_every >= 1, ">= 1"),
-        ("trainer.val_batches", cfg.trainer.val_batches >= 0, ">= 0"),
-        ("trainer.g_ema_decay", 0 <= cfg.trainer.g_ema_decay < 1, "in [0, 1) (0 = no moving average of G)"),
-        ("trainer.g_ema_rampup", 0 <= cfg.trainer.g_ema_rampup < math.inf, "finite and >= 0 (0 = no ramp-up)"),
-        ("optim.lr_g", cfg.optim.lr_g > 0 and math.isfinite(cfg.optim.lr_g), "finite and > 0"),
-        ("optim.lr_d", cfg.optim.lr_d > 0 and math.isfinite(cfg.optim.lr_d), "finite and > 0"),
-        ("optim.beta1", 0 <= cfg.optim.beta1 < 1, "in [0, 1)"),
-        ("optim.beta2", 0 <= cfg.optim.beta2 < 1, "in [0, 1)"),
-        ("optim.n_critic", cfg.optim.n_critic >= 1, ">= 1"),
-        *((f"loss.{k}", 0 <= v < math.inf, "finite and >= 0") for k, v in OmegaConf.to_container(cfg.loss).items()),
-        ("data.loader_workers", cfg.data.loader_workers >= 0, ">= 0"),
-        ("data.prefetch", cfg.data.prefetch >= 1, ">= 1"),
-        ("run.name", safe_name(cfg.run.name), NAME_RULE),
-        ("run.best_mode", cfg.run.best_mode in ("max", "min"), "'max' (higher run.best_metric is better) or 'min'"),
-        ("run.storage_path", bool(cfg.run.storage_path), "a folder or s3:// URL"),
-        ("run.keep_checkpoints", cfg.run.keep_checkpoints >= 1, ">= 1"),
-        ("run.max_failures", cfg.run.max_failures >= -1, ">= 0, or -1 for unlimited"),
-        ("run.ray_train_log_level", cfg.run.ray_train_log_level in ("DEBUG", "INFO", "WARNING", "ERROR"),
-         "DEBUG, INFO, WARNING or ERROR"),
-        ("metrics.port", 1 <= cfg.metrics.port <= 65535, "a TCP port"),
-        ("metrics.port_span", 1 <= cfg.metrics.port_span and cfg.metrics.port + cfg.metrics.port_span <= 65536,
-         ">= 1, with metrics.port + metrics.port_span <= 65536"),
+        Allowed("model.name", lambda c: c.model.name in registry.names(), f"one of {registry.names()}"),
+        Allowed("model.flavor", lambda c: c.model.flavor in registry.flavors(c.model.name),
+                f"one of model {cfg.model.name!r}'s flavors {registry.flavors(cfg.model.name)}"
+                if cfg.model.name in registry.names() else "a flavor of the model"),
+        Allowed("scaling.ranks", lambda c: c.scaling.ranks >= 1, ">= 1"),
+        Allowed("scaling.min_ranks", lambda c: 0 <= c.scaling.min_ranks <= c.scaling.ranks,
+                "0 (a fixed group) or in [1, scaling.ranks]"),
+        Allowed("scaling.cpus_per_rank", lambda c: c.scaling.cpus_per_rank > 0, "> 0"),
+        Allowed("loop.batch_size", lambda c: c.loop.batch_size >= 1, ">= 1"),
+        Allowed("loop.max_steps", lambda c: c.loop.max_steps >= 1, ">= 1"),
+        Allowed("loop.log_every", lambda c: c.loop.log_every >= 1, ">= 1"),
+        Allowed("loop.val_every", lambda c: c.loop.val_every >= 1, ">= 1"),
+        Allowed("loop.val_batches", lambda c: c.loop.val_batches >= 0, ">= 0"),
+        Allowed("optim.lr_g", lambda c: c.optim.lr_g > 0 and math.isfinite(c.optim.lr_g), "finite and > 0"),
+        Allowed("optim.lr_d", lambda c: c.optim.lr_d > 0 and math.isfinite(c.optim.lr_d), "finite and > 0"),
+        Allowed("optim.beta1", lambda c: 0 <= c.optim.beta1 < 1, "in [0, 1)"),
+        Allowed("optim.beta2", lambda c: 0 <= c.optim.beta2 < 1, "in [0, 1)"),
+        Allowed("optim.n_critic", lambda c: c.optim.n_critic >= 1, ">= 1"),
+        *(Allowed(f"loss.{k}", lambda c, k=k: 0 <= c.loss[k] < math.inf, "finite and >= 0") for k in cfg.loss),
+        Allowed("data.loader_processes", lambda c: c.data.loader_processes >= 0, ">= 0"),
+        Allowed("data.prefetch", lambda c: c.data.prefetch >= 1, ">= 1"),
+        Allowed("run.name", lambda c: safe_name(c.run.name), NAME_RULE),
+        Allowed("run.storage_path", lambda c: bool(c.run.storage_path), "a folder or s3:// URL"),
+        Allowed("checkpoint.keep", lambda c: c.checkpoint.keep >= 1, ">= 1"),
+        Allowed("checkpoint.best_mode", lambda c: c.checkpoint.best_mode in ("max", "min"),
+                "'max' (higher checkpoint.best_metric is better) or 'min'"),
+        Allowed("ray.max_failures", lambda c: c.ray.max_failures >= -1, ">= 0, or -1 for unlimited"),
+        Allowed("ray.train_log_level", lambda c: c.ray.train_log_level in ("DEBUG", "INFO", "WARNING", "ERROR"),
+                "DEBUG, INFO, WARNING or ERROR"),
+        Allowed("telemetry.port", lambda c: 1 <= c.telemetry.port <= 65535, "a TCP port"),
+        Allowed("telemetry.port_span",
+                lambda c: 1 <= c.telemetry.port_span and c.telemetry.port + c.telemetry.port_span <= 65536,
+                ">= 1, with telemetry.port + telemetry.port_span <= 65536"),
+        Allowed("tracking.backends", lambda c: tracking.problem(c.tracking.backends) is None,
+                str(tracking.problem(cfg.tracking.backends))),
+        *(rule for rule in RULES if isinstance(rule, Allowed)),
     ]
-    for key, ok, want in checks:
-        if not ok:
-            value = OmegaConf.select(cfg, key)
-            raise ConfigError(f"config key {key!r} = {value!r}: must be {want}")
-    if (why := tracking.problem(cfg.run.tracking)) is not None:
-        raise ConfigError(f"config key 'run.tracking' = {cfg.run.tracking!r}: must be {why}")
-    if cfg.perf.autocast not in ("none", "bf16", "fp16"):
-        raise ConfigError(f"config key 'perf.autocast' = {cfg.perf.autocast!r}: must be 'none', 'bf16' or 'fp16'")
-    if cfg.perf.autocast == "fp16" and not cfg.trainer.use_gpu:
-        raise ConfigError("config key 'perf.autocast' = 'fp16' needs trainer.use_gpu=true (on CPU use 'bf16')")
-    if cfg.perf.attention not in ("auto", "sdpa", "saved_probs"):
-        raise ConfigError(f"config key 'perf.attention' = {cfg.perf.attention!r}: must be 'auto', 'sdpa' or 'saved_probs'")
-    if cfg.perf.ddp_bucket_cap_mb < 1:
-        raise ConfigError(f"config key 'perf.ddp_bucket_cap_mb' = {cfg.perf.ddp_bucket_cap_mb!r}: must be >= 1")
-    global_batch = cfg.trainer.batch_size * cfg.trainer.num_workers
-    uneven = [w for w in range(max(cfg.trainer.min_workers, 1), cfg.trainer.num_workers) if global_batch % w]
-    if cfg.trainer.min_workers and uneven:
-        raise ConfigError(f"config key 'trainer.min_workers' = {cfg.trainer.min_workers}: an elastic group keeps the "
-                          f"global batch trainer.batch_size x trainer.num_workers = {global_batch}, which "
-                          f"{', '.join(map(str, uneven))} worker(s) cannot split evenly; pick sizes that divide it")
-    if cfg.trainer.sync_batchnorm and not cfg.trainer.use_gpu:
-        raise ConfigError("config key 'trainer.sync_batchnorm' = True needs trainer.use_gpu=true "
-                          "(torch's SyncBatchNorm runs on GPUs only)")
+    for rule in checks:
+        if not rule.ok(cfg):
+            value = OmegaConf.select(cfg, rule.key)
+            raise ConfigError(f"config key {rule.key!r} = {value!r}: must be {rule.want}")
+    global_batch = cfg.loop.batch_size * cfg.scaling.ranks
+    uneven = [w for w in range(max(cfg.scaling.min_ranks, 1), cfg.scaling.ranks) if global_batch % w]
+    if cfg.scaling.min_ranks and uneven:
+        raise ConfigError(f"config key 'scaling.min_ranks' = {cfg.scaling.min_ranks}: an elastic group keeps the "
+                          f"global batch loop.batch_size x scaling.ranks = {global_batch}, which "
+                          f"{', '.join(map(str, uneven))} rank(s) cannot split evenly; pick sizes that divide it")
 
 
 @dataclass(frozen=True)
@@ -214,29 +217,17 @@ class Experiment:
         return None
 
     def conditional_keys(self) -> dict[str, tuple[bool, str]]:
-        """Loop keys that are read only in some setups: key -> (read now, why not)."""
-        cfg = self.cfg
-        attention = any(isinstance(m, SpatialSelfAttention) for net in self.nets.values() for m in net.modules())
-        return {
-            "trainer.sync_batchnorm": (cfg.trainer.use_gpu and cfg.trainer.num_workers > 1,
-                                       "it only acts with trainer.use_gpu=true and trainer.num_workers > 1"),
-            "data.prefetch": (cfg.data.loader_workers > 0, "it only acts with data.loader_workers >= 1"),
-            "perf.ddp_bucket_cap_mb": (cfg.trainer.num_workers > 1,
-                                       "DDP buckets exist only with trainer.num_workers > 1"),
-            "perf.ddp_gradient_as_bucket_view": (cfg.trainer.num_workers > 1,
-                                                 "DDP buckets exist only with trainer.num_workers > 1"),
-            "perf.pin_memory": (cfg.trainer.use_gpu,
-                                "pinned memory only speeds host-to-GPU copies (trainer.use_gpu=true)"),
-            "trainer.g_ema_rampup": (cfg.trainer.g_ema_decay > 0, "it only acts with trainer.g_ema_decay > 0"),
-            "perf.attention": (attention, f"model {cfg.model.name!r} has no spatial self-attention layer"),
-        }
+        """Keys their readers act on only in some setups (``RULES``' ReadWhen): key -> (read now, why not)."""
+        return {rule.key: (bool(rule.read(self.cfg, self.nets)), rule.why_not.format(model=self.cfg.model.name))
+                for rule in RULES if isinstance(rule, ReadWhen)}
 
     def keys_read(self) -> set[str]:
-        """Every config key that the model, its trainer and the training loop read."""
-        keys = {f"{section}.{k}" for section in LOOP_SECTIONS for k in OmegaConf.to_container(self.cfg[section])}
-        keys -= PRETRAINED_KEYS
-        keys |= {"model.name", "model.preset", "model.args"}
-        keys |= set(self.trainer_class.keys_read(self.nets))
+        """Every config key that the model, its trainer, the loop, the Ray set-up, telemetry and
+        tracking read."""
+        keys = {f"{section}.{k}" for section in WHOLE_SECTIONS for k in OmegaConf.to_container(self.cfg[section])}
+        keys |= {"model.name", "model.flavor", "model.args"}
+        keys |= {f"{section}.{field}" for section, fields in self.trainer_class.fields_read(self.nets).items()
+                 for field in fields}
         return keys - {key for key, (read, _) in self.conditional_keys().items() if not read}
 
     def require_read(self, keys: Iterable[str], source: str = "set") -> None:
@@ -250,7 +241,7 @@ class Experiment:
                 raise ConfigError(f"config key {key!r} ({source}) does not exist")
             if key in why:
                 reason = why[key][1]
-            elif key in PRETRAINED_KEYS:
+            elif key.startswith("init."):
                 reason = f"model {name!r} starts from no trained network"
             else:
                 reason = (f"it is not read by model {name!r} (trainer reads "
@@ -289,19 +280,19 @@ class Experiment:
             if val.clip_shape != shape:
                 raise ConfigError(f"config key 'data.val_urls' = {cfg.data.val_urls!r}: clip shape {val.clip_shape} "
                                   f"!= {shape} of data.train_urls")
-        per_step = cfg.trainer.num_workers * cfg.trainer.batch_size
+        per_step = cfg.scaling.ranks * cfg.loop.batch_size
         if train.clips < per_step:  # each rank needs one whole batch (the loader's rule)
             raise ConfigError(f"config key 'data.train_urls' = {train.spec!r} holds {train.clips} clips, fewer than "
-                              f"one batch on every worker (trainer.num_workers={cfg.trainer.num_workers} x "
-                              f"trainer.batch_size={cfg.trainer.batch_size} = {per_step}); lower "
-                              "trainer.batch_size or trainer.num_workers, or add clips")
+                              f"one batch on every worker (scaling.ranks={cfg.scaling.ranks} x "
+                              f"loop.batch_size={cfg.loop.batch_size} = {per_step}); lower "
+                              "loop.batch_size or scaling.ranks, or add clips")
         for p in self.trainer_class.pretrained:
             self.check_pretrained(p)
         return Datasets(train, val)
 
     def check_pretrained(self, p: Pretrained) -> None:
         """The checkpoint named by ``p.key`` exists and its generator fits ``nets[p.network]``."""
-        given, ep = OmegaConf.select(self.cfg, p.key), self.cfg.run.s3_endpoint
+        given, ep = getattr(self.cfg.init, p.field), self.cfg.run.s3_endpoint
         with tempfile.TemporaryDirectory() as tmp:
             try:
                 uri, state, _ = checkpointing.open_complete(given, Path(tmp), ep)

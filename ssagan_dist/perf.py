@@ -2,7 +2,6 @@
 
     trainer = experiment.build_trainer(cfg, device)
     perf.apply(trainer, cfg.perf)                 # autocast, channels-last, compile, fp16 scaler
-    ddp = DDP(net, **perf.ddp_kwargs(cfg.perf))   # bucket size, gradients as bucket views
 
 With every switch at its default ``apply`` changes nothing (float32, contiguous, eager), so
 runs and their bit-identical resume are as before. Measured effects: docs/performance.md.
@@ -27,10 +26,21 @@ from typing import Any
 
 import torch
 
-from ssagan_dist.models.attention import SpatialSelfAttention
+from ssagan_dist.config import Allowed, ReadWhen
+from ssagan_dist.models.attention import KERNELS, SpatialSelfAttention
 from ssagan_dist.trainers.base import GANTrainer
 
 AUTOCAST_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+CONFIG_RULES = (
+    Allowed("perf.autocast", lambda cfg: cfg.perf.autocast in AUTOCAST_DTYPES,
+            " or ".join(repr(k) for k in AUTOCAST_DTYPES)),
+    Allowed("perf.autocast", lambda cfg: cfg.perf.autocast != "fp16" or cfg.scaling.use_gpu,
+            "'bf16' on CPU: 'fp16' needs scaling.use_gpu=true"),
+    Allowed("perf.attention", lambda cfg: cfg.perf.attention in KERNELS, " or ".join(repr(k) for k in KERNELS)),
+    ReadWhen("perf.attention",
+             lambda cfg, nets: any(isinstance(m, SpatialSelfAttention) for net in nets.values() for m in net.modules()),
+             "model {model!r} has no spatial self-attention layer"),
+)
 
 
 def apply(trainer: GANTrainer, perf: Any) -> GANTrainer:
@@ -76,12 +86,3 @@ def to_channels_last(net: torch.nn.Module) -> torch.nn.Module:
             module.to(memory_format=channels_last_format(weight.dim()))
     return net
 
-
-def ddp_kwargs(perf: Any) -> dict[str, Any]:
-    """DistributedDataParallel arguments from the ``perf`` section."""
-    return {"bucket_cap_mb": perf.ddp_bucket_cap_mb, "gradient_as_bucket_view": perf.ddp_gradient_as_bucket_view}
-
-
-def pin_memory(cfg: Any) -> bool:
-    """Whether the loader should pin batches: only when they go to a GPU (pinning needs one)."""
-    return bool(cfg.perf.pin_memory and cfg.trainer.use_gpu)

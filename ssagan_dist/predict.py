@@ -7,7 +7,7 @@
 The photo is resized (squashed, as in training) to the model's frame size; the output is a GIF
 or an MP4 (by extension) of the clip the model predicts, the photo being its first frame. With
 ``--from-data`` the photo is frame 0 of a held-out clip, and the GIF shows prediction | truth.
-A run trained with ``trainer.g_ema_decay`` > 0 predicts with its moving average of G unless
+A run trained with ``ema.decay`` > 0 predicts with its moving average of G unless
 ``--weights raw`` asks for G as trained.
 """
 
@@ -131,7 +131,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--fps", type=int, default=8)
     p.add_argument("--seed", type=int, default=0, help="noise seed for noise-driven models")
     p.add_argument("--weights", choices=WEIGHTS, default=None,
-                   help="ema: G's moving average (the default when the run kept one, trainer.g_ema_decay > 0); "
+                   help="ema: G's moving average (the default when the run kept one, ema.decay > 0); "
                         "raw: G as trained")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--s3-endpoint", default=None)

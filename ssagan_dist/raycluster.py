@@ -6,8 +6,8 @@ has died (crashed, OOM-killed, stopped by hand) the file stays behind, and ray.i
 for many minutes with Ray's hint in an INFO line only. ``init`` probes the address first:
 
 - a recorded address that does not answer within ``RECORDED_PROBE_S`` is an error at once,
-  saying what to do (start the head again, name a live one, or ``run.ray_address=local``);
-- an explicit address (``run.ray_address`` or ``RAY_ADDRESS``) gets a bounded wait, printed,
+  saying what to do (start the head again, name a live one, or ``ray.address=local``);
+- an explicit address (``ray.address`` or ``RAY_ADDRESS``) gets a bounded wait, printed,
   of ``$SSAGAN_RAY_CONNECT_WAIT_S`` (default 60 s): a head that is still starting comes up.
 
 Addresses with a scheme (``ray://`` clients) are left to Ray.
@@ -48,7 +48,7 @@ def target(address: Optional[str]) -> tuple[Optional[str], str, bool]:
     from ray._private.utils import read_ray_address
 
     if address not in (None, "", "auto"):
-        return (None if address == "local" else address), f"run.ray_address = {address!r}", True
+        return (None if address == "local" else address), f"ray.address = {address!r}", True
     if os.environ.get("RAY_ADDRESS"):
         return os.environ["RAY_ADDRESS"], f"RAY_ADDRESS={os.environ['RAY_ADDRESS']}", True
     recorded = read_ray_address()
@@ -70,8 +70,8 @@ def check_reachable(address: Optional[str]) -> None:
         if not _answers(host, int(port), RECORDED_PROBE_S):
             raise ConfigError(
                 f"no Ray cluster answers at {joined} ({source}): its head is gone. Start it again "
-                "(ray start --head), join a live one (run.ray_address=HOST:PORT or RAY_ADDRESS), or train on "
-                "a Ray of this command's own (run.ray_address=local)")
+                "(ray start --head), join a live one (ray.address=HOST:PORT or RAY_ADDRESS), or train on "
+                "a Ray of this command's own (ray.address=local)")
         return
     wait_s = float(os.environ.get(CONNECT_WAIT_ENV, "60"))
     deadline, said = time.monotonic() + wait_s, False

@@ -7,7 +7,7 @@
     samples/step_<step>.gif     the first held-out clip, prediction beside truth
     samples/psnr_per_frame.png  PSNR per future frame, model against the copy-frame baseline
     tensorboard/                TensorBoard event files (losses, PSNR/SSIM, learning rates, samples)
-    tracking.json               the MLflow / W&B run ids (run.tracking), so a resumed run continues them
+    tracking.json               the MLflow / W&B run ids (tracking.backends), so a resumed run continues them
 
 Object stores cannot append, so metrics.jsonl is rewritten and the TensorBoard files uploaded
 when ``flush`` is called (at every checkpoint); a resumed run keeps the lines up to its step.
@@ -52,7 +52,7 @@ class RunLog:
         # purge_step hides events a previous attempt wrote past the step this run resumed from.
         self.tb = SummaryWriter(str(self._tb_local), purge_step=resumed_step or None, flush_secs=30)
         self.tracker = (tracking.Tracker(cfg, url, resumed_step, tracking_context, config_yaml=config_yaml)
-                        if tracking.names(cfg.run.tracking) else None)
+                        if tracking.names(cfg.tracking.backends) else None)
 
     def append(self, record: dict[str, Any]) -> None:
         self.lines.append(json.dumps({k: _json_safe(v) for k, v in record.items()}, sort_keys=True))

@@ -1,8 +1,8 @@
 """Prometheus metrics from every training worker (docs/observability.md lists each one).
 
 Each worker owns a ``TrainingTelemetry``: its own ``CollectorRegistry`` served by a
-``prometheus_client`` HTTP server on the first free port in ``[metrics.port, metrics.port +
-metrics.port_span)``, so ranks sharing a node and two runs on one machine never collide. Every
+``prometheus_client`` HTTP server on the first free port in ``[telemetry.port, telemetry.port +
+telemetry.port_span)``, so ranks sharing a node and two runs on one machine never collide. Every
 series carries the labels run, trial ("" outside Tune), rank and model.
 
 The per-step hook takes host floats only and costs a few microseconds; losses and other tensors
@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from ssagan_dist.config import MetricsConfig
+    from ssagan_dist.config import TelemetryConfig
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def _advertised_host(host: str) -> str:
 class TrainingTelemetry:
     """One worker's metrics; see the module docstring. Disabled: every method is a no-op."""
 
-    def __init__(self, cfg: "MetricsConfig", *, run: str, trial: str, rank: int, world: int, model: str):
+    def __init__(self, cfg: "TelemetryConfig", *, run: str, trial: str, rank: int, world: int, model: str):
         self.cfg = cfg
         self.enabled = bool(cfg.enabled)
         self.labels = {"run": str(run), "trial": str(trial or ""), "rank": str(rank), "model": str(model)}
@@ -173,7 +173,7 @@ class TrainingTelemetry:
         return self._port
 
     def start(self) -> None:
-        """Serve /metrics on the first free port of the range; announce it in metrics.sd_dir."""
+        """Serve /metrics on the first free port of the range; announce it in telemetry.sd_dir."""
         if not self.enabled or self._server is not None:
             return
         first, span = int(self.cfg.port), int(self.cfg.port_span)
@@ -183,13 +183,13 @@ class TrainingTelemetry:
             except OSError as e:
                 if e.errno in (errno.EADDRINUSE, errno.EACCES):
                     continue
-                raise RuntimeError(f"metrics: cannot serve on {self.cfg.host}:{port} (config keys metrics.host, "
-                                   f"metrics.port): {e}") from e
+                raise RuntimeError(f"metrics: cannot serve on {self.cfg.host}:{port} (config keys telemetry.host, "
+                                   f"telemetry.port): {e}") from e
             self._port = port
             break
         else:
             raise RuntimeError(f"metrics: no free port in [{first}, {first + span}) on {self.cfg.host} (config keys "
-                               "metrics.port, metrics.port_span); widen the span or set metrics.enabled=false")
+                               "telemetry.port, telemetry.port_span); widen the span or set telemetry.enabled=false")
         self._active.set(1)
         self._heartbeat.set(time.time())
         if self.cfg.sd_dir:
@@ -240,7 +240,7 @@ class TrainingTelemetry:
                             grouping_key={k: self.labels[k] for k in ("run", "trial", "rank")},
                             timeout=PUSH_TIMEOUT_S)
         except Exception as e:  # noqa: BLE001 - a monitoring outage must not stop training
-            log.warning("metrics: push to metrics.pushgateway failed: %s", e)
+            log.warning("metrics: push to telemetry.pushgateway failed: %s", e)
 
     # -- what the training loop reports ------------------------------------------------------
     def step(self, clips: int, step_seconds: float, data_wait_seconds: float) -> None:
@@ -270,7 +270,7 @@ class TrainingTelemetry:
 
     def validation(self, step: int, results: dict[str, float]) -> None:
         """Validation scores (psnr, ssim, mse, baseline_*, clips); non-numbers are skipped.
-        ``count`` (what ``evaluate.score`` calls the clips it scored) is exported as ``clips``."""
+        ``count`` (what ``scoring.score`` calls the clips it scored) is exported as ``clips``."""
         if not self.enabled:
             return
         self._global_step.set(step)

@@ -1,6 +1,6 @@
-"""Experiment tracking in MLflow and Weights & Biases (``run.tracking``), written by rank 0 only.
+"""Experiment tracking in MLflow and Weights & Biases (``tracking.backends``), written by rank 0 only.
 
-``run.tracking`` is ``none`` (the default), ``mlflow``, ``wandb`` or a list of them. Where and who
+``tracking.backends`` is ``none`` (the default), ``mlflow``, ``wandb`` or a list of them. Where and who
 come from the trackers' own environment variables, never from the config: ``MLFLOW_TRACKING_URI``
 (and ``MLFLOW_EXPERIMENT_NAME``, ``MLFLOW_TRACKING_TOKEN`` / ``_USERNAME`` / ``_PASSWORD``),
 ``WANDB_PROJECT``, ``WANDB_ENTITY``, ``WANDB_MODE``, ``WANDB_API_KEY``, ``WANDB_DIR``.
@@ -11,7 +11,7 @@ One tracker run per training run, and per sweep trial (docs/tracking.md):
 - metrics: every line of metrics.jsonl at its step (train/*, val/* beside val/baseline_*);
 - artifacts: each validation's sample strip (PNG), clip (GIF; a ``wandb.Video`` on W&B) and PSNR
   per frame; the best checkpoint's location as a tag; events (resumed, PBT exploit) as tags;
-- tags: model, preset, trainer family; in a sweep also the sweep, the trial, the winner.
+- tags: model, flavor, family (its trainer family); in a sweep also the sweep, the trial, the winner.
 
 The tracker run's id is kept in the run folder (``tracking.json``; a trial's in the sweep folder,
 ``tracking/<trial>.json``), so a resumed run continues the same tracker run.
@@ -56,7 +56,7 @@ MLFLOW_HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "3", "MLFLOW_HTTP_REQ
 
 
 def names(value: Any) -> list[str]:
-    """``run.tracking`` as a list: none / '' / null -> [], 'mlflow', 'mlflow,wandb', [mlflow, wandb]."""
+    """``tracking.backends`` as a list: none / '' / null -> [], 'mlflow', 'mlflow,wandb', [mlflow, wandb]."""
     if value is None:
         return []
     items = [value] if isinstance(value, str) else list(value)
@@ -74,7 +74,7 @@ def one_line(e: BaseException) -> str:
 
 
 def problem(value: Any) -> Optional[str]:
-    """Why ``run.tracking`` is invalid, or None (for ``experiment.validate``)."""
+    """Why ``tracking.backends`` is invalid, or None (for ``experiment.validate``)."""
     try:
         got = names(value)
     except TypeError:
@@ -85,18 +85,18 @@ def problem(value: Any) -> Optional[str]:
     return None
 
 
-def check_ready(value: Any) -> None:
-    """Before Ray starts: each configured tracker's package imports and says where to write."""
+def check_ready(section: Any) -> None:
+    """Before Ray starts: each tracker of the ``tracking`` section imports and says where to write."""
     from ssagan_dist.config import ConfigError
 
-    for name in names(value):
+    for name in names(section.backends):
         try:
             __import__(name)
         except ImportError:
-            raise ConfigError(f"config key 'run.tracking' = {name!r} needs the {name} package, which is not "
+            raise ConfigError(f"config key 'tracking.backends' = {name!r} needs the {name} package, which is not "
                               f"installed: pip install 'ssagan-dist[{EXTRAS[name]}]'") from None
         if name == "mlflow" and not os.environ.get("MLFLOW_TRACKING_URI"):
-            raise ConfigError("config key 'run.tracking' = 'mlflow' needs the environment variable "
+            raise ConfigError("config key 'tracking.backends' = 'mlflow' needs the environment variable "
                               "MLFLOW_TRACKING_URI (e.g. http://127.0.0.1:5000; docs/tracking.md); on a cluster "
                               "you join, set it on the workers too (ray job submit --runtime-env-json)")
 
@@ -129,8 +129,8 @@ def params_of(config_yaml: str) -> dict[str, Any]:
 def tags_of(cfg) -> dict[str, str]:
     from ssagan_dist.models import registry
 
-    return {"model": cfg.model.name, "preset": cfg.model.preset,
-            "trainer_family": registry.get(cfg.model.name).trainer, "run_name": cfg.run.name}
+    return {"model": cfg.model.name, "flavor": cfg.model.flavor,
+            "family": registry.get(cfg.model.name).family, "run_name": cfg.run.name}
 
 
 def scalars(record: dict[str, Any]) -> dict[str, float]:
@@ -296,8 +296,8 @@ class Tracker:
         self.params = params_of(config_yaml)  # the run's config.yaml: the keys it reads
         self.endpoint = cfg.run.s3_endpoint
         self.state_url = self.context.get("state_url") or storage.join(run_url, STATE_FILE)
-        self.best_metric = cfg.run.best_metric
-        self.best_sign = -1.0 if cfg.run.best_mode == "min" else 1.0  # compare sign·value: higher is better
+        self.best_metric = cfg.checkpoint.best_metric
+        self.best_sign = -1.0 if cfg.checkpoint.best_mode == "min" else 1.0  # compare sign·value: higher is better
         self.run_url = run_url
         self.problems: list[dict[str, Any]] = []  # tracking_failed events for metrics.jsonl
         self.failed = False
@@ -305,7 +305,7 @@ class Tracker:
         self._tmp = Path(tempfile.mkdtemp(prefix="ssagan-tracking-"))
         wandb_dir = run_url if not storage.is_s3(run_url) else str(self._tmp / "wandb")
         self.sinks: list[Any] = []
-        for name in names(cfg.run.tracking):
+        for name in names(cfg.tracking.backends):
             self.sinks.append(MLflowSink() if name == "mlflow" else WandbSink(wandb_dir))
         self.state: dict[str, Any] = read_state(self.state_url, self.endpoint)
         self._queue: "queue.Queue[tuple[str, Any, bool]]" = queue.Queue()  # (what, call or metrics, per sink)
@@ -464,10 +464,10 @@ def sweep_state_url(sweep_url: str, name: str) -> str:
 def start_sweep(cfg, sweep_url: str, name: str, meta: dict[str, Any]) -> dict[str, Any]:
     """The sweep's tracker context for its trials: the MLflow parent run (created, or kept from a
     sweep that is resumed) and the W&B group (the sweep's name)."""
-    if not names(cfg.run.tracking):
+    if not names(cfg.tracking.backends):
         return {}
     context: dict[str, Any] = {"group": name}
-    if "mlflow" in names(cfg.run.tracking):
+    if "mlflow" in names(cfg.tracking.backends):
         try:
             sink, url = MLflowSink(), sweep_state_url(sweep_url, "parent")
             state = read_state(url, cfg.run.s3_endpoint)
@@ -500,7 +500,7 @@ def mark_winner(cfg, sweep_url: str, sweep_context: dict[str, Any], trial_id: st
     ep = cfg.run.s3_endpoint
     trial = read_state(sweep_state_url(sweep_url, trial_id), ep)
     marks = {"winner": "true", f"sweep_best_{metric}": value, "sweep_best_checkpoint": checkpoint}
-    for name in names(cfg.run.tracking):
+    for name in names(cfg.tracking.backends):
         try:
             if name == "mlflow":
                 sink = MLflowSink()

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,17 +28,16 @@ import torch
 import torch.distributed as dist
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, cli, experiment, perf, raycluster, storage, telemetry, tracking
+from ssagan_dist import checkpointing, cli, experiment, parallel, perf, raycluster, storage, telemetry, tracking
 from ssagan_dist.checkpointing import CheckpointManager
 from ssagan_dist.config import ConfigError, ExperimentConfig, preset_names
-from ssagan_dist.data import ClipLoader, resolve_urls
-from ssagan_dist.evaluate import score
-from ssagan_dist.experiment import load_config
+from ssagan_dist.data import ClipLoader, pin_memory, resolve_urls
+from ssagan_dist.scoring import score
+from ssagan_dist.runfolder import FitThread, RunFolder
 from ssagan_dist.runlog import RunLog
 from ssagan_dist.trainers import GANTrainer, Stats, unwrap
 
 VAL_METRIC_PREFIX = "val/"
-DIVERGED_FILE = "diverged.json"  # rank 0 writes it when a loss goes non-finite; fit or a sweep trial reads it
 
 
 class Diverged(Exception):
@@ -58,30 +56,30 @@ def _absolute(url: str) -> str:
 
 
 def joins_cluster(cfg: ExperimentConfig) -> bool:
-    """Whether ray.init would join a running cluster (run.ray_address, RAY_ADDRESS, `ray start`)
+    """Whether ray.init would join a running cluster (ray.address, RAY_ADDRESS, `ray start`)
     rather than start a local Ray on this machine."""
     from ray._private.services import canonicalize_bootstrap_address
 
     try:
-        return canonicalize_bootstrap_address(cfg.run.ray_address) is not None
+        return canonicalize_bootstrap_address(cfg.ray.address) is not None
     except Exception:  # an address that cannot be resolved: ray.init will say so
         return True
 
 
 def _workers_that_fit(resources: dict[str, float], cfg: ExperimentConfig) -> int:
-    """Training workers one node can hold: each needs trainer.cpus_per_worker CPUs (+1 GPU)."""
-    fit = int(resources.get("CPU", 0) // cfg.trainer.cpus_per_worker + 1e-9)
-    return min(fit, int(resources.get("GPU", 0))) if cfg.trainer.use_gpu else fit
+    """Training workers one node can hold: each needs scaling.cpus_per_rank CPUs (+1 GPU)."""
+    fit = int(resources.get("CPU", 0) // cfg.scaling.cpus_per_rank + 1e-9)
+    return min(fit, int(resources.get("GPU", 0))) if cfg.scaling.use_gpu else fit
 
 
 def _resource_error(cfg: ExperimentConfig, where: str, fit: int) -> ConfigError:
-    t = cfg.trainer
+    t = cfg.scaling
     gpu = " and 1 GPU" if t.use_gpu else ""
-    return ConfigError(f"config keys 'trainer.num_workers' = {t.num_workers}, 'trainer.cpus_per_worker' = "
-                       f"{t.cpus_per_worker}, 'trainer.use_gpu' = {str(t.use_gpu).lower()}: each worker needs "
-                       f"{t.cpus_per_worker} CPU{gpu} on one node, and {where} can place only {fit}; lower "
-                       "trainer.num_workers / trainer.cpus_per_worker"
-                       + (", set trainer.use_gpu=false" if t.use_gpu else "") + " or use a bigger cluster")
+    return ConfigError(f"config keys 'scaling.ranks' = {t.ranks}, 'scaling.cpus_per_rank' = "
+                       f"{t.cpus_per_rank}, 'scaling.use_gpu' = {str(t.use_gpu).lower()}: each rank needs "
+                       f"{t.cpus_per_rank} CPU{gpu} on one node, and {where} can place only {fit}; lower "
+                       "scaling.ranks / scaling.cpus_per_rank"
+                       + (", set scaling.use_gpu=false" if t.use_gpu else "") + " or use a bigger cluster")
 
 
 def check_local_resources(cfg: ExperimentConfig) -> None:
@@ -93,9 +91,9 @@ def check_local_resources(cfg: ExperimentConfig) -> None:
 
     here = {"CPU": get_num_cpus(), "GPU": torch.cuda.device_count()}
     fit = _workers_that_fit(here, cfg)
-    if fit < cfg.trainer.num_workers:
+    if fit < cfg.scaling.ranks:
         raise _resource_error(cfg, f"this machine ({here['CPU']:g} CPUs, {here['GPU']} GPUs; no Ray cluster "
-                                   "to join: run.ray_address / RAY_ADDRESS)", fit)
+                                   "to join: ray.address / RAY_ADDRESS)", fit)
 
 
 RESOURCE_WAIT_ENV = "SSAGAN_RESOURCE_WAIT_S"  # how long to wait for an autoscaler to add nodes
@@ -110,29 +108,31 @@ def wait_for_resources(cfg: ExperimentConfig, can_grow: bool) -> None:
     deadline, said = time.monotonic() + wait_s, False
     while True:
         fit = sum(_workers_that_fit(n["Resources"], cfg) for n in ray.nodes() if n.get("Alive"))
-        if fit >= cfg.trainer.num_workers:
+        if fit >= cfg.scaling.ranks:
             return
         if time.monotonic() >= deadline:
             waited = f" after waiting {wait_s:.0f} s ({RESOURCE_WAIT_ENV} sets the wait)" if can_grow else ""
             raise _resource_error(cfg, f"the Ray cluster{waited}", fit)
         if not said:
-            print(f"[train] the cluster can place {fit} of {cfg.trainer.num_workers} workers now; waiting up to "
+            print(f"[train] the cluster can place {fit} of {cfg.scaling.ranks} workers now; waiting up to "
                   f"{wait_s:.0f} s for more nodes ({RESOURCE_WAIT_ENV})", file=sys.stderr, flush=True)
             said = True
         time.sleep(5)
 
 
-def prepare(cfg: ExperimentConfig) -> tuple[ExperimentConfig, list[int]]:
+def prepare(cfg: ExperimentConfig | experiment.Experiment) -> tuple[ExperimentConfig, list[int]]:
     """Absolute local paths, the data and any trained network the trainer starts from checked
     against the model (``Experiment.check_data``), and this machine's resources when it will be
     the cluster; returns the config and the data's clip shape. Raises ConfigError naming the key;
-    starts nothing."""
-    tracking.check_ready(cfg.run.tracking)  # a tracker's package and address, before any data or Ray
+    starts nothing. Given ``experiment.load``'s Experiment, the config is not validated again."""
+    exp = cfg if isinstance(cfg, experiment.Experiment) else experiment.validate(cfg)
+    cfg = exp.cfg
+    tracking.check_ready(cfg.tracking)  # a tracker's package and address, before any data or Ray
     cfg.data.train_urls = _absolute(cfg.data.train_urls)
     cfg.data.val_urls = _absolute(cfg.data.val_urls)
     if "://" not in cfg.run.storage_path:
         cfg.run.storage_path = str(Path(cfg.run.storage_path).expanduser().resolve())
-    shape = experiment.validate(cfg).check_data().clip_shape
+    shape = exp.check_data().clip_shape  # exp.cfg is cfg: it sees the absolute paths
     check_local_resources(cfg)
     return cfg, shape
 
@@ -148,11 +148,7 @@ def storage_for_ray(cfg: ExperimentConfig) -> tuple[str, Any]:
 
 
 def elastic(cfg: ExperimentConfig) -> bool:
-    return 0 < cfg.trainer.min_workers < cfg.trainer.num_workers
-
-
-def run_url(cfg: ExperimentConfig) -> str:
-    return storage.join(cfg.run.storage_path, cfg.run.name)
+    return 0 < cfg.scaling.min_ranks < cfg.scaling.ranks
 
 
 def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks: Sequence[Any] = (),
@@ -175,16 +171,19 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks
         train_loop_per_worker,
         train_loop_config={"cfg": OmegaConf.to_container(cfg), "clip_shape": clip_shape, "start_from": start_from,
                            "trial": trial, "tensorboard_url": tensorboard_url, "tracking": tracking_context,
-                           "observer": observer},
-        torch_config=TorchConfig(backend="nccl" if cfg.trainer.use_gpu else "gloo"),
+                           "observer": observer,
+                           # what a rank needs of the scaling: an elastic group keeps the global batch
+                           "global_batch": cfg.loop.batch_size * cfg.scaling.ranks, "elastic": elastic(cfg),
+                           "train_log_level": cfg.ray.train_log_level},
+        torch_config=TorchConfig(backend="nccl" if cfg.scaling.use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=((cfg.trainer.min_workers, cfg.trainer.num_workers) if elastic(cfg) else cfg.trainer.num_workers),
-            use_gpu=cfg.trainer.use_gpu,
-            resources_per_worker={"CPU": cfg.trainer.cpus_per_worker, **({"GPU": 1} if cfg.trainer.use_gpu else {})}),
+            num_workers=((cfg.scaling.min_ranks, cfg.scaling.ranks) if elastic(cfg) else cfg.scaling.ranks),
+            use_gpu=cfg.scaling.use_gpu,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_rank, **({"GPU": 1} if cfg.scaling.use_gpu else {})}),
         run_config=ray.train.RunConfig(
             name=cfg.run.name, storage_path=storage_path, storage_filesystem=storage_fs, callbacks=list(callbacks),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            logging_config=ray.train.LoggingConfig(log_level=cfg.run.ray_train_log_level),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
+            logging_config=ray.train.LoggingConfig(log_level=cfg.ray.train_log_level),
             checkpoint_config=CheckpointManager.ray_config(cfg)),
     )
 
@@ -256,38 +255,19 @@ def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
     if clip_shape is None:
         cfg, clip_shape = prepare(cfg)
     if not ray.is_initialized():
-        raycluster.init(cfg.run.ray_address, log_level=cfg.run.ray_train_log_level)
+        raycluster.init(cfg.ray.address, log_level=cfg.ray.train_log_level)
     nodes = alive_nodes()
     check_storage_shared(cfg, nodes, ray_job_working_dir())
-    marker = storage.join(run_url(cfg), DIVERGED_FILE)
-    if storage.exists(marker, cfg.run.s3_endpoint):
-        storage.remove(marker, cfg.run.s3_endpoint)  # a re-run (new settings) tries again
+    folder = RunFolder.of(cfg)
+    folder.clear_diverged()  # a re-run (new settings) tries again
     with _preemption_watcher_on_nodes(nodes):
-        result = _fit_in_thread(build_ray_trainer(cfg, clip_shape))
-    if storage.exists(marker, cfg.run.s3_endpoint):
-        raise Diverged(json.loads(storage.read_bytes(marker, cfg.run.s3_endpoint))["error"])
+        # off the main thread: Ctrl-C reaches ``main`` as KeyboardInterrupt (runfolder.FitThread),
+        # which says how to resume and shuts down the Ray it started
+        result = FitThread(build_ray_trainer(cfg, clip_shape)).start().wait()
+    diverged = folder.diverged()
+    if diverged is not None:
+        raise Diverged(diverged["error"])
     return result
-
-
-def _fit_in_thread(trainer):
-    """``trainer.fit()`` off the main thread, so Ctrl-C reaches ``main`` as KeyboardInterrupt (Ray
-    Train installs its own SIGINT handler when fit runs on the main thread, and then exits 1
-    without a word); ``main`` then says how to resume and shuts down the Ray it started."""
-    box: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            box["result"] = trainer.fit()
-        except BaseException as e:  # re-raised in the caller's thread
-            box["error"] = e
-
-    thread = threading.Thread(target=run, name="ray-train-fit", daemon=True)
-    thread.start()
-    while thread.is_alive():
-        thread.join(0.5)
-    if "error" in box:
-        raise box["error"]
-    return box["result"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,27 +298,27 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     w = set_up(config)
     try:
         step = resume(w, config.get("start_from"))
-        w.trainer.wrap(_wrap_for_ddp(w.cfg))
+        w.trainer.wrap(parallel.wrapper(w.cfg.ddp))
         check_ranks_agree(w, "after resuming" if step else "at start")
         if w.rank == 0:
-            w.runlog = RunLog(w.cfg, run_url(w.cfg), step, config.get("tensorboard_url"), config.get("tracking"))
+            w.runlog = RunLog(w.cfg, RunFolder.of(w.cfg).url, step, config.get("tensorboard_url"), config.get("tracking"))
             for event in w.checkpoints.events:
                 w.runlog.append({"step": step, **event})
-            say(f"[train] {w.cfg.model.name} ({w.cfg.model.preset}) on {w.world} worker(s), {w.device}; "
-                f"{'resuming at' if step else 'starting at'} step {step}/{w.cfg.trainer.max_steps}; "
+            say(f"[train] {w.cfg.model.name} ({w.cfg.model.flavor}) on {w.world} worker(s), {w.device}; "
+                f"{'resuming at' if step else 'starting at'} step {step}/{w.cfg.loop.max_steps}; "
                 f"{len(w.batches.loader)} batches/epoch/worker")
         observer.ready(w.trainer)
-        meter = Meter(w.cfg.trainer.max_steps, w.clips_per_step, step)
-        while step < w.cfg.trainer.max_steps:
+        meter = Meter(w.cfg.loop.max_steps, w.clips_per_step, step)
+        while step < w.cfg.loop.max_steps:
             step_start, wait_start = time.perf_counter(), w.batches.wait_s
             stats = w.trainer.run_step(w.batches)
             step += 1
             seconds, wait_s = time.perf_counter() - step_start, w.batches.wait_s - wait_start
             w.telemetry.step(w.clips_per_step // w.world, seconds, wait_s)
             observer.step_done(step, seconds, wait_s)
-            last = step == w.cfg.trainer.max_steps
-            validate = step % w.cfg.trainer.val_every == 0 or last
-            record = log_step(w, meter, step, stats) if step % w.cfg.trainer.log_every == 0 or validate else None
+            last = step == w.cfg.loop.max_steps
+            validate = step % w.cfg.loop.val_every == 0 or last
+            record = log_step(w, meter, step, stats) if step % w.cfg.loop.log_every == 0 or validate else None
             if record is not None and not all_finite(record):
                 return stop_diverged(w, step, record)
             if validate:
@@ -353,7 +333,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 @dataclass
-class Worker:
+class Rank:
     """What one rank's loop works with."""
 
     cfg: ExperimentConfig
@@ -370,35 +350,35 @@ class Worker:
     runlog: Optional[RunLog] = None  # rank 0 only
 
 
-def set_up(config: dict[str, Any]) -> Worker:
+def set_up(config: dict[str, Any]) -> Rank:
     import ray.train
     import ray.train.torch
 
     cfg: ExperimentConfig = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), config["cfg"])
-    level_ray_train_loggers(cfg.run.ray_train_log_level)
+    level_ray_train_loggers(config["train_log_level"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     _set_determinism(cfg)  # identical initial weights on every rank
     trainer = perf.apply(experiment.build_trainer(cfg, ray.train.torch.get_device()), cfg.perf)
     ep = cfg.run.s3_endpoint
     # An elastic group keeps the global batch: each of `world` ranks takes its share of it.
-    batch_size = cfg.trainer.batch_size * cfg.trainer.num_workers // world
-    loader_kwargs = dict(batch_size=batch_size, rank=rank, world_size=world, seed=cfg.trainer.seed,
-                         num_workers=cfg.data.loader_workers, endpoint_url=ep, skip_bad=cfg.data.skip_bad,
-                         prefetch=cfg.data.prefetch, pin_memory=perf.pin_memory(cfg))
-    train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, elastic=elastic(cfg),
+    batch_size = config["global_batch"] // world
+    loader_kwargs = dict(batch_size=batch_size, rank=rank, world_size=world, seed=cfg.loop.seed,
+                         processes=cfg.data.loader_processes, endpoint_url=ep, skip_bad=cfg.data.skip_bad,
+                         prefetch=cfg.data.prefetch, pin_memory=pin_memory(cfg.data, trainer.device))
+    train_loader = ClipLoader(resolve_urls(cfg.data.train_urls, endpoint_url=ep), shuffle=True, elastic=config["elastic"],
                               **loader_kwargs)
     val_loader = (ClipLoader(resolve_urls(cfg.data.val_urls, endpoint_url=ep), shuffle=False, drop_last=False,
                              **loader_kwargs) if cfg.data.val_urls else None)
-    tm = telemetry.TrainingTelemetry(cfg.metrics, run=cfg.run.name, trial=config.get("trial") or "", rank=rank,
+    tm = telemetry.TrainingTelemetry(cfg.telemetry, run=cfg.run.name, trial=config.get("trial") or "", rank=rank,
                                      world=world, model=cfg.model.name)
     tm.start()
     clips_per_step = sum(p.repeats for p in trainer.phases()) * batch_size * world
-    return Worker(cfg, config["clip_shape"], rank, world, trainer.device, trainer, BatchStream(train_loader),
+    return Rank(cfg, config["clip_shape"], rank, world, trainer.device, trainer, BatchStream(train_loader),
                   val_loader, tm, clips_per_step, CheckpointManager(cfg, rank, world))
 
 
-def resume(w: Worker, start_from: Optional[str]) -> int:
+def resume(w: Rank, start_from: Optional[str]) -> int:
     """Restore what the checkpoint policy picks (``CheckpointManager.restore``); the step to continue from."""
     step = w.checkpoints.restore(w.trainer, w.batches.loader, start_from)
     if w.checkpoints.resumed_from and w.rank == 0:
@@ -408,7 +388,7 @@ def resume(w: Worker, start_from: Optional[str]) -> int:
     return step
 
 
-def log_step(w: Worker, meter: "Meter", step: int, stats: Stats) -> dict[str, Any]:
+def log_step(w: Rank, meter: "Meter", step: int, stats: Stats) -> dict[str, Any]:
     """Stats averaged over ranks (the only device sync of a log step), a progress line on rank 0."""
     own, mean = all_reduce_mean(stats, w.device)
     lrs = w.trainer.learning_rates()
@@ -417,7 +397,7 @@ def log_step(w: Worker, meter: "Meter", step: int, stats: Stats) -> dict[str, An
     w.telemetry.stats(step, {**own, **lrs})  # this rank's own numbers: dashboards compare ranks
     if w.rank == 0:
         losses = " ".join(f"{k}={v:.4g}" for k, v in sorted(values.items()))
-        say(f"[train] step {step}/{w.cfg.trainer.max_steps} | {rate:.1f} clips/s | {losses} | "
+        say(f"[train] step {step}/{w.cfg.loop.max_steps} | {rate:.1f} clips/s | {losses} | "
             f"data wait {100 * wait_share:.0f}% | ETA {_hms(eta)}")
     return {"step": step, "clips_per_s": rate, "data_wait_share": wait_share,
             **{f"train/{k}": v for k, v in values.items()}}
@@ -427,7 +407,7 @@ def all_finite(record: dict[str, Any]) -> bool:
     return all(math.isfinite(v) for k, v in record.items() if k.startswith("train/") and isinstance(v, float))
 
 
-def stop_diverged(w: Worker, step: int, record: dict[str, Any]) -> None:
+def stop_diverged(w: Rank, step: int, record: dict[str, Any]) -> None:
     """A non-finite loss ends the run without a checkpoint (every rank sees the same all-reduced
     stats, so all stop together); rank 0 records why for the driver and in metrics.jsonl."""
     bad = {k[len("train/"):]: v for k, v in record.items() if k.startswith("train/") and not math.isfinite(v)}
@@ -438,12 +418,11 @@ def stop_diverged(w: Worker, step: int, record: dict[str, Any]) -> None:
     if w.rank == 0:
         w.runlog.append({**record, "error": error})
         w.runlog.close()
-        storage.write_bytes_atomic(storage.join(run_url(w.cfg), DIVERGED_FILE),
-                                   json.dumps({"error": error, "step": step}).encode(), w.cfg.run.s3_endpoint)
+        RunFolder.of(w.cfg).mark_diverged(error, step)
         say(f"[train] {error}")
 
 
-def validate_and_checkpoint(w: Worker, step: int, record: dict[str, Any]) -> None:
+def validate_and_checkpoint(w: Rank, step: int, record: dict[str, Any]) -> None:
     """Score the held-out clips with rank 0's BatchNorm statistics, then write a checkpoint that
     every rank agrees on and report it to Ray (a barrier)."""
     broadcast_buffers(w.trainer)
@@ -451,7 +430,7 @@ def validate_and_checkpoint(w: Worker, step: int, record: dict[str, Any]) -> Non
     if w.val_loader is not None:
         with w.trainer.generator_weights():  # G's moving average when the run keeps one
             val, first = score(w.trainer, w.val_loader, w.clip_shape[1], w.device,
-                               max_batches=w.cfg.trainer.val_batches)
+                               max_batches=w.cfg.loop.val_batches)
         scalars = {k: v for k, v in val.items() if not isinstance(v, list)}
         report.update({f"{VAL_METRIC_PREFIX}{k}": v for k, v in scalars.items()})
         w.telemetry.validation(step, scalars)
@@ -461,7 +440,7 @@ def validate_and_checkpoint(w: Worker, step: int, record: dict[str, Any]) -> Non
             say(f"[val] step {step}: PSNR {val['psnr']:.2f} dB (copy-frame baseline {val['baseline_psnr']:.2f}) "
                 f"SSIM {val['ssim']:.4f} (baseline {val['baseline_ssim']:.4f}) on {val['count']} clips")
     else:
-        report[w.cfg.run.best_metric] = float(step)  # no validation data: "best" = latest
+        report[w.cfg.checkpoint.best_metric] = float(step)  # no validation data: "best" = latest
     check_ranks_agree(w, f"at the step-{step} checkpoint")
     if w.rank == 0:
         w.runlog.append(report)
@@ -471,10 +450,10 @@ def validate_and_checkpoint(w: Worker, step: int, record: dict[str, Any]) -> Non
     w.telemetry.checkpoint(time.perf_counter() - save_start, nbytes)
 
 
-def finish(w: Worker, step: int, meter: "Meter") -> None:
+def finish(w: Rank, step: int, meter: "Meter") -> None:
     if w.rank == 0:
         w.runlog.close()
-        say(f"[train] done: {step} steps in {_hms(meter.elapsed())}; run folder {run_url(w.cfg)}")
+        say(f"[train] done: {step} steps in {_hms(meter.elapsed())}; run folder {RunFolder.of(w.cfg)}")
 
 
 # -- the loop's parts ----------------------------------------------------------------------------
@@ -547,7 +526,7 @@ def broadcast_buffers(trainer: GANTrainer) -> None:
             dist.broadcast(buf, src=0)
 
 
-def check_ranks_agree(w: Worker, when: str) -> None:
+def check_ranks_agree(w: Rank, when: str) -> None:
     """Every rank must hold the same weights and buffers; a mismatch is a bug, stop loudly."""
     if not _distributed():
         return
@@ -563,42 +542,15 @@ def _distributed() -> bool:
 
 
 def _set_determinism(cfg: ExperimentConfig) -> None:
-    torch.manual_seed(cfg.trainer.seed)
-    if cfg.trainer.deterministic:
+    torch.manual_seed(cfg.loop.seed)
+    if cfg.loop.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 
-def no_forward_buffer_sync() -> dict[str, bool]:
-    """DDP's argument for "no buffer broadcast in forward": two D forwards (real, fake) before one
-    backward need it (pytorch/pytorch#22095). torch 2.13 renamed ``broadcast_buffers`` to
-    ``forward_sync_buffers`` and warns (FutureWarning) on the old name; the new one still
-    broadcasts rank 0's buffers once when DDP wraps the module, which changes nothing here: every
-    rank built or loaded the same buffers (``check_ranks_agree``)."""
-    import inspect
-
-    from torch.nn.parallel import DistributedDataParallel
-
-    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters:
-        return {"forward_sync_buffers": False}
-    return {"broadcast_buffers": False}  # torch < 2.13
-
-
-def _wrap_for_ddp(cfg: ExperimentConfig) -> Callable[[torch.nn.Module], torch.nn.Module]:
-    import ray.train.torch
-
-    def wrap(module: torch.nn.Module) -> torch.nn.Module:
-        if cfg.trainer.sync_batchnorm and cfg.trainer.num_workers > 1:
-            module = torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
-        return ray.train.torch.prepare_model(module, move_to_device=False,
-                                             parallel_strategy_kwargs={**no_forward_buffer_sync(),
-                                                                       **perf.ddp_kwargs(cfg.perf)})
-    return wrap
-
-
 def level_ray_train_loggers(level: str) -> None:
-    """``run.ray_train_log_level`` for every Ray Train logger of this worker process. Ray Train
+    """``ray.train_log_level`` for every Ray Train logger of this worker process. Ray Train
     2.60's LoggingConfig filters the ``ray.train`` logger tree only, but two of its modules name
     their logger by file path (``logging.getLogger(__file__)``: execution/context.py, whose INFO line
     'Reporting training result N: TrainingReport(...)' came on every report of every rank, and
@@ -636,7 +588,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--config", default="tiny_cpu",
                    help=f"preset ({', '.join(preset_names())}) or a YAML file, e.g. a run's config.yaml")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. trainer.max_steps=200 optim.lr_g=1e-4")
+    p.add_argument("overrides", nargs="*", help="dotlist overrides, e.g. loop.max_steps=200 optim.lr_g=1e-4")
     return p.parse_args(argv)
 
 
@@ -647,25 +599,26 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parse_args(argv)
     started_ray, cfg = not ray.is_initialized(), None
     try:
-        cfg = load_config(args.config, args.overrides)
+        exp = experiment.load(args.config, args.overrides)
+        cfg = exp.cfg
         if args.print_config:
             print(OmegaConf.to_yaml(cfg))
             return 0
-        cfg, clip_shape = prepare(cfg)  # everything the driver can check, before Ray starts
+        cfg, clip_shape = prepare(exp)  # everything the driver can check, before Ray starts
         if started_ray:
             can_grow = joins_cluster(cfg)  # a cluster we join may autoscale; our own local Ray cannot
-            raycluster.init(cfg.run.ray_address,  # a dead cluster's address: an error, not a long wait
-                            log_level=cfg.run.ray_train_log_level)
+            raycluster.init(cfg.ray.address,  # a dead cluster's address: an error, not a long wait
+                            log_level=cfg.ray.train_log_level)
             check_storage_shared(cfg, alive_nodes(), ray_job_working_dir())  # before any wait for nodes
             wait_for_resources(cfg, can_grow)
-        print(f"[train] {cfg.model.name}: starting {cfg.trainer.num_workers} Ray Train worker(s); run folder "
-              f"{run_url(cfg)}", flush=True)
+        print(f"[train] {cfg.model.name}: starting {cfg.scaling.ranks} Ray Train worker(s); run folder "
+              f"{RunFolder.of(cfg)}", flush=True)
         result = fit(cfg, clip_shape)
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        where = f" in {run_url(cfg)}" if cfg is not None else ""
+        where = f" in {RunFolder.of(cfg)}" if cfg is not None else ""
         print(f"\ninterrupted: the run keeps its checkpoints{where}; the same command resumes from the newest",
               file=sys.stderr)
         return 130
@@ -679,8 +632,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if checkpoint and cfg.run.storage_path.startswith("s3://"):
         checkpoint = f"s3://{checkpoint}"  # pyarrow's paths drop the scheme
     print(f"[train] checkpoint: {checkpoint}")
-    print(f"[train] metrics:    {storage.join(run_url(cfg), 'metrics.jsonl')}")
-    print(f"[train] samples:    {storage.join(run_url(cfg), 'samples')}/")
+    print(f"[train] metrics:    {RunFolder.of(cfg).join('metrics.jsonl')}")
+    print(f"[train] samples:    {RunFolder.of(cfg).join('samples')}/")
     return 0
 
 

@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                       seed=a.seed) as proxy:
         cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", "data.train_urls=s3://soak/sky/train",
                "data.val_urls=s3://soak/sky/val", f"run.s3_endpoint={proxy.url}", "run.storage_path=s3://soak/runs",
-               "run.name=soak", "trainer.val_every=20", "trainer.log_every=20", "run.max_failures=-1",
-               "metrics.enabled=false", "data.loader_workers=0", "trainer.max_steps=1000000"]
+               "run.name=soak", "loop.val_every=20", "loop.log_every=20", "ray.max_failures=-1",
+               "telemetry.enabled=false", "data.loader_processes=0", "loop.max_steps=1000000"]
         env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1"}
         while time.monotonic() < deadline:
             action = rng.choice(["worker_kill", "none"])
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
             "run.storage_path=s3://soak/runs", "run.name=soak", f"run.s3_endpoint={endpoint}"]))
         newest = checkpoints.newest_complete()
         final_step = (newest[1]["step"] if newest else 0) + 20
-        done = subprocess.run([*cmd[:-1], f"trainer.max_steps={final_step}"], cwd=ROOT, env=env,
+        done = subprocess.run([*cmd[:-1], f"loop.max_steps={final_step}"], cwd=ROOT, env=env,
                               capture_output=True, text=True, timeout=900)
         if done.returncode != 0:
             print(done.stderr[-3000:], file=sys.stderr)
@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.reference and report["survived"]:
         # the same training, uninterrupted and without faults, to the same step: the same weights
         began = time.monotonic()
-        ref_cmd = [c for c in cmd if not c.startswith(("run.s3_endpoint=", "run.name=", "trainer.max_steps="))]
+        ref_cmd = [c for c in cmd if not c.startswith(("run.s3_endpoint=", "run.name=", "loop.max_steps="))]
         ref = subprocess.run([*ref_cmd, f"run.s3_endpoint={endpoint}", "run.name=soak-reference",
-                              f"trainer.max_steps={final_step}"], cwd=ROOT, env=env, capture_output=True, text=True,
+                              f"loop.max_steps={final_step}"], cwd=ROOT, env=env, capture_output=True, text=True,
                              timeout=max(900, int(report["soak_seconds"] * 2)))
         reference = checkpointing.CheckpointManager(load_config("tiny_cpu", [
             "run.storage_path=s3://soak/runs", "run.name=soak-reference", f"run.s3_endpoint={endpoint}"]))

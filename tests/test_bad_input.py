@@ -30,7 +30,7 @@ from ssagan_dist.experiment import load_config
 from ssagan_dist.data.index import inspect_dataset, read_index
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["trainer.num_workers=1", "trainer.batch_size=2", "data.loader_workers=0"]
+TINY = ["scaling.ranks=1", "loop.batch_size=2", "data.loader_processes=0"]
 
 
 def _raylets() -> set[int]:
@@ -53,7 +53,7 @@ def no_ray_started(tmp_path):
 
 def run_train(capsys, overrides: list[str], runs: Path, preset: str = "tiny_cpu") -> str:
     """train.main in this process; returns its one error line (asserting exit 2 and one line)."""
-    rc = train.main(["--config", preset, *TINY, f"run.storage_path={runs}", "run.ray_address=local", *overrides])
+    rc = train.main(["--config", preset, *TINY, f"run.storage_path={runs}", "ray.address=local", *overrides])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2, err
     assert len(err) == 1 and err[0].startswith("error: "), err
@@ -78,7 +78,7 @@ def copy_dataset(src: Path, dst: Path) -> Path:
     ("run.name=a/b", "run.name"),
     ("optim.lr_g=nan", "optim.lr_g"),
     ("loss.lambda_con=inf", "loss.lambda_con"),
-    ("trainer.bogus=1", "trainer.bogus"),
+    ("loop.bogus=1", "loop.bogus"),
 ])
 def test_train_config_values_refused(sky, capsys, no_ray_started, override, names):
     assert names in run_train(capsys, [*data_args(sky), override], no_ray_started)
@@ -128,8 +128,8 @@ def test_train_index_lying_about_clip_shape(sky, tmp_path, capsys, no_ray_starte
 
 
 def test_train_set_smaller_than_workers_times_batch(sky, capsys, no_ray_started):
-    line = run_train(capsys, [*data_args(sky, val=False), "trainer.batch_size=25"], no_ray_started)
-    assert "'data.train_urls'" in line and "24 clips" in line and "trainer.num_workers=1" in line
+    line = run_train(capsys, [*data_args(sky, val=False), "loop.batch_size=25"], no_ray_started)
+    assert "'data.train_urls'" in line and "24 clips" in line and "scaling.ranks=1" in line
 
 
 def test_train_val_shape_differs(sky, tmp_path, capsys, no_ray_started):
@@ -142,14 +142,14 @@ def test_train_val_shape_differs(sky, tmp_path, capsys, no_ray_started):
 def test_train_gpu_preset_without_gpu_fails_fast(sky, capsys, no_ray_started):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    line = run_train(capsys, [*data_args(sky), "trainer.use_gpu=true"], no_ray_started)
-    assert "trainer.use_gpu" in line and "trainer.num_workers" in line and "0 GPUs" in line
+    line = run_train(capsys, [*data_args(sky), "scaling.use_gpu=true"], no_ray_started)
+    assert "scaling.use_gpu" in line and "scaling.ranks" in line and "0 GPUs" in line
 
 
 def test_train_more_workers_than_cpus_fails_fast(sky, capsys, no_ray_started):
-    line = run_train(capsys, [*data_args(sky, val=False), "trainer.num_workers=1",
-                              "trainer.cpus_per_worker=1024"], no_ray_started)
-    assert "trainer.num_workers" in line and "trainer.cpus_per_worker" in line
+    line = run_train(capsys, [*data_args(sky, val=False), "scaling.ranks=1",
+                              "scaling.cpus_per_rank=1024"], no_ray_started)
+    assert "scaling.ranks" in line and "scaling.cpus_per_rank" in line
 
 
 def test_cluster_check_names_keys_after_bounded_wait(monkeypatch):
@@ -158,14 +158,14 @@ def test_cluster_check_names_keys_after_bounded_wait(monkeypatch):
 
     monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 4.0}}])
     monkeypatch.setenv(train.RESOURCE_WAIT_ENV, "0")
-    cfg = load_config("tiny_cpu", ["trainer.use_gpu=true"])
-    with pytest.raises(ConfigError, match="trainer.use_gpu.*can place only 0"):
+    cfg = load_config("tiny_cpu", ["scaling.use_gpu=true"])
+    with pytest.raises(ConfigError, match="scaling.use_gpu.*can place only 0"):
         train.wait_for_resources(cfg, can_grow=True)
-    train.wait_for_resources(load_config("tiny_cpu", ["trainer.num_workers=4"]), can_grow=True)  # fits: returns
+    train.wait_for_resources(load_config("tiny_cpu", ["scaling.ranks=4"]), can_grow=True)  # fits: returns
 
 
 def _tiny_checkpoint(directory: Path, model: str = "ssagan", overrides=()) -> Path:
-    cfg = load_config(None, [f"model.name={model}", "model.preset=tiny", *overrides])
+    cfg = load_config(None, [f"model.name={model}", "model.flavor=tiny", *overrides])
     trainer = experiment.build_trainer(cfg, "cpu")
     directory.mkdir(parents=True)
     checkpointing.write(directory, rank=0, worker_state={}, trainer=trainer, step=1, clip_shape=[3, 8, 32, 32],
@@ -175,15 +175,15 @@ def _tiny_checkpoint(directory: Path, model: str = "ssagan", overrides=()) -> Pa
 
 def test_train_missing_stage1_checkpoint(sky, tmp_path, capsys, no_ray_started):
     line = run_train(capsys, [*data_args(sky), "model.name=mdgan_stage2",
-                              f"run.stage1_checkpoint={tmp_path / 'no-such-run'}"], no_ray_started, "defaults")
-    assert "run.stage1_checkpoint" in line and "no-such-run" in line
+                              f"init.stage1_checkpoint={tmp_path / 'no-such-run'}"], no_ray_started, "defaults")
+    assert "init.stage1_checkpoint" in line and "no-such-run" in line
 
 
 def test_train_stage1_checkpoint_of_another_model(sky, tmp_path, capsys, no_ray_started):
     ckpt = _tiny_checkpoint(tmp_path / "ckpt", "ssagan")  # G with SSA: not MD-GAN's Stage I
-    line = run_train(capsys, [*data_args(sky), "model.name=mdgan_stage2", f"run.stage1_checkpoint={ckpt}"],
+    line = run_train(capsys, [*data_args(sky), "model.name=mdgan_stage2", f"init.stage1_checkpoint={ckpt}"],
                      no_ray_started, "defaults")
-    assert "run.stage1_checkpoint" in line and "'ssagan'" in line and "mdgan_stage1" in line
+    assert "init.stage1_checkpoint" in line and "'ssagan'" in line and "mdgan_stage1" in line
 
 
 def test_train_unreadable_stage1_checkpoint(sky, tmp_path, capsys, no_ray_started):
@@ -191,9 +191,9 @@ def test_train_unreadable_stage1_checkpoint(sky, tmp_path, capsys, no_ray_starte
     ckpt.mkdir()
     (ckpt / "model.pt").write_bytes(b"not a checkpoint")
     (ckpt / "config.yaml").write_text("model: {name: mdgan_stage1}\n")
-    line = run_train(capsys, [*data_args(sky), "model.name=mdgan_stage2", f"run.stage1_checkpoint={ckpt}"],
+    line = run_train(capsys, [*data_args(sky), "model.name=mdgan_stage2", f"init.stage1_checkpoint={ckpt}"],
                      no_ray_started, "defaults")
-    assert "run.stage1_checkpoint" in line and str(ckpt) in line and "cannot be read" in line
+    assert "init.stage1_checkpoint" in line and str(ckpt) in line and "cannot be read" in line
 
 
 def test_train_s3_data_in_missing_bucket(s3_bucket, capsys, no_ray_started):
@@ -211,7 +211,7 @@ def test_brace_pattern_without_index_is_scanned(sky, tmp_path):
     info = inspect_dataset(str(data / "train-{000000..000000}.tar"))
     assert info.clip_shape == [3, 8, 32, 32] and info.clips == 24
     cfg, shape = train.prepare(load_config("tiny_cpu", [f"data.train_urls={data}/train-{{000000..000000}}.tar",
-                                                        "trainer.num_workers=1"]))
+                                                        "scaling.ranks=1"]))
     assert shape == [3, 8, 32, 32]
 
 
@@ -504,7 +504,7 @@ def test_a_dead_clusters_recorded_address_is_reported_at_once(sky, tmp_path):
     assert result.returncode == 2, result.stderr
     assert line.startswith(f"error: no Ray cluster answers at {dead} (Ray's recorded address in "
                            f"{tmp_path / 'ray' / 'ray_current_cluster'}"), line
-    assert "ray start --head" in line and "run.ray_address=local" in line
+    assert "ray start --head" in line and "ray.address=local" in line
     # the probe waits 3 s; the rest is Python importing torch and Ray, 5-25 s on a loaded 2-core
     # machine (more on a slower CPU). Ray's own wait on a dead head was 13 minutes.
     assert took < 45
@@ -514,12 +514,12 @@ def test_an_explicit_address_that_does_not_answer_fails_after_a_bounded_printed_
     from tests.conftest import free_port
 
     dead = f"127.0.0.1:{free_port()}"
-    result, took = _train_subprocess(sky, tmp_path, [f"run.ray_address={dead}"],
+    result, took = _train_subprocess(sky, tmp_path, [f"ray.address={dead}"],
                                      {"RAY_TMPDIR": str(tmp_path), "SSAGAN_RAY_CONNECT_WAIT_S": "3"})
     waiting, error = result.stderr.strip().splitlines()[-2:]
     assert result.returncode == 2, result.stderr
-    assert waiting == (f"[ray] {dead} (run.ray_address = '{dead}') does not answer yet; waiting up to 3 s "
+    assert waiting == (f"[ray] {dead} (ray.address = '{dead}') does not answer yet; waiting up to 3 s "
                        "(SSAGAN_RAY_CONNECT_WAIT_S)")
-    assert error == (f"error: no Ray cluster answers at {dead} (run.ray_address = '{dead}') after 3 s: start it, "
+    assert error == (f"error: no Ray cluster answers at {dead} (ray.address = '{dead}') after 3 s: start it, "
                      "or fix the address (SSAGAN_RAY_CONNECT_WAIT_S sets the wait)")
     assert took < 45  # 3 s asked for; unheeded, the default wait alone would be 60 s (+ the start)

@@ -50,7 +50,7 @@ def test_order_depends_on_seed_and_epoch_not_workers(tmp_path):
     second = run_epoch(base)  # iterating again moves to the next epoch
     assert base.epoch == 2 and keys_of(first) != keys_of(second)
     for workers in (1, 2):
-        again = run_epoch(ClipLoader(url, 3, rank=1, world_size=2, seed=5, num_workers=workers))
+        again = run_epoch(ClipLoader(url, 3, rank=1, world_size=2, seed=5, processes=workers))
         assert keys_of(again) == keys_of(first)
         assert all(torch.equal(a[1], b[1]) for a, b in zip(again, first))
     other = ClipLoader(url, 3, rank=1, world_size=2, seed=6)
@@ -61,12 +61,12 @@ def test_order_depends_on_seed_and_epoch_not_workers(tmp_path):
 
 def test_resume_mid_epoch_is_bit_identical(tmp_path):
     url = make_sky(tmp_path / "ds", 30, 7)
-    reference = ClipLoader(url, 2, rank=0, world_size=2, seed=3, num_workers=2)
+    reference = ClipLoader(url, 2, rank=0, world_size=2, seed=3, processes=2)
     reference.set_epoch(4)
     full = run_epoch(reference)
     assert len(full) == 7
 
-    interrupted = ClipLoader(url, 2, rank=0, world_size=2, seed=3, num_workers=2)
+    interrupted = ClipLoader(url, 2, rank=0, world_size=2, seed=3, processes=2)
     interrupted.set_epoch(4)
     for step, _ in enumerate(interrupted):
         if step == 2:
@@ -74,7 +74,7 @@ def test_resume_mid_epoch_is_bit_identical(tmp_path):
     state = interrupted.state_dict()
     assert state["epoch"] == 4 and state["consumed"] == 3
 
-    resumed = ClipLoader(url, 2, rank=0, world_size=2, seed=3, num_workers=2)
+    resumed = ClipLoader(url, 2, rank=0, world_size=2, seed=3, processes=2)
     resumed.load_state_dict(state)
     resumed.set_epoch(4)  # a training loop calling set_epoch with the same epoch keeps the position
     rest = run_epoch(resumed)
@@ -103,9 +103,9 @@ def test_corrupt_clip_is_named_or_skipped(tmp_path, caplog):
 
     for workers in (0, 2):
         with pytest.raises(BadSampleError, match=rf"train-000001\.tar.*{bad_key}"):
-            run_epoch(ClipLoader(url, 4, num_workers=workers))
+            run_epoch(ClipLoader(url, 4, processes=workers))
 
-    loader = ClipLoader(url, 4, skip_bad=True, num_workers=2)
+    loader = ClipLoader(url, 4, skip_bad=True, processes=2)
     with caplog.at_level(logging.WARNING, logger="ssagan_dist.data.loader"):
         batches = run_epoch(loader)
     assert loader.skipped == 1 and loader.state_dict()["skipped"] == 1

@@ -72,7 +72,7 @@ def test_frames_tree_to_s3_verify_and_load_two_ranks_two_workers(tmp_path, s3_bu
     seen = {}
     lengths = []
     for rank in range(2):
-        loader = ClipLoader(url, 2, rank=rank, world_size=2, num_workers=2, endpoint_url=endpoint)
+        loader = ClipLoader(url, 2, rank=rank, world_size=2, processes=2, endpoint_url=endpoint)
         lengths.append(len(loader))
         for batch in loader:
             assert batch["video"].shape == (2, 3, T, SIZE, SIZE) and "label" not in batch

@@ -1,4 +1,4 @@
-"""The moving average of G (trainer.g_ema_decay): its update and ramp-up against hand-computed
+"""The moving average of G (ema.decay): its update and ramp-up against hand-computed
 numbers, every trainer family keeping one, checkpoints carrying it (old ones without it still
 load), bit-exact resume through the real entry point on two ranks, and evaluate/predict scoring
 the average or the raw G as asked. Real components: synthetic-sky shards, a local Ray cluster."""
@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from ssagan_dist import checkpointing, evaluate, experiment, predict, train
+from ssagan_dist import checkpointing, evaluate, experiment, predict, scoring, train
 from ssagan_dist.config import ConfigError
 from ssagan_dist.experiment import load_config
 from ssagan_dist.data import ClipLoader
@@ -63,7 +63,7 @@ def test_update_by_hand(decay, rampup, expected):
 
 
 def _cfg(model: str = "ssagan", *overrides: str):
-    extra = ["run.stage1_checkpoint=/unused"] if model in ("mdgan_stage2", "ssagan_b") else []
+    extra = ["init.stage1_checkpoint=/unused"] if model in ("mdgan_stage2", "ssagan_b") else []
     return load_config("defaults", [f"model.name={model}", "optim.n_critic=1", *extra, *overrides])
 
 
@@ -76,7 +76,7 @@ def test_every_family_averages_g_after_each_g_step(model):
     predicts what a trainer whose G holds the averaged weights predicts."""
     decay, rampup = 0.8, 0.5
     torch.manual_seed(0)
-    trainer = experiment.build_trainer(_cfg(model, f"trainer.g_ema_decay={decay}", f"trainer.g_ema_rampup={rampup}"))
+    trainer = experiment.build_trainer(_cfg(model, f"ema.decay={decay}", f"ema.rampup={rampup}"))
     assert sorted(trainer.nets) == sorted([*experiment.build_networks(_cfg(model)), "G_ema"])
     batch = {"video": sky_clips(2), "label": torch.tensor([1, 2])}
     expected = None
@@ -104,7 +104,7 @@ def test_every_family_averages_g_after_each_g_step(model):
 
 
 def test_state_round_trip_and_checkpoints_without_an_average():
-    cfg = _cfg("ssagan", "trainer.g_ema_decay=0.5", "trainer.g_ema_rampup=0")
+    cfg = _cfg("ssagan", "ema.decay=0.5", "ema.rampup=0")
     batch = {"video": sky_clips(2)}
     torch.manual_seed(0)
     a = experiment.build_trainer(cfg)
@@ -134,18 +134,18 @@ def test_state_round_trip_and_checkpoints_without_an_average():
     plain = experiment.build_trainer(_cfg("ssagan"))
     plain.load_state_dict(saved)  # an average the trainer does not keep is left out
     assert "G_ema" not in plain.nets and plain.weights_for(None) == "raw"
-    with pytest.raises(ValueError, match="g_ema_decay = 0"):
+    with pytest.raises(ValueError, match="ema.decay = 0"):
         plain.weights_for("ema")
 
 
 def test_config_keys_are_checked():
-    assert load_config("tiny_cpu").trainer.g_ema_decay == 0.0  # the demo keeps no average
-    with pytest.raises(ConfigError, match="trainer.g_ema_decay"):
-        load_config("tiny_cpu", ["trainer.g_ema_decay=1.0"])
-    with pytest.raises(ConfigError, match="trainer.g_ema_rampup"):
-        load_config("tiny_cpu", ["trainer.g_ema_decay=0.9", "trainer.g_ema_rampup=-1"])
-    with pytest.raises(ConfigError, match="'trainer.g_ema_rampup'.*only acts with trainer.g_ema_decay > 0"):
-        load_config("tiny_cpu", ["trainer.g_ema_rampup=0.1"])
+    assert load_config("tiny_cpu").ema.decay == 0.0  # the demo keeps no average
+    with pytest.raises(ConfigError, match="ema.decay"):
+        load_config("tiny_cpu", ["ema.decay=1.0"])
+    with pytest.raises(ConfigError, match="ema.rampup"):
+        load_config("tiny_cpu", ["ema.decay=0.9", "ema.rampup=-1"])
+    with pytest.raises(ConfigError, match="'ema.rampup'.*only acts with ema.decay > 0"):
+        load_config("tiny_cpu", ["ema.rampup=0.1"])
 
 
 # -- evaluate and predict ---------------------------------------------------------------------------
@@ -154,7 +154,7 @@ def test_config_keys_are_checked():
 def ema_checkpoint(sky, tmp_path_factory):
     """A real checkpoint of the demo's model, 3 steps trained, keeping an average that differs
     from G (decay 0.5, no ramp-up); written here, not by a Ray training, to be fast."""
-    cfg = load_config("tiny_cpu", [*data_args(sky), "trainer.g_ema_decay=0.5", "trainer.g_ema_rampup=0"])
+    cfg = load_config("tiny_cpu", [*data_args(sky), "ema.decay=0.5", "ema.rampup=0"])
     torch.manual_seed(0)
     trainer = experiment.build_trainer(cfg)
     batches = iter(ClipLoader(str(sky / "train"), 4, shuffle=False))
@@ -177,13 +177,13 @@ def _hand_built(ckpt: Path, role: str):
 
 def test_evaluate_scores_the_average_by_default_and_raw_g_when_asked(ema_checkpoint, sky, capsys):
     val = str(sky / "val")
-    scored = {w: evaluate.evaluate(str(ema_checkpoint), val, batch_size=4, progress=False, train_data="", weights=w)
+    scored = {w: scoring.evaluate(str(ema_checkpoint), val, batch_size=4, progress=False, train_data="", weights=w)
               for w in (None, "ema", "raw")}
     assert scored[None]["weights"] == scored["ema"]["weights"] == "ema" and scored["raw"]["weights"] == "raw"
     assert scored[None]["psnr"] == scored["ema"]["psnr"] != scored["raw"]["psnr"]
     for weights, role in (("ema", "G_ema"), ("raw", "G")):
         loader = ClipLoader(val, 4, shuffle=False, drop_last=False)
-        by_hand, _ = evaluate.score(_hand_built(ema_checkpoint, role), loader, 8, "cpu", progress=False)
+        by_hand, _ = scoring.score(_hand_built(ema_checkpoint, role), loader, 8, "cpu", progress=False)
         assert (scored[weights]["psnr"], scored[weights]["ssim"]) == (by_hand["psnr"], by_hand["ssim"])
     assert evaluate.main(["--checkpoint", str(ema_checkpoint), "--data", val, "--train-data", "",
                           "--weights", "raw", "--json"]) == 0
@@ -216,10 +216,10 @@ def test_asking_for_an_average_that_was_not_kept_names_the_key(sky, tmp_path, ca
     ckpt.mkdir()
     checkpointing.write(ckpt, rank=0, worker_state={}, trainer=experiment.build_trainer(cfg), step=0,
                         clip_shape=[3, 8, 32, 32], cfg=cfg)
-    scored = evaluate.evaluate(str(ckpt), str(sky / "val"), progress=False, train_data="", max_batches=1)
+    scored = scoring.evaluate(str(ckpt), str(sky / "val"), progress=False, train_data="", max_batches=1)
     assert scored["weights"] == "raw"
     assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(sky / "val"), "--weights", "ema"]) == 2
-    assert "trainer.g_ema_decay = 0" in capsys.readouterr().err
+    assert "ema.decay = 0" in capsys.readouterr().err
 
 
 # -- through the real entry point: two ranks, exact resume ------------------------------------------
@@ -229,11 +229,11 @@ def test_two_ranks_agree_and_resume_bit_identically_with_an_average(ray_cluster,
     """2 + 2 steps equal 4 straight, bit for bit, the average and its update count included; every
     checkpoint's ranks hold the same average (check_ranks_agree compares it); validation scored the
     average, as evaluate does by default."""
-    two = ["--config", "tiny_cpu", *FAST, *data_args(sky), "trainer.num_workers=2", "trainer.val_every=2",
-           "trainer.val_batches=0", f"run.storage_path={tmp_path}", "trainer.g_ema_decay=0.9", "trainer.g_ema_rampup=0"]
-    assert train.main([*two, "run.name=straight", "trainer.max_steps=4"]) == 0
-    assert train.main([*two, "run.name=resumed", "trainer.max_steps=2"]) == 0
-    assert train.main([*two, "run.name=resumed", "trainer.max_steps=4"]) == 0
+    two = ["--config", "tiny_cpu", *FAST, *data_args(sky), "scaling.ranks=2", "loop.val_every=2",
+           "loop.val_batches=0", f"run.storage_path={tmp_path}", "ema.decay=0.9", "ema.rampup=0"]
+    assert train.main([*two, "run.name=straight", "loop.max_steps=4"]) == 0
+    assert train.main([*two, "run.name=resumed", "loop.max_steps=2"]) == 0
+    assert train.main([*two, "run.name=resumed", "loop.max_steps=4"]) == 0
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
     ckpt = Path(checkpointing.resolve(str(tmp_path / "resumed")))
     state = checkpointing.read_model(ckpt)
@@ -244,7 +244,7 @@ def test_two_ranks_agree_and_resume_bit_identically_with_an_average(ray_cluster,
 
     lines = [json.loads(x) for x in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
     last = [r for r in lines if "val/psnr" in r][-1]
-    ema = evaluate.evaluate(str(ckpt), str(sky / "val"), batch_size=2, progress=False, train_data="")
-    raw = evaluate.evaluate(str(ckpt), str(sky / "val"), batch_size=2, progress=False, train_data="", weights="raw")
+    ema = scoring.evaluate(str(ckpt), str(sky / "val"), batch_size=2, progress=False, train_data="")
+    raw = scoring.evaluate(str(ckpt), str(sky / "val"), batch_size=2, progress=False, train_data="", weights="raw")
     assert ema["count"] == last["val/count"] == 8
     assert ema["psnr"] == pytest.approx(last["val/psnr"], rel=1e-9) and raw["psnr"] != ema["psnr"]

@@ -1,4 +1,4 @@
-"""evaluate.score: every held-out clip scored once at any batch size and world size; the baselines
+"""scoring.score: every held-out clip scored once at any batch size and world size; the baselines
 are scored on the same clips with the same metric code as the model; the report files.
 
 Real components: synthetic-sky shards read by ClipLoader, a gloo process group in two processes.
@@ -16,9 +16,9 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from data_tools.synth import generate
-from ssagan_dist import evaluate, metrics
+from ssagan_dist import evaluate, metrics, scoring
 from ssagan_dist.data import ClipLoader
-from ssagan_dist.evaluate import Extremes, mean_change, score, with_mean_change, write_report
+from ssagan_dist.scoring import Extremes, mean_change, score, with_mean_change, write_report
 
 FRAMES = 4
 
@@ -143,7 +143,7 @@ def test_report_files(held_out, tmp_path):
         assert png.width == 3 * 640  # PSNR, SSIM and cloud-displacement panels
     with Image.open(tmp_path / "extremes.png") as png:
         assert png.height > 4 * 2 * 16
-    table = evaluate.format_table(r)
+    table = scoring.format_table(r)
     assert "copy frame" in table and "mean training change" in table
 
 
@@ -205,11 +205,11 @@ def run_folder(tmp_path):
 
 def test_pick_best_scores_the_checkpoint_with_the_best_validation_metric(run_folder, capsys):
     run, test = run_folder
-    best = evaluate.evaluate(str(run), test, batch_size=2, progress=False, pick="best", train_data="")
+    best = scoring.evaluate(str(run), test, batch_size=2, progress=False, pick="best", train_data="")
     assert (best["step"], best["pick"], best["pick_metric"], best["pick_value"]) == (4, "best", "val/psnr", 23.5)
-    latest = evaluate.evaluate(str(run), test, batch_size=2, progress=False, train_data="")
+    latest = scoring.evaluate(str(run), test, batch_size=2, progress=False, train_data="")
     assert (latest["step"], latest["pick"]) == (6, "latest")  # the default: the run's latest checkpoint
-    direct = evaluate.evaluate(str(run / "checkpoint_000000004"), test, batch_size=2, progress=False, pick="best",
+    direct = scoring.evaluate(str(run / "checkpoint_000000004"), test, batch_size=2, progress=False, pick="best",
                                train_data="")
     assert direct["pick"] == "given" and direct["psnr"] == best["psnr"] != latest["psnr"]
     assert evaluate.main(["--checkpoint", str(run), "--data", test, "--pick", "best", "--train-data", ""]) == 0
@@ -219,13 +219,13 @@ def test_pick_best_scores_the_checkpoint_with_the_best_validation_metric(run_fol
 def test_pick_best_names_what_is_missing(run_folder):
     run, test = run_folder
     with pytest.raises(ValueError, match="--pick 'newest': one of latest, best"):
-        evaluate.pick_checkpoint(str(run), "newest")
+        scoring.pick_checkpoint(str(run), "newest")
     (run / "metrics.jsonl").write_text(json.dumps({"step": 6, "train/g_loss": 1.0}) + "\n")
     with pytest.raises(ValueError, match=r"metrics.jsonl records no val/psnr at the steps of .*--pick latest"):
-        evaluate.pick_checkpoint(str(run), "best")
+        scoring.pick_checkpoint(str(run), "best")
     (run / "metrics.jsonl").unlink()
     with pytest.raises(FileNotFoundError, match=r"metrics.jsonl does not exist"):
-        evaluate.pick_checkpoint(str(run), "best")
+        scoring.pick_checkpoint(str(run), "best")
 
 
 def test_quality_benchmark_records_every_checkpoint_and_summarises_seeds(run_folder):
@@ -237,7 +237,7 @@ def test_quality_benchmark_records_every_checkpoint_and_summarises_seeds(run_fol
     record = quality.checkpoint_record(str(run), test)
     assert [c["step"] for c in record] == [2, 4, 6]
     assert [c["val_psnr"] - c["val_baseline_psnr"] for c in record] == [-2.0, 1.5, -1.0]
-    picked = evaluate.evaluate(str(run), test, progress=False, pick="best", train_data="")
+    picked = scoring.evaluate(str(run), test, progress=False, pick="best", train_data="")
     assert record[1]["test_psnr"] == pytest.approx(picked["psnr"])
     assert "| 4 | +1.500 | +0.1000 |" in quality.checkpoint_table(record)
 
@@ -301,7 +301,7 @@ def test_motion_measures_copy_frame_zero_truth_one_and_the_oracles(skies):
     # the estimator against the recorded wind
     assert truth["true_displacement"] == pytest.approx(truth["wind_displacement"], rel=0.1)
     assert truth["true_displacement_error"] < 1.5
-    table = evaluate.format_table(truth)
+    table = scoring.format_table(truth)
     assert "Cloud motion" in table and "oracle: true drift, clouds still" in table and "recorded wind" in table
 
 
@@ -319,7 +319,7 @@ def test_per_clip_values_are_the_same_at_every_batch_size(skies):
     assert sum(each["true_displacement"]) / SKY_CLIPS == pytest.approx(reference["true_displacement"], rel=1e-12)
     for bs, r in results.items():
         assert r["per_clip"] == each, bs
-        for key in (*evaluate.MOTION_TRUE_KEYS, *evaluate.MOTION_SERIES_KEYS, "oracle_motion_direction_agreement"):
+        for key in (*scoring.MOTION_TRUE_KEYS, *scoring.MOTION_SERIES_KEYS, "oracle_motion_direction_agreement"):
             assert r[key] == reference[key], (bs, key)
     assert "per_clip" not in score(Darken(), _loader(skies, 5), SKY_FRAMES, "cpu")[0]
 
@@ -369,7 +369,7 @@ def test_motion_and_per_clip_values_on_two_ranks(skies, tmp_path):
     for bs, r in json.loads(out.read_text()).items():
         assert r["count"] == SKY_CLIPS, bs
         assert r["per_clip"] == json.loads(json.dumps(one_rank["per_clip"])), bs
-        for key in (*evaluate.MOTION_TRUE_KEYS, *evaluate.MOTION_SERIES_KEYS, "wind_displacement",
+        for key in (*scoring.MOTION_TRUE_KEYS, *scoring.MOTION_SERIES_KEYS, "wind_displacement",
                     "oracle_drift_psnr", "oracle_motion_direction_agreement"):
             assert r[key] == pytest.approx(one_rank[key], rel=1e-12), (bs, key)
 

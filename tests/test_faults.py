@@ -21,8 +21,8 @@ from ssagan_dist import checkpointing, experiment, storage, telemetry, train
 from tests.faults import FlakyS3Proxy, default_sigint, local_raylet_pids, ray_train_workers, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["model.preset=tiny", "trainer.num_workers=1", "trainer.batch_size=2", "trainer.log_every=1",
-        "data.loader_workers=0", "optim.n_critic=1", "trainer.val_batches=1", "metrics.enabled=false"]
+FAST = ["model.flavor=tiny", "scaling.ranks=1", "loop.batch_size=2", "loop.log_every=1",
+        "data.loader_processes=0", "optim.n_critic=1", "loop.val_batches=1", "telemetry.enabled=false"]
 
 
 def data_args(root: Path) -> list[str]:
@@ -97,11 +97,11 @@ def events(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning(ray_cluster, sky, tmp_path):
     args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}", "run.name=dmg",
-            "trainer.val_every=2"]
-    assert train.main([*args, "trainer.max_steps=4"]) == 0
+            "loop.val_every=2"]
+    assert train.main([*args, "loop.max_steps=4"]) == 0
     model = tmp_path / "dmg" / "checkpoint_000000004" / "model.pt"
     model.write_bytes(model.read_bytes()[:1000])  # as a crash during the save would leave it
-    assert train.main([*args, "trainer.max_steps=6"]) == 0
+    assert train.main([*args, "loop.max_steps=6"]) == 0
     skipped, resumed = events(tmp_path / "dmg")[-2:]
     assert skipped["event"] == "skipped_damaged_checkpoint" and "checkpoint_000000004" in skipped["problem"]
     assert resumed["event"] == "resumed" and resumed["from"].endswith("checkpoint_000000002")
@@ -112,11 +112,11 @@ def test_a_damaged_latest_checkpoint_is_skipped_with_a_warning(ray_cluster, sky,
 def test_resume_takes_the_newest_complete_checkpoint_on_storage(ray_cluster, sky, tmp_path):
     """A checkpoint on storage that Ray's bookkeeping never recorded (a kill after the upload)
     is still the one resumed from."""
-    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}", "trainer.val_every=2"]
-    assert train.main([*args, "run.name=a", "trainer.max_steps=4"]) == 0
+    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}", "loop.val_every=2"]
+    assert train.main([*args, "run.name=a", "loop.max_steps=4"]) == 0
     (tmp_path / "b").mkdir()
     os.rename(tmp_path / "a" / "checkpoint_000000004", tmp_path / "b" / "checkpoint_000000004")  # unknown to b's Ray
-    assert train.main([*args, "run.name=b", "trainer.max_steps=6"]) == 0
+    assert train.main([*args, "run.name=b", "loop.max_steps=6"]) == 0
     assert events(tmp_path / "b")[-1]["from"].endswith("b/checkpoint_000000004")
     assert checkpointing.read_model(tmp_path / "b" / "checkpoint_000000006")["step"] == 6
 
@@ -131,13 +131,13 @@ def test_resume_is_exact_for_every_trainer_family(ray_cluster, sky, tmp_path, mo
     """onestage, refine, wgan_gp, noise and pix2pix: 2 + 2 steps equal 4 straight, bit for bit
     (weights, optimizers, every RNG stream, the data position)."""
     base = ["--config", "defaults", *FAST, *data_args(sky), f"run.storage_path={tmp_path}",
-            "trainer.val_every=2", f"model.name={model}"]
+            "loop.val_every=2", f"model.name={model}"]
     if model == "mdgan_stage2":
-        assert train.main([*base[:-1], "model.name=mdgan_stage1", "run.name=s1", "trainer.max_steps=2"]) == 0
-        base.append(f"run.stage1_checkpoint={tmp_path / 's1'}")
-    assert train.main([*base, "run.name=straight", "trainer.max_steps=4"]) == 0
-    assert train.main([*base, "run.name=resumed", "trainer.max_steps=2"]) == 0
-    assert train.main([*base, "run.name=resumed", "trainer.max_steps=4"]) == 0
+        assert train.main([*base[:-1], "model.name=mdgan_stage1", "run.name=s1", "loop.max_steps=2"]) == 0
+        base.append(f"init.stage1_checkpoint={tmp_path / 's1'}")
+    assert train.main([*base, "run.name=straight", "loop.max_steps=4"]) == 0
+    assert train.main([*base, "run.name=resumed", "loop.max_steps=2"]) == 0
+    assert train.main([*base, "run.name=resumed", "loop.max_steps=4"]) == 0
     assert_same_weights(tmp_path / "straight", tmp_path / "resumed")
 
 
@@ -157,7 +157,7 @@ def _wait_for(path: Path, timeout: float = 400) -> None:
 @pytest.mark.slow  # 2 x 120 steps of 2 workers; test_a_worker_killed_during_a_checkpoint_save stays in the default suite
 def test_a_killed_worker_is_survived_with_the_same_final_weights(ray_cluster, sky, tmp_path):
     args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}",
-            "trainer.num_workers=2", "trainer.max_steps=120", "trainer.val_every=20", "trainer.log_every=20"]
+            "scaling.ranks=2", "loop.max_steps=120", "loop.val_every=20", "loop.log_every=20"]
     assert train.main([*args, "run.name=straight"]) == 0
     thread, out = train_in_thread([*args, "run.name=killed"])
     _wait_for(tmp_path / "killed" / "checkpoint_000000020" / "model.pt")
@@ -178,7 +178,7 @@ def test_a_worker_killed_during_a_checkpoint_save_is_survived(ray_cluster, sky, 
     SIGKILLed in mid-save, the group restarts from the newest *complete* checkpoint (step 10, not
     the half-written 20) and the run ends with an uninterrupted run's weights."""
     endpoint, bucket = s3_bucket
-    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), "trainer.max_steps=40", "trainer.val_every=10"]
+    args = ["--config", "tiny_cpu", *FAST, *data_args(sky), "loop.max_steps=40", "loop.val_every=10"]
     assert train.main([*args, f"run.storage_path={tmp_path}", "run.name=straight"]) == 0
     with FlakyS3Proxy(endpoint, hold="runs/cut/checkpoint_000000020/model.pt") as proxy:
         thread, out = train_in_thread([*args, f"run.storage_path=s3://{bucket}/runs", f"run.s3_endpoint={proxy.url}",
@@ -207,10 +207,10 @@ def test_a_checkpoint_missing_a_ranks_file_is_skipped(ray_cluster, sky, tmp_path
     """Each rank uploads its own files: a save cut short can leave model.pt without worker-1.pt.
     Resuming from it would give rank 1 another rank's data position and RNG, so it is skipped."""
     args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={tmp_path}", "run.name=part",
-            "trainer.num_workers=2", "trainer.val_every=2"]
-    assert train.main([*args, "trainer.max_steps=4"]) == 0
+            "scaling.ranks=2", "loop.val_every=2"]
+    assert train.main([*args, "loop.max_steps=4"]) == 0
     (tmp_path / "part" / "checkpoint_000000004" / "worker-1.pt").unlink()
-    assert train.main([*args, "trainer.max_steps=6"]) == 0
+    assert train.main([*args, "loop.max_steps=6"]) == 0
     skipped, resumed = events(tmp_path / "part")[-2:]
     assert skipped["event"] == "skipped_damaged_checkpoint" and "worker-1.pt missing" in skipped["problem"]
     assert resumed["event"] == "resumed" and resumed["from"].endswith("checkpoint_000000002")
@@ -238,8 +238,8 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_process(sky, 
     mark = f"ctrl-c-{os.getpid()}-{time.time_ns()}"
     env = {**os.environ, "RAY_AUTH_MODE": "token", "PYTHONUNBUFFERED": "1", "SSAGAN_TEST_MARK": mark}
     cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", "tiny_cpu", *FAST, *data_args(sky),
-           f"run.storage_path={tmp_path}", "run.name=int", "trainer.max_steps=100000", "trainer.val_every=10",
-           "trainer.log_every=10"]
+           f"run.storage_path={tmp_path}", "run.name=int", "loop.max_steps=100000", "loop.val_every=10",
+           "loop.log_every=10"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=default_sigint)
     try:
@@ -254,7 +254,7 @@ def test_ctrl_c_stops_cleanly_says_how_to_resume_and_leaves_no_ray_process(sky, 
     leaked = [psutil.Process(p).cmdline() for p in _ray_processes(mark) if psutil.pid_exists(p)]
     assert not leaked, f"Ray processes left behind: {leaked}"
     # the same command resumes (to a nearer end this time)
-    done = subprocess.run([*cmd[:-3], "trainer.max_steps=30", "trainer.val_every=10", "trainer.log_every=10"],
+    done = subprocess.run([*cmd[:-3], "loop.max_steps=30", "loop.val_every=10", "loop.log_every=10"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resuming from" in done.stdout
@@ -300,7 +300,7 @@ def test_elastic_config_checks_the_global_batch_splits():
     from ssagan_dist.config import ConfigError
     from ssagan_dist.experiment import load_config
 
-    cfg = load_config("tiny_cpu", ["trainer.num_workers=4", "trainer.min_workers=2", "trainer.batch_size=3"])
+    cfg = load_config("tiny_cpu", ["scaling.ranks=4", "scaling.min_ranks=2", "loop.batch_size=3"])
     assert train.elastic(cfg)  # a global batch of 12 splits over 2, 3 and 4 workers
-    with pytest.raises(ConfigError, match="trainer.min_workers.*= 8, which 3 worker"):
-        load_config("tiny_cpu", ["trainer.num_workers=4", "trainer.min_workers=2", "trainer.batch_size=2"])
+    with pytest.raises(ConfigError, match="scaling.min_ranks.*= 8, which 3 worker"):
+        load_config("tiny_cpu", ["scaling.ranks=4", "scaling.min_ranks=2", "loop.batch_size=2"])

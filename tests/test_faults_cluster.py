@@ -43,7 +43,7 @@ def hosting_workers(nodes) -> dict:
 
 
 def test_an_elastic_group_finishes_on_fewer_workers_after_losing_a_node(cluster, sky, shared_tmp_path):
-    """trainer.min_workers=1, num_workers=2 on two 1-CPU nodes: a node is removed mid-run and the
+    """scaling.min_ranks=1, scaling.ranks=2 on two 1-CPU nodes: a node is removed mid-run and the
     run finishes on the one left, with the global batch kept and every clip of each epoch seen once
     (the loader's position is a prefix of the epoch order, so it carries over any group size).
 
@@ -52,8 +52,8 @@ def test_an_elastic_group_finishes_on_fewer_workers_after_losing_a_node(cluster,
     cluster whose nodes just changed it would start smaller (and grow a minute later)."""
     c, _ = cluster
     args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={shared_tmp_path}", "run.name=elastic",
-            "trainer.num_workers=2", "trainer.min_workers=1", "trainer.batch_size=2", "trainer.max_steps=120",
-            "trainer.val_every=20", "trainer.log_every=20"]
+            "scaling.ranks=2", "scaling.min_ranks=1", "loop.batch_size=2", "loop.max_steps=120",
+            "loop.val_every=20", "loop.log_every=20"]
     thread, out = train_in_thread(args)
     wait_until((shared_tmp_path / "elastic" / "checkpoint_000000020" / "model.pt").exists, "the first checkpoint",
                alive=thread.is_alive, why=lambda: f"(train.main returned {out})")
@@ -79,7 +79,7 @@ def test_a_removed_node_is_survived_with_the_same_final_weights(cluster, sky, sh
     c.wait_for_nodes()
     nodes = c.list_all_nodes()[1:]
     args = ["--config", "tiny_cpu", *FAST, *data_args(sky), f"run.storage_path={shared_tmp_path}",
-            "trainer.max_steps=120", "trainer.val_every=20", "trainer.log_every=20"]
+            "loop.max_steps=120", "loop.val_every=20", "loop.log_every=20"]
     assert train.main([*args, "run.name=straight"]) == 0
     thread, out = train_in_thread([*args, "run.name=lost"])
     wait_until((shared_tmp_path / "lost" / "checkpoint_000000020" / "model.pt").exists, "the first checkpoint",

@@ -88,13 +88,13 @@ def test_the_demos_head_and_another_cluster_do_not_touch_each_other(other_cluste
         assert (recorded.read_text() if recorded.exists() else None) == recorded_before
         # jobs/submit.sh finds the demo's head by its recorded address (no RAY_ADDRESS given)
         done = subprocess.run(["jobs/submit.sh", "ssagan_dist.train", "--config", "tiny_cpu", *FAST, *data_args(sky),
-                               "trainer.max_steps=1", "trainer.val_every=1",
+                               "loop.max_steps=1", "loop.val_every=1",
                                f"run.storage_path={tmp_path / 'runs'}", "run.name=submitted"],
                               cwd=REPO, env={**env, "RAY_LOCAL_STATE": str(state)}, capture_output=True, text=True,
                               timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert f"[submit] ssagan_dist.train to {address}" in done.stdout and "succeeded" in done.stdout + done.stderr
-        # The console at the default run.ray_train_log_level: the project's lines, none of Ray's chatter
+        # The console at the default ray.train_log_level: the project's lines, none of Ray's chatter
         # (a report per rank and checkpoint, DDP's deprecation warning, the preemption watcher's
         # object-store line, a PlacementGroupCleaner traceback beside the other cluster, packaging)
         console = done.stdout + done.stderr

@@ -97,9 +97,9 @@ def test_run_config_in_the_configmap_passes_the_projects_validation(tmp_path):
     path = tmp_path / "config.yaml"
     path.write_text(configmap["data"]["config.yaml"])
     cfg = load_config(str(path))
-    assert cfg.trainer.use_gpu and cfg.model.name == "ssagan"
+    assert cfg.scaling.use_gpu and cfg.model.name == "ssagan"
     assert cfg.data.train_urls.startswith("s3://") and cfg.run.storage_path.startswith("s3://")
-    assert cfg.metrics.enabled and cfg.metrics.port == k8s_check.WORKER_PORTS["metrics"]
+    assert cfg.telemetry.enabled and cfg.telemetry.port == k8s_check.WORKER_PORTS["metrics"]
 
 
 def test_training_job_runs_the_train_module_on_the_configmap_it_mounts():

@@ -222,5 +222,5 @@ def test_pods_serve_metrics_on_all_interfaces_only_because_the_run_config_says_s
     configmap = next(doc for _, doc in docs_in(K8S) if doc["kind"] == "ConfigMap"
                      and doc["metadata"]["name"] == "ssagan-run-config")
     (tmp_path / "config.yaml").write_text(configmap["data"]["config.yaml"])
-    assert load_config(str(tmp_path / "config.yaml")).metrics.host == "0.0.0.0"
-    assert load_config("tiny_cpu").metrics.host == "127.0.0.1"
+    assert load_config(str(tmp_path / "config.yaml")).telemetry.host == "0.0.0.0"
+    assert load_config("tiny_cpu").telemetry.host == "127.0.0.1"

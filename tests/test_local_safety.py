@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from ssagan_dist.config import MetricsConfig
+from ssagan_dist.config import TelemetryConfig
 from ssagan_dist.telemetry import TrainingTelemetry
 from tests.conftest import free_port
 
@@ -204,8 +204,8 @@ def test_metrics_are_not_served_on_a_non_loopback_address_by_default():
     address = non_loopback_address()
     if address is None:
         pytest.skip("this machine has no non-loopback IPv4 address")
-    assert MetricsConfig().host == "127.0.0.1"
-    telemetry = TrainingTelemetry(MetricsConfig(port=free_port(), port_span=1), run="r", trial="", rank=0,
+    assert TelemetryConfig().host == "127.0.0.1"
+    telemetry = TrainingTelemetry(TelemetryConfig(port=free_port(), port_span=1), run="r", trial="", rank=0,
                                   world=1, model="m")
     telemetry.start()
     try:

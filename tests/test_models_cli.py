@@ -69,8 +69,8 @@ def test_module_entry_point(capsys, monkeypatch):
 
 @pytest.mark.slow
 def test_paper_numbers(capsys):
-    s1 = run_cli(capsys, "--model", "mdgan_stage1", "--preset", "paper")
+    s1 = run_cli(capsys, "--model", "mdgan_stage1", "--flavor", "paper")
     assert s1["generator_params"] == 39_072_576
     assert s1["input_shapes"] == [[1, 3, 32, 128, 128]] and s1["output_shape"] == [1, 3, 32, 128, 128]
-    ssa = run_cli(capsys, "--model", "ssagan", "--preset", "paper")
+    ssa = run_cli(capsys, "--model", "ssagan", "--flavor", "paper")
     assert 160 < ssa["generator_gflops_per_clip"] < 176  # about 168 GFLOP per clip (docs/models.md)

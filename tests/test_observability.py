@@ -1,5 +1,5 @@
 """Acceptance (issue #11): a real 2-worker training on a real local Ray cluster, scraped by a real
-Prometheus through metrics.sd_dir while it runs; the project's series from both ranks, their
+Prometheus through telemetry.sd_dir while it runs; the project's series from both ranks, their
 values, and every dashboard and alert expression checked through Prometheus's HTTP API."""
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from tests.test_telemetry import (  # noqa: F401 (fixtures)
 STEPS = 240
 # Long enough for Prometheus (1 s scrapes) to see the workers train after a validation and a
 # checkpoint at step 80; small batches keep each step short on 2 cores.
-RUN_ARGS = ["--config", "tiny_cpu", "model.preset=tiny", "trainer.num_workers=2", "trainer.batch_size=2",
-            f"trainer.max_steps={STEPS}", "trainer.log_every=5", "trainer.val_every=80", "trainer.val_batches=1",
-            "data.loader_workers=0", "optim.n_critic=1", "metrics.host=127.0.0.1"]
+RUN_ARGS = ["--config", "tiny_cpu", "model.flavor=tiny", "scaling.ranks=2", "loop.batch_size=2",
+            f"loop.max_steps={STEPS}", "loop.log_every=5", "loop.val_every=80", "loop.val_batches=1",
+            "data.loader_processes=0", "optim.n_critic=1", "telemetry.host=127.0.0.1"]
 
 
 def cannot_exist_here(expr: str) -> bool:
@@ -33,8 +33,8 @@ def cannot_exist_here(expr: str) -> bool:
 def test_two_worker_training_seen_through_prometheus(ray_cluster, prometheus, sky, tmp_path):  # noqa: F811
     run = f"obs-{uuid.uuid4().hex[:8]}"
     argv = [*RUN_ARGS, f"data.train_urls={sky / 'train'}", f"data.val_urls={sky / 'val'}",
-            f"run.storage_path={tmp_path}", f"run.name={run}", f"metrics.sd_dir={prometheus.sd_dir}",
-            f"metrics.port={free_port()}"]
+            f"run.storage_path={tmp_path}", f"run.name={run}", f"telemetry.sd_dir={prometheus.sd_dir}",
+            f"telemetry.port={free_port()}"]
     outcome: dict[str, int] = {}
     trainer = threading.Thread(target=lambda: outcome.setdefault("rc", train.main(argv)), daemon=True)
     started = time.time()

@@ -3,7 +3,7 @@
 group, torch.compile), and switches off = exactly the trainer as built before them.
 
 Not runnable here (no GPU): fp16 autocast on CUDA, pinned-memory copies; config validation
-refuses those without trainer.use_gpu, tested below."""
+refuses those without scaling.use_gpu, tested below."""
 
 from __future__ import annotations
 
@@ -15,27 +15,28 @@ from torch.nn.parallel import DistributedDataParallel
 from ssagan_dist import checkpointing, experiment, perf
 from ssagan_dist.config import ConfigError, PerfConfig
 from ssagan_dist.experiment import dump, load_config
+from ssagan_dist.data import pin_memory
 from ssagan_dist.models.registry import constructor_args
 
 # One model per trainer kind, at tiny size; refine models need a (never read here) Stage-I URI.
-MODELS = {"ssagan": [], "mdgan_stage2": ["run.stage1_checkpoint=unused"], "hrvgan": [], "pix2pix_video": [],
+MODELS = {"ssagan": [], "mdgan_stage2": ["init.stage1_checkpoint=unused"], "hrvgan": [], "pix2pix_video": [],
           "video3d_gan": []}
 
 
 def _build(model: str, *overrides: str):
     extra = MODELS.get(model, [])
-    cfg = load_config(None, [f"model.name={model}", "model.preset=tiny", "trainer.batch_size=2",
+    cfg = load_config(None, [f"model.name={model}", "model.flavor=tiny", "loop.batch_size=2",
                              "optim.n_critic=1", *extra, *overrides])
     torch.manual_seed(0)
     return cfg, perf.apply(experiment.build_trainer(cfg, "cpu"), cfg.perf)
 
 
 def _batches(cfg, n: int):
-    args = constructor_args(cfg.model.name, cfg.model.preset, dict(cfg.model.args))
+    args = constructor_args(cfg.model.name, cfg.model.flavor, dict(cfg.model.args))
     gen = torch.Generator().manual_seed(1)
-    shape = (cfg.trainer.batch_size, 3, args["frames"], args["size"], args["size"])
+    shape = (cfg.loop.batch_size, 3, args["frames"], args["size"], args["size"])
     batches = [{"video": torch.rand(shape, generator=gen) * 2 - 1,
-                "label": torch.zeros(cfg.trainer.batch_size, dtype=torch.int64)} for _ in range(n)]
+                "label": torch.zeros(cfg.loop.batch_size, dtype=torch.int64)} for _ in range(n)]
     return iter(batches)
 
 
@@ -85,7 +86,7 @@ def test_bf16_channels_last_step_on_cpu_has_finite_losses(model):
 def test_switches_off_is_the_trainer_as_built():
     """Default switches: the same weights, statistics and optimizer state, bit for bit, as a
     trainer that never went through perf.apply."""
-    cfg = load_config("tiny_cpu", ["trainer.batch_size=2"])
+    cfg = load_config("tiny_cpu", ["loop.batch_size=2"])
     assert cfg.perf == PerfConfig() and dump(cfg).count("perf:") == 1
     results = []
     for use_perf in (False, True):
@@ -124,16 +125,16 @@ def test_ddp_options_reach_a_real_ddp(tmp_path):
     FutureWarning for the old broadcast_buffers name."""
     import warnings
 
-    from ssagan_dist import train
+    from ssagan_dist import parallel
 
-    cfg = load_config("tiny_cpu", ["perf.ddp_bucket_cap_mb=1", "perf.ddp_gradient_as_bucket_view=true"])
+    cfg = load_config("tiny_cpu", ["ddp.bucket_cap_mb=1", "ddp.gradient_as_bucket_view=true"])
     dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
     try:
         torch.manual_seed(0)
         net = experiment.build_networks(cfg)["D"]
         with warnings.catch_warnings():
             warnings.simplefilter("error", FutureWarning)
-            ddp = DistributedDataParallel(net, **train.no_forward_buffer_sync(), **perf.ddp_kwargs(cfg.perf))
+            ddp = DistributedDataParallel(net, **parallel.ddp_kwargs(cfg.ddp))
         assert not ddp.broadcast_buffers  # torch 2.13: the same flag as forward_sync_buffers
         assert ddp.bucket_bytes_cap == 1 * 1024 * 1024
         assert ddp.gradient_as_bucket_view
@@ -146,9 +147,9 @@ def test_ddp_options_reach_a_real_ddp(tmp_path):
 @pytest.mark.parametrize("overrides, key", [
     (["perf.autocast=fp32"], "perf.autocast"),
     (["perf.autocast=fp16"], "perf.autocast"),  # no GPU
-    (["perf.ddp_bucket_cap_mb=0"], "perf.ddp_bucket_cap_mb"),
-    (["trainer.num_workers=1", "perf.ddp_gradient_as_bucket_view=true"], "perf.ddp_gradient_as_bucket_view"),
-    (["perf.pin_memory=true"], "perf.pin_memory"),  # no GPU to copy to
+    (["ddp.bucket_cap_mb=0"], "ddp.bucket_cap_mb"),
+    (["scaling.ranks=1", "ddp.gradient_as_bucket_view=true"], "ddp.gradient_as_bucket_view"),
+    (["data.pin_memory=true"], "data.pin_memory"),  # no GPU to copy to
     (["perf.channel_last=true"], "perf.channel_last"),
     (["perf.attention=flash"], "perf.attention"),
 ])
@@ -158,9 +159,10 @@ def test_bad_or_idle_switch_is_refused_naming_the_key(overrides, key):
 
 
 def test_gpu_only_switches_accepted_with_a_gpu_config():
-    cfg = load_config("tiny_cpu", ["trainer.use_gpu=true", "perf.autocast=fp16", "perf.pin_memory=true"])
-    assert perf.pin_memory(cfg) and cfg.perf.autocast == "fp16"
-    assert not perf.pin_memory(load_config("tiny_cpu"))
+    cfg = load_config("tiny_cpu", ["scaling.use_gpu=true", "perf.autocast=fp16", "data.pin_memory=true"])
+    assert pin_memory(cfg.data, torch.device("cuda")) and cfg.perf.autocast == "fp16"
+    assert not pin_memory(cfg.data, torch.device("cpu"))
+    assert not pin_memory(load_config("tiny_cpu").data, torch.device("cuda"))
 
 
 @pytest.mark.slow  # inductor compiles C++ for every graph: about 2 minutes on 2 shared cores

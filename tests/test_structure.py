@@ -130,8 +130,25 @@ def test_config_imports_nothing_from_the_project():
     assert _import_graph()["ssagan_dist.config"] == set()
 
 
+# Command modules: argument parsing and printing around the library, imported by no library module.
+COMMANDS = ("ssagan_dist.evaluate", "ssagan_dist.predict")
+
+
+def test_no_library_module_imports_a_command():
+    """Scoring is a library (ssagan_dist.scoring): the training loop, the benchmarks and the
+    ``evaluate`` command import it; nothing but another command (or a ``__main__``) imports the
+    ``evaluate`` command."""
+    graph = _import_graph()
+    for command in COMMANDS:
+        importers = {m for m, targets in graph.items() if command in targets}
+        library = {m for m in importers if m not in COMMANDS and not m.endswith("__main__")}
+        assert not library, f"library modules import the command {command}: {sorted(library)}"
+    assert "ssagan_dist.scoring" in graph["ssagan_dist.train"]
+    assert "ssagan_dist.scoring" in graph["ssagan_dist.evaluate"]
+
+
 def test_the_graph_sees_function_local_imports_and_cycles():
-    assert "ssagan_dist.visualize" in _import_graph()["ssagan_dist.evaluate"]  # imported inside a function
+    assert "ssagan_dist.visualize" in _import_graph()["ssagan_dist.scoring"]  # imported inside a function
     assert _a_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == ["a", "b", "c", "a"]
 
 
@@ -146,14 +163,14 @@ def test_load_config_builds_the_networks_once(monkeypatch):
         devices.append(torch.empty(0).device.type)
         return entry.build(**kwargs)
     monkeypatch.setitem(registry._REGISTRY, entry.name, dataclasses.replace(entry, build=counted))
-    load_config("mdgan_stage2", ["optim.lr_g=1e-4", "loss.lambda_rank=0.5", "model.args.base_width=8"])
+    load_config("paper/mdgan_stage2", ["optim.lr_g=1e-4", "loss.lambda_rank=0.5", "model.args.base_width=8"])
     assert devices == ["meta"]
 
 
 def test_one_registry_every_model_has_a_trainer():
     for name in registry.names():
-        assert registry.get(name).trainer in TRAINERS, name
-        assert experiment.trainer_class(name) is TRAINERS[registry.get(name).trainer]
+        assert registry.get(name).family in TRAINERS, name
+        assert experiment.trainer_class(name) is TRAINERS[registry.get(name).family]
 
 
 def test_no_module_tests_a_trainer_kind_by_name():
@@ -172,7 +189,7 @@ def test_no_module_tests_a_trainer_kind_by_name():
     ("hrvgan", "loss.lambda_con"), ("hrvgan", "loss.lambda_rank"),
     ("video3d_gan", "loss.lambda_con"), ("dcgan", "loss.lambda_con"),
     ("pix2pix_video", "loss.lambda_rank"),
-    ("ssagan", "run.stage1_checkpoint"),
+    ("ssagan", "init.stage1_checkpoint"),
 ])
 def test_a_key_the_model_does_not_read_is_refused_naming_it(model, unread, tmp_path, ray_must_not_start):
     extra = [f"{p.key}=runs/stage1" for p in experiment.trainer_class(model).pretrained]
@@ -188,8 +205,8 @@ def test_a_key_the_model_does_not_read_is_refused_naming_it(model, unread, tmp_p
 
 
 @pytest.mark.parametrize("overrides, key", [
-    (["trainer.sync_batchnorm=false"], "trainer.sync_batchnorm"),  # one worker, no GPU: inert
-    (["data.loader_workers=0", "data.prefetch=4"], "data.prefetch"),
+    (["ddp.sync_batchnorm=false"], "ddp.sync_batchnorm"),  # one worker, no GPU: inert
+    (["data.loader_processes=0", "data.prefetch=4"], "data.prefetch"),
 ])
 def test_keys_inert_in_this_setup_are_refused(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", "[.]")):
@@ -202,7 +219,7 @@ def test_keys_each_family_reads():
 
     assert {"loss.lambda_con"} == {k for k in read("ssagan") if k.startswith("loss.")}
     assert {"loss.lambda_con", "loss.lambda_rank"} == {
-        k for k in read("mdgan_stage2", "run.stage1_checkpoint=x") if k.startswith("loss.")}
+        k for k in read("mdgan_stage2", "init.stage1_checkpoint=x") if k.startswith("loss.")}
     assert {"loss.lambda_gp", "loss.lambda_mse"} == {k for k in read("hrvgan") if k.startswith("loss.")}
     assert {"loss.lambda_con"} == {k for k in read("convlstm_gan") if k.startswith("loss.")}  # image-conditioned
     assert not {k for k in read("video3d_gan") if k.startswith("loss.")}
@@ -214,7 +231,7 @@ def test_a_dumped_config_loads_back_to_the_same_values(tmp_path):
 
     from ssagan_dist.experiment import dump
 
-    cfg = load_config("mdgan_stage2", ["optim.lr_g=3e-4"])
+    cfg = load_config("paper/mdgan_stage2", ["optim.lr_g=3e-4"])
     (tmp_path / "c.yaml").write_text(dump(cfg))
     again = load_config(str(tmp_path / "c.yaml"))
     assert OmegaConf.to_container(again) == OmegaConf.to_container(cfg)

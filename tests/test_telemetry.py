@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from ssagan_dist import telemetry
-from ssagan_dist.config import MetricsConfig
+from ssagan_dist.config import TelemetryConfig
 from ssagan_dist.observability import dashboards
 from ssagan_dist.telemetry import TrainingTelemetry
 from tests.conftest import free_port, require_programs
@@ -163,8 +163,8 @@ def check_alert_rules(prom: Prometheus) -> None:
 
 # -- fixtures for the exporter -------------------------------------------------------------------
 
-def metrics_cfg(**kw: Any) -> MetricsConfig:
-    return MetricsConfig(**{"host": "127.0.0.1", "port": free_port(), "port_span": 16, **kw})
+def metrics_cfg(**kw: Any) -> TelemetryConfig:
+    return TelemetryConfig(**{"host": "127.0.0.1", "port": free_port(), "port_span": 16, **kw})
 
 
 def scrape(port: int) -> str:
@@ -295,7 +295,7 @@ def test_unreachable_pushgateway_does_not_stop_training(caplog):
     tm.start()
     tm.checkpoint(0.1, 10)
     tm.close()
-    assert "metrics.pushgateway" in caplog.text
+    assert "telemetry.pushgateway" in caplog.text
 
 
 # -- the exporter on its own -----------------------------------------------------------------------
@@ -332,9 +332,9 @@ def test_two_runs_on_one_machine_take_different_ports(tmp_path):
             tm.start()
         # and a third worker in another process on the same machine
         child = subprocess.Popen(
-            [sys.executable, "-c", "import sys; from ssagan_dist.config import MetricsConfig; "
+            [sys.executable, "-c", "import sys; from ssagan_dist.config import TelemetryConfig; "
              "from ssagan_dist.telemetry import TrainingTelemetry as T; "
-             f"t = T(MetricsConfig(host='127.0.0.1', port={cfg.port}, port_span=16), run='c', trial='', rank=0, "
+             f"t = T(TelemetryConfig(host='127.0.0.1', port={cfg.port}, port_span=16), run='c', trial='', rank=0, "
              "world=1, model='ssagan'); t.start(); print(t.port, flush=True); sys.stdin.read(); t.close()"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=OBS.parents[1])
         try:
@@ -409,7 +409,7 @@ def test_k8s_files_carry_the_same_dashboards_and_rules():
     monitor = yaml.safe_load((K8S / "podmonitor.yaml").read_text())
     assert monitor["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "ssagan-dist"}
     assert [e["port"] for e in monitor["spec"]["podMetricsEndpoints"]] == ["metrics", "ray-metrics"]
-    assert MetricsConfig().port == 9400  # the port the pods name "metrics" (docs/observability.md)
+    assert TelemetryConfig().port == 9400  # the port the pods name "metrics" (docs/observability.md)
 
 
 def test_dashboards_are_well_formed():

@@ -1,4 +1,4 @@
-"""Experiment tracking (run.tracking, docs/tracking.md) against real trackers: a real MLflow
+"""Experiment tracking (tracking.backends, docs/tracking.md) against real trackers: a real MLflow
 tracking server on loopback (sqlite backend, a temporary artifact folder), W&B in offline mode,
 a real local Ray cluster training the tiny SSA-GAN on synthetic skies, the MLflow run page in
 headless Chromium. Nothing is mocked; the only stand-in is a missing package (``sys.modules``
@@ -27,8 +27,8 @@ from tests.conftest import free_port
 from tests.faults import local_raylet_pids, ray_train_workers, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = ["model.preset=tiny", "trainer.num_workers=1", "trainer.batch_size=2", "trainer.log_every=1",
-        "data.loader_workers=0", "optim.n_critic=1", "trainer.val_batches=1", "metrics.enabled=false"]
+FAST = ["model.flavor=tiny", "scaling.ranks=1", "loop.batch_size=2", "loop.log_every=1",
+        "data.loader_processes=0", "optim.n_critic=1", "loop.val_batches=1", "telemetry.enabled=false"]
 FAKE_WANDB_KEY = "f" * 40  # never valid anywhere; it must not show up in anything the run writes
 
 
@@ -130,21 +130,21 @@ def steps_of(client, run_id: str, key: str) -> dict[int, float]:
 # -- configuration: checked before Ray starts ---------------------------------------------------------
 
 def test_tracking_is_off_by_default_and_bad_values_name_the_key(monkeypatch, sky, tmp_path):
-    assert tracking.names(load_config("tiny_cpu").run.tracking) == []
-    assert tracking.names(load_config("tiny_cpu", ["run.tracking=[mlflow,wandb]"]).run.tracking) == ["mlflow", "wandb"]
+    assert tracking.names(load_config("tiny_cpu").tracking.backends) == []
+    assert tracking.names(load_config("tiny_cpu", ["tracking.backends=[mlflow,wandb]"]).tracking.backends) == ["mlflow", "wandb"]
     with pytest.raises(ConfigError, match=r"'run\.tracking' = 'neptune'"):
-        load_config("tiny_cpu", ["run.tracking=neptune"])
+        load_config("tiny_cpu", ["tracking.backends=neptune"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI"):
-        train.prepare(load_config("tiny_cpu", ["run.tracking=mlflow"]))
+        train.prepare(load_config("tiny_cpu", ["tracking.backends=mlflow"]))
 
 
 def test_a_missing_tracker_package_is_one_clear_error_before_ray_starts(monkeypatch, sky, tmp_path, capsys,
                                                                        ray_must_not_start):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` raises ImportError
-    assert train.main(args_for(sky, tmp_path, "nowandb", "run.tracking=wandb")) == 2
+    assert train.main(args_for(sky, tmp_path, "nowandb", "tracking.backends=wandb")) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["error: config key 'run.tracking' = 'wandb' needs the wandb package, which is not installed: "
+    assert err == ["error: config key 'tracking.backends' = 'wandb' needs the wandb package, which is not installed: "
                    "pip install 'ssagan-dist[wandb]'"]
     assert not (tmp_path / "nowandb").exists()
 
@@ -153,8 +153,8 @@ def test_a_missing_tracker_package_is_one_clear_error_before_ray_starts(monkeypa
 
 def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, sky, tmp_path):
     server = tracked_ray
-    assert train.main(args_for(sky, tmp_path, "both", "trainer.num_workers=2", "trainer.max_steps=4",
-                               "trainer.val_every=2", "run.tracking=[mlflow,wandb]")) == 0
+    assert train.main(args_for(sky, tmp_path, "both", "scaling.ranks=2", "loop.max_steps=4",
+                               "loop.val_every=2", "tracking.backends=[mlflow,wandb]")) == 0
     run_dir = tmp_path / "both"
     lines = jsonl(run_dir / "metrics.jsonl")
     assert not [ln for ln in lines if ln.get("event") == "tracking_failed"], lines
@@ -168,7 +168,7 @@ def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, 
     cfg = load_config(str(run_dir / "config.yaml"))
     assert run.data.params == {k: str(v) for k, v in tracking.params_of((run_dir / "config.yaml").read_text()).items()}
     assert run.data.params["optim.lr_g"] == str(cfg.optim.lr_g) and "loss.lambda_rank" not in run.data.params
-    assert {"model": "ssagan", "preset": "tiny", "trainer_family": "onestage"}.items() <= run.data.tags.items()
+    assert {"model": "ssagan", "flavor": "tiny", "family": "onestage"}.items() <= run.data.tags.items()
     client = server.client()
     for key in ("train/g_loss", "train/d_loss", "train/lr_g", "val/psnr", "val/baseline_psnr", "val/ssim",
                 "val/baseline_ssim"):
@@ -201,7 +201,7 @@ def test_a_two_worker_run_logs_one_tracker_run_in_mlflow_and_wandb(tracked_ray, 
         assert (files / clip["path"]).read_bytes() == (run_dir / "samples" / f"step_{s:09d}.gif").read_bytes()
     run_record = next(r.run for r in records if r.HasField("run"))
     assert run_record.run_id == state["wandb"]["run_id"]
-    assert {"model:ssagan", "preset:tiny", "trainer_family:onestage"} <= set(run_record.tags)
+    assert {"model:ssagan", "flavor:tiny", "family:onestage"} <= set(run_record.tags)
     wandb_config = {k: v for r in records if r.HasField("run") for k, v in items(r.run.config.update).items()}
     assert wandb_config["optim.lr_g"] == cfg.optim.lr_g
     assert wandb_config["tag.run_folder"] == str(run_dir)  # over W&B's 64-character tag limit: in the config
@@ -234,8 +234,8 @@ def test_a_killed_and_resumed_run_continues_the_same_mlflow_run(tracked_ray, sky
     server = tracked_ray
     from tests.test_faults import train_in_thread
 
-    thread, out = train_in_thread(args_for(sky, tmp_path, "killed", "trainer.max_steps=6", "trainer.val_every=2",
-                                           "run.tracking=mlflow"))
+    thread, out = train_in_thread(args_for(sky, tmp_path, "killed", "loop.max_steps=6", "loop.val_every=2",
+                                           "tracking.backends=mlflow"))
     run_dir = tmp_path / "killed"
     wait_until(lambda: (run_dir / "checkpoint_000000002" / "model.pt").exists()
                and (run_dir / tracking.STATE_FILE).exists(), "the first checkpoint and tracker run",
@@ -262,8 +262,8 @@ def test_a_tracker_that_fails_mid_run_never_fails_training(tracked_ray, sky, tmp
     server = tracked_ray
     from tests.test_faults import train_in_thread
 
-    thread, out = train_in_thread(args_for(sky, tmp_path, "cut", "trainer.max_steps=30", "trainer.val_every=10",
-                                           "run.tracking=mlflow"))
+    thread, out = train_in_thread(args_for(sky, tmp_path, "cut", "loop.max_steps=30", "loop.val_every=10",
+                                           "tracking.backends=mlflow"))
     run_dir = tmp_path / "cut"
     try:
         wait_until(lambda: (run_dir / "checkpoint_000000010" / "model.pt").exists()
@@ -294,7 +294,7 @@ def test_lines_logged_in_a_burst_go_in_few_requests_at_their_steps_and_in_order(
     """The writer sends queued metrics together (at most every METRICS_INTERVAL_S) but never
     reorders calls: W&B drops anything logged at a step below one it already has."""
     server = tracker_env
-    cfg = load_config("tiny_cpu", ["run.tracking=[mlflow,wandb]", f"run.name=burst-{uuid.uuid4().hex[:6]}",
+    cfg = load_config("tiny_cpu", ["tracking.backends=[mlflow,wandb]", f"run.name=burst-{uuid.uuid4().hex[:6]}",
                                    f"run.storage_path={tmp_path}"])
     tracker = tracking.Tracker(cfg, str(tmp_path / "run"), 0, config_yaml=experiment.dump(cfg))
     calls: list[tuple[str, str, list[int]]] = []
@@ -329,7 +329,7 @@ def test_lines_logged_in_a_burst_go_in_few_requests_at_their_steps_and_in_order(
 def test_pbt_exploits_and_swept_values_show_on_the_trial_run(tracker_env, tmp_path):
     """A trial's next generation after a PBT exploit (what SweepTrial hands rank 0's tracker)."""
     server = tracker_env
-    cfg = load_config("tiny_cpu", ["run.tracking=mlflow", "run.name=t1-g001", f"run.storage_path={tmp_path}"])
+    cfg = load_config("tiny_cpu", ["tracking.backends=mlflow", "run.name=t1-g001", f"run.storage_path={tmp_path}"])
     start = {"event": "exploit", "trial_id": "t1", "generation": 1, "donor_trial": "t0", "step": 4,
              "explored": {"optim.lr_g": 0.0003}, "start_from": str(tmp_path / "t0-g000" / "checkpoint_000000004")}
     sweep_ctx = {"group": f"pbt-{uuid.uuid4().hex[:8]}"}  # the sweep's name
@@ -355,9 +355,9 @@ TWO_TRIALS = """\
 metric: val/psnr
 search: {algorithm: grid}
 space: {optim.lr_g: {grid: [1.0e-3, 1.0e-4]}}
-overrides: [trainer.num_workers=1, trainer.cpus_per_worker=0.5, trainer.batch_size=2, trainer.max_steps=2,
-            trainer.val_every=2, trainer.val_batches=1, trainer.log_every=1, data.loader_workers=0, optim.n_critic=1,
-            metrics.enabled=false, run.tracking=mlflow]
+overrides: [scaling.ranks=1, scaling.cpus_per_rank=0.5, loop.batch_size=2, loop.max_steps=2,
+            loop.val_every=2, loop.val_batches=1, loop.log_every=1, data.loader_processes=0, optim.n_critic=1,
+            telemetry.enabled=false, tracking.backends=mlflow]
 driver_cpus: 0.1
 max_concurrent_trials: 2
 report_timeout_s: 300

@@ -28,7 +28,7 @@ def fixed_batch() -> dict[str, torch.Tensor]:
 def make_trainer(name: str, lr: float = 2e-3, **args):
     torch.manual_seed(0)
     nets = registry.build_networks(name, "tiny", **args)
-    return TRAINERS[registry.get(name).trainer](nets, OptimConfig(lr_g=lr, lr_d=lr, n_critic=1),
+    return TRAINERS[registry.get(name).family](nets, OptimConfig(lr_g=lr, lr_d=lr, n_critic=1),
                          LossConfig(lambda_con=10.0, lambda_rank=1.0))
 
 

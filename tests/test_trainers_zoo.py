@@ -30,7 +30,7 @@ def make_trainer(name: str, seed: int = 0, optim: OptimConfig | None = None, los
                  **model_args):
     torch.manual_seed(seed)
     nets = registry.build_networks(name, "tiny", **model_args)
-    return TRAINERS[registry.get(name).trainer](nets, optim or OptimConfig(n_critic=1), loss or LossConfig())
+    return TRAINERS[registry.get(name).family](nets, optim or OptimConfig(n_critic=1), loss or LossConfig())
 
 
 def assert_grads_reach_every_parameter(trainer):

@@ -4,10 +4,10 @@
   OmegaConf interpolation such as ``${oc.env:AWS_SECRET_ACCESS_KEY}`` is refused naming the file,
   and the variable's value appears nowhere;
 - a run folder resolves to its newest *complete* checkpoint (resume, evaluate, predict,
-  ``run.stage1_checkpoint``): an incomplete one, or one whose model.pt no longer matches the digest
+  ``init.stage1_checkpoint``): an incomplete one, or one whose model.pt no longer matches the digest
   recorded at the save, is skipped with a warning naming it;
 - ``run.name`` is one folder name (``config.safe_name``, ``re.fullmatch``);
-- ``run.best_mode: min`` ranks checkpoints lowest first (Ray's retention and ``evaluate --pick best``).
+- ``checkpoint.best_mode: min`` ranks checkpoints lowest first (Ray's retention and ``evaluate --pick best``).
 
 Checkpoints are written with ``checkpointing.write`` from the tiny preset (fast, no Ray).
 """
@@ -22,7 +22,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, evaluate, experiment
+from ssagan_dist import checkpointing, evaluate, experiment, scoring
 from ssagan_dist.config import ConfigError, merge, safe_name
 from ssagan_dist.experiment import load_config
 
@@ -73,7 +73,7 @@ def test_an_interpolation_in_a_checkpoint_config_is_refused_naming_the_file(tmp_
 
     metrics_log(tmp_path / "run", {2: 20.0})
     with pytest.raises(ConfigError, match="interpolation") as e:
-        evaluate.pick_checkpoint(str(tmp_path / "run"), "best")
+        scoring.pick_checkpoint(str(tmp_path / "run"), "best")
     assert str(config_file) in str(e.value) and SECRET not in str(e.value)
 
     assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(tmp_path / "none")]) == 2
@@ -131,22 +131,22 @@ def test_a_checkpoint_is_written_with_its_interpolations_resolved(tmp_path):
 # -- the newest complete checkpoint ----------------------------------------------------------------------
 
 def test_an_incomplete_newest_checkpoint_is_skipped_by_resolve_evaluate_and_predict(tmp_path, caplog):
-    cfg = load_config("tiny_cpu", ["trainer.num_workers=2"])
+    cfg = load_config("tiny_cpu", ["scaling.ranks=2"])
     run = tmp_path / "run"
     save(run / checkpointing.checkpoint_dir_name(2), cfg, 2, ranks=(0, 1), world_size=2, seed=2)
     save(run / checkpointing.checkpoint_dir_name(4), cfg, 4, ranks=(0,), world_size=2, seed=4)  # rank 1 never saved
     metrics_log(run, {2: 20.0, 4: 25.0})  # the incomplete one scored best
     with caplog.at_level(logging.WARNING):
         assert checkpointing.resolve(str(run)).endswith("checkpoint_000000002")
-        assert evaluate.pick_checkpoint(str(run), "latest")[0].endswith("checkpoint_000000002")
-        best, how = evaluate.pick_checkpoint(str(run), "best")
+        assert scoring.pick_checkpoint(str(run), "latest")[0].endswith("checkpoint_000000002")
+        best, how = scoring.pick_checkpoint(str(run), "best")
         _, _, state = experiment.load_trainer(str(run))  # predict's loader
     assert best.endswith("checkpoint_000000002") and how["pick_value"] == 20.0 and state["step"] == 2
     assert "skipping damaged checkpoint" in caplog.text and "checkpoint_000000004: worker-1.pt missing" in caplog.text
 
 
 def test_a_tampered_model_pt_is_detected_by_its_recorded_digest(tmp_path, caplog):
-    cfg = load_config("tiny_cpu", [f"run.storage_path={tmp_path}", "run.name=run", "trainer.g_ema_decay=0.9"])
+    cfg = load_config("tiny_cpu", [f"run.storage_path={tmp_path}", "run.name=run", "ema.decay=0.9"])
     run = tmp_path / "run"
     older = save(run / checkpointing.checkpoint_dir_name(2), cfg, 2, seed=2)
     newer = save(run / checkpointing.checkpoint_dir_name(4), cfg, 4, seed=4)
@@ -170,7 +170,7 @@ def test_a_tampered_model_pt_is_detected_by_its_recorded_digest(tmp_path, caplog
 
 
 def test_state_digest_is_the_digest_of_the_saved_nets():
-    cfg = load_config("tiny_cpu", ["trainer.g_ema_decay=0.9"])
+    cfg = load_config("tiny_cpu", ["ema.decay=0.9"])
     trainer = experiment.build_trainer(cfg)
     assert checkpointing.state_digest(trainer) == checkpointing.nets_digest(trainer.state_dict()["nets"])
 
@@ -195,20 +195,20 @@ def test_run_name_from_a_config_file_with_a_trailing_newline_is_refused(tmp_path
         assert safe_name(good)
 
 
-# -- run.best_mode ---------------------------------------------------------------------------------------
+# -- checkpoint.best_mode ---------------------------------------------------------------------------------------
 
 def test_best_mode_min_ranks_checkpoints_lowest_first(tmp_path):
     assert checkpointing.CheckpointManager.ray_config(load_config("tiny_cpu")).checkpoint_score_order == "max"
-    cfg = load_config("tiny_cpu", ["run.best_metric=val/mse", "run.best_mode=min"])
+    cfg = load_config("tiny_cpu", ["checkpoint.best_metric=val/mse", "checkpoint.best_mode=min"])
     ray_config = checkpointing.CheckpointManager.ray_config(cfg)
     assert (ray_config.checkpoint_score_attribute, ray_config.checkpoint_score_order) == ("val/mse", "min")
-    with pytest.raises(ConfigError, match="config key 'run.best_mode' = 'lowest'"):
-        load_config("tiny_cpu", ["run.best_mode=lowest"])
+    with pytest.raises(ConfigError, match="config key 'checkpoint.best_mode' = 'lowest'"):
+        load_config("tiny_cpu", ["checkpoint.best_mode=lowest"])
 
     run = tmp_path / "run"
     for step in (2, 4, 6):
         save(run / checkpointing.checkpoint_dir_name(step), cfg, step, seed=step)
     metrics_log(run, {2: 0.3, 4: 0.1, 6: 0.2}, metric="val/mse")
-    best, how = evaluate.pick_checkpoint(str(run), "best")
+    best, how = scoring.pick_checkpoint(str(run), "best")
     assert best.endswith("checkpoint_000000004")
     assert (how["pick_metric"], how["pick_mode"], how["pick_value"]) == ("val/mse", "min", 0.1)

@@ -276,7 +276,7 @@ def test_a_sweep_file_holding_an_interpolation_is_refused(tmp_path):
 
     path = tmp_path / "s.yaml"
     path.write_text("metric: val/psnr\nspace: {optim.lr_g: {choice: [1.0e-3]}}\n"
-                    "overrides: [trainer.max_steps=4, 'data.train_urls=${oc.env:AWS_SECRET_ACCESS_KEY}']\n")
+                    "overrides: [loop.max_steps=4, 'data.train_urls=${oc.env:AWS_SECRET_ACCESS_KEY}']\n")
     with pytest.raises(sweeps.SweepError, match=rf"sweep file {path} field 'overrides\[1\]': holds an interpolation"):
         sweeps.load_sweep(str(path))
 
@@ -288,9 +288,9 @@ metric: val/mse
 mode: min
 search: {algorithm: grid}
 space: {optim.lr_g: {grid: [1.0e-3]}}
-overrides: [trainer.num_workers=1, trainer.cpus_per_worker=0.5, trainer.batch_size=2, trainer.max_steps=4,
-            trainer.val_every=2, trainer.val_batches=1, trainer.log_every=2, data.loader_workers=0, optim.n_critic=1,
-            run.keep_checkpoints=1]
+overrides: [scaling.ranks=1, scaling.cpus_per_rank=0.5, loop.batch_size=2, loop.max_steps=4,
+            loop.val_every=2, loop.val_batches=1, loop.log_every=2, data.loader_processes=0, optim.n_critic=1,
+            checkpoint.keep=1]
 driver_cpus: 0.1
 max_concurrent_trials: 1
 report_timeout_s: 300
@@ -311,8 +311,8 @@ def test_a_real_sweep_is_signed_resumes_and_is_refused_once_its_state_changed(sk
     signed = trust.check_restorable(str(sweep))
     assert "tuner.pkl" in signed and any(rel.startswith("experiment_state-") for rel in signed)
     assert not list(sweep.glob("callback-states-*.pkl"))  # the signer is stateless
-    # min mode: each Train run ranks its checkpoints by the sweep's metric and mode (run.best_mode),
-    # so retention (run.keep_checkpoints=1 besides the latest) kept the lowest val/mse
+    # min mode: each Train run ranks its checkpoints by the sweep's metric and mode (checkpoint.best_mode),
+    # so retention (checkpoint.keep=1 besides the latest) kept the lowest val/mse
     [run_config] = [config.read_yaml(p) for p in sweep.glob("train_runs/*/config.yaml")]
     assert (run_config["run"]["best_metric"], run_config["run"]["best_mode"]) == ("val/mse", "min")
     [trial] = results.load_trials(str(sweep))

@@ -97,8 +97,8 @@ def trial_results(sweep_dir: Path) -> list[results.Trial]:
     return results.load_trials(str(sweep_dir))
 
 
-TINY = ("trainer.num_workers=1, trainer.cpus_per_worker=0.5, trainer.batch_size=2, trainer.val_batches=1, "
-        "trainer.log_every=2, data.loader_workers=0, optim.n_critic=1")
+TINY = ("scaling.ranks=1, scaling.cpus_per_rank=0.5, loop.batch_size=2, loop.val_batches=1, "
+        "loop.log_every=2, data.loader_processes=0, optim.n_critic=1")
 
 
 def named_best(sweep_dir: Path) -> dict[str, tuple[str, str]]:
@@ -200,7 +200,7 @@ def test_asha_sweep_stops_trials_early_and_reports_the_winner(sky, tmp_path):
     best_line = next(ln for ln in out.splitlines() if ln.startswith("[tune] best checkpoint:"))
     best_ckpt = best_line.split(":", 1)[1].strip()
     best_psnr = max(r["val/psnr"] for t in trials for r in t.results)
-    from ssagan_dist.evaluate import evaluate
+    from ssagan_dist.scoring import evaluate
 
     scored = evaluate(best_ckpt, str(sky / "val"), batch_size=2, max_batches=1, progress=False)
     assert scored["step"] == int(best_ckpt.rsplit("_", 1)[1])
@@ -252,7 +252,7 @@ mode: min
 search: {{algorithm: grid}}
 space: {{optim.lr_g: {{grid: [3.0e-3, 1.0e-4]}}}}
 # only each trial's newest checkpoint survives Train's retention
-overrides: [{TINY}, trainer.max_steps=4, trainer.val_every=2, run.keep_checkpoints=1, run.best_metric=step]
+overrides: [{TINY}, loop.max_steps=4, loop.val_every=2, checkpoint.keep=1, checkpoint.best_metric=step]
 driver_cpus: 0.1
 max_concurrent_trials: 1
 report_timeout_s: 300
@@ -264,16 +264,16 @@ def test_a_min_sweep_ranks_train_checkpoints_lowest_first_unless_the_config_name
     from ssagan_dist.experiment import load_config
     from ssagan_dist.tune.runner import rank_checkpoints_by_sweep
 
-    (tmp_path / "min.yaml").write_text(MIN_SWEEP.replace(", run.best_metric=step", ""))
+    (tmp_path / "min.yaml").write_text(MIN_SWEEP.replace(", checkpoint.best_metric=step", ""))
     sweep = sweeps.load_sweep(str(tmp_path / "min.yaml"))
     cfg = load_config("tiny_cpu", sweep.overrides)
     rank_checkpoints_by_sweep(cfg, sweep, "tiny_cpu", [])
     ray_config = checkpointing.CheckpointManager.ray_config(cfg)
     assert (ray_config.checkpoint_score_attribute, ray_config.checkpoint_score_order) == ("val/mse", "min")
-    named = ["run.best_metric=step"]  # the user's own choice stays (MIN_SWEEP keeps only the newest this way)
+    named = ["checkpoint.best_metric=step"]  # the user's own choice stays (MIN_SWEEP keeps only the newest this way)
     cfg = load_config("tiny_cpu", [*sweep.overrides, *named])
     rank_checkpoints_by_sweep(cfg, sweep, "tiny_cpu", named)
-    assert (cfg.run.best_metric, cfg.run.best_mode) == ("step", "max")
+    assert (cfg.checkpoint.best_metric, cfg.checkpoint.best_mode) == ("step", "max")
 
 
 @pytest.mark.slow  # two sweeps of two trials: about a minute and a half
@@ -306,7 +306,7 @@ DIVERGING_SWEEP = f"""\
 metric: val/psnr
 search: {{algorithm: grid}}
 space: {{optim.lr_g: {{grid: [1.0e+30]}}}}
-overrides: [{TINY}, optim.lr_d=1.0e+30, trainer.max_steps=4, trainer.val_every=2]
+overrides: [{TINY}, optim.lr_d=1.0e+30, loop.max_steps=4, loop.val_every=2]
 driver_cpus: 0.1
 max_concurrent_trials: 1
 max_failures: 1
@@ -368,8 +368,8 @@ def test_pbt_exploit_copies_the_donor_checkpoint_and_applies_explored_learning_r
 
     cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.load(first / "config.yaml"))
     cfg.run.storage_path, cfg.run.name = str(tmp_path / "replay"), "replay"
-    cfg.trainer.max_steps = after["step"]
-    cfg.metrics.enabled = False
+    cfg.loop.max_steps = after["step"]
+    cfg.telemetry.enabled = False
     ray.shutdown()  # the session's shared local Ray (conftest.ray_cluster), if up
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # never a shared cluster
     try:
@@ -388,8 +388,8 @@ RESUME_SWEEP = """\
 metric: val/psnr
 search: {algorithm: grid}
 space: {optim.lr_g: {grid: [1.0e-3, 1.0e-4]}}
-overrides: [trainer.num_workers=1, trainer.cpus_per_worker=0.5, trainer.batch_size=2, trainer.max_steps=2,
-            trainer.val_every=2, trainer.val_batches=1, trainer.log_every=2, data.loader_workers=0, optim.n_critic=1]
+overrides: [scaling.ranks=1, scaling.cpus_per_rank=0.5, loop.batch_size=2, loop.max_steps=2,
+            loop.val_every=2, loop.val_batches=1, loop.log_every=2, data.loader_processes=0, optim.n_critic=1]
 driver_cpus: 0.1
 max_concurrent_trials: 1
 report_timeout_s: 300

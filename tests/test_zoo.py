@@ -94,7 +94,7 @@ def test_selection_variables_are_parsed_and_a_stage2_brings_its_stage1():
 
 
 def test_budget_in_g_updates_and_clips_seen():
-    budget = {"trainer.max_steps": 400, "trainer.batch_size": 8, "trainer.num_workers": 1, "trainer.val_every": 50}
+    budget = {"loop.max_steps": 400, "loop.batch_size": 8, "scaling.ranks": 1, "loop.val_every": 50}
     steps, batch = 400, 8
     one = zoo.entry_budget("mdgan_stage1", budget)
     assert (one["g_updates"], one["g_clips"], one["d_clips"]) == (steps, batch * steps, batch * steps)
@@ -118,7 +118,7 @@ def test_every_recipe_of_a_table_has_the_same_budget_and_loads():
     budgets = zoo.recipes_budget(registry.names())
     assert set(budgets) == {"image-conditioned", "noise-only"}
     for budget in budgets.values():
-        assert budget["trainer.max_steps"] > 0 and budget["trainer.val_batches"] == 0  # the whole validation split
+        assert budget["loop.max_steps"] > 0 and budget["loop.val_batches"] == 0  # the whole validation split
     for model in registry.names():
         assert load_config(zoo.recipe(model)).model.name == model
     for entry, (model, times) in zoo.LONGER.items():
@@ -129,7 +129,7 @@ def test_every_recipe_of_a_table_has_the_same_budget_and_loads():
 
 def test_noise_model_is_picked_on_validation_and_scored_against_floor_and_reference(sky, tmp_path, monkeypatch):
     monkeypatch.setattr(zoo, "SAMPLES", 64)
-    cfg = load_config(None, ["model.name=video3d_gan", "model.preset=tiny"])
+    cfg = load_config(None, ["model.name=video3d_gan", "model.flavor=tiny"])
     for step in (1, 2):
         torch.manual_seed(step)
         trainer = experiment.build_trainer(cfg, "cpu")
@@ -188,7 +188,7 @@ def test_noise_table_gives_the_kernel_distance_with_intervals_beside_the_referen
 
 # -- per-clip scores, intervals and the image-conditioned tables ----------------------------------
 
-BUDGET = {"trainer.max_steps": 400, "trainer.batch_size": 8, "trainer.num_workers": 1, "trainer.val_every": 50}
+BUDGET = {"loop.max_steps": 400, "loop.batch_size": 8, "scaling.ranks": 1, "loop.val_every": 50}
 
 
 def cond_row(model, seed, gain, n=60, shuffle_keys=False, per_clip=True):
@@ -291,13 +291,13 @@ def test_per_clip_results_are_asked_for_only_where_evaluate_can_give_them(monkey
     def old(run, data, **kwargs):
         seen.append(kwargs)
         return {}
-    monkeypatch.setattr(zoo.evaluate, "evaluate", old)
+    monkeypatch.setattr(zoo.scoring, "evaluate", old)
     zoo.evaluate_per_clip("run", "data", pick="best")
 
     def new(run, data, per_clip=False, **kwargs):
         seen.append({"per_clip": per_clip, **kwargs})
         return {}
-    monkeypatch.setattr(zoo.evaluate, "evaluate", new)
+    monkeypatch.setattr(zoo.scoring, "evaluate", new)
     zoo.evaluate_per_clip("run", "data", pick="best")
     assert seen == [{"pick": "best"}, {"per_clip": True, "pick": "best"}]
     cleaned = zoo.clean_per_clip({"psnr": torch.tensor([1.23456789, 2.0]), "key": ["a", "b"], "direction_agreement":
@@ -311,7 +311,7 @@ def test_json_keeps_per_clip_lists_on_one_line():
 
 
 def test_ssa_gates_are_read_from_the_scored_weights(tmp_path):
-    cfg = load_config(None, ["model.name=ssagan", "model.preset=tiny", "trainer.g_ema_decay=0.999"])
+    cfg = load_config(None, ["model.name=ssagan", "model.flavor=tiny", "ema.decay=0.999"])
     trainer = experiment.build_trainer(cfg, "cpu")
     with torch.no_grad():
         trainer.nets["G"].down[0][1].gamma.fill_(0.25)
@@ -334,27 +334,27 @@ def test_a_2x_entry_trains_its_stage1_recipe_for_twice_the_steps_and_a_stage2_na
         calls.append((name, preset, overrides, timeout))
         raise Trained
     monkeypatch.setattr(quality, "train_run", train_run)
-    monkeypatch.setenv("ZOO_OVERRIDES", "trainer.max_steps=2 trainer.val_every=1")
+    monkeypatch.setenv("ZOO_OVERRIDES", "loop.max_steps=2 loop.val_every=1")
     data = {"train": "T", "val": "V", "info": {"data_seeds": {"train": 100}}}
-    budget = {**BUDGET, "trainer.max_steps": "2"}
+    budget = {**BUDGET, "loop.max_steps": "2"}
     with pytest.raises(Trained):
         zoo.one_run(tmp_path, "sky", data, {}, "mdgan_stage1_2x", 0, {}, 100, budget)
     name, preset, overrides, timeout = calls[-1]
     assert (name, preset, timeout) == ("sky_mdgan_stage1_2x_seed0", "zoo/mdgan_stage1", 200)
-    assert [o for o in overrides if o.startswith("trainer.max_steps")] == ["trainer.max_steps=4"]
+    assert [o for o in overrides if o.startswith("loop.max_steps")] == ["loop.max_steps=4"]
     with pytest.raises(RuntimeError, match="needs the Stage-I run sky_ssagan_seed0"):
         zoo.one_run(tmp_path, "sky", data, {}, "ssagan_b", 0, {}, 100, budget)
     with pytest.raises(Trained):
         zoo.one_run(tmp_path, "sky", data, {}, "ssagan_b", 0, {"sky_ssagan_seed0": "/r/checkpoint_000000350"}, 100,
                     budget)
-    assert calls[-1][1] == "zoo/ssagan_b" and "run.stage1_checkpoint=/r/checkpoint_000000350" in calls[-1][2]
+    assert calls[-1][1] == "zoo/ssagan_b" and "init.stage1_checkpoint=/r/checkpoint_000000350" in calls[-1][2]
 
 
 def test_run_writes_every_table_from_checkpoints_without_training(monkeypatch, tmp_path):
     """bench zoo end to end on two tiny untrained checkpoints per run (training replaced; the real
     entry point is the next test's): scoring, the references, the JSON and the markdown."""
     def train_run(work, name, preset, data, overrides, timeout):
-        cfg = load_config(preset, [o for o in overrides if not o.startswith("run.stage1_checkpoint")])
+        cfg = load_config(preset, [o for o in overrides if not o.startswith("init.stage1_checkpoint")])
         run_dir = work / "runs" / name
         for step in (1, 2):
             torch.manual_seed(step)
@@ -370,7 +370,7 @@ def test_run_writes_every_table_from_checkpoints_without_training(monkeypatch, t
     monkeypatch.setattr(zoo, "SAMPLES", 12)
     monkeypatch.setattr(zoo, "write_figure", lambda work, results: None)
     for key, value in (("ZOO_DIR", str(tmp_path)), ("ZOO_MODELS", "mdgan_stage1 dcgan"), ("ZOO_DATA", "sky"),
-                       ("ZOO_SEEDS", "0"), ("ZOO_OVERRIDES", "trainer.max_steps=2 trainer.val_every=1")):
+                       ("ZOO_SEEDS", "0"), ("ZOO_OVERRIDES", "loop.max_steps=2 loop.val_every=1")):
         monkeypatch.setenv(key, value)
     results = zoo.run()
     saved = json.loads((tmp_path / "zoo.json").read_text())
@@ -425,8 +425,8 @@ def test_real_footage_splits_by_video_and_overlapping_videos_are_found(tmp_path)
 
 # -- chaining and resuming, through the real entry point (its own local Ray) -----------------------
 
-SMOKE = ("trainer.max_steps=2 trainer.val_every=1 trainer.batch_size=2 trainer.log_every=1 data.loader_workers=0 "
-         "metrics.enabled=false")
+SMOKE = ("loop.max_steps=2 loop.val_every=1 loop.batch_size=2 loop.log_every=1 data.loader_processes=0 "
+         "telemetry.enabled=false")
 
 
 def test_zoo_chains_stage2_from_its_stage1_and_a_rerun_reuses_finished_runs(monkeypatch, tmp_path):
@@ -442,13 +442,13 @@ def test_zoo_chains_stage2_from_its_stage1_and_a_rerun_reuses_finished_runs(monk
     rows = {r["model"]: r for r in results["rows"]}
     assert list(rows) == ["mdgan_stage1", "mdgan_stage2"]
     stage2_cfg = OmegaConf.load(Path(rows["mdgan_stage2"]["checkpoint"]) / checkpointing.CONFIG_FILE)
-    assert stage2_cfg.run.stage1_checkpoint == rows["mdgan_stage1"]["checkpoint"]  # the Stage I picked on validation
+    assert stage2_cfg.init.stage1_checkpoint == rows["mdgan_stage1"]["checkpoint"]  # the Stage I picked on validation
     assert stage2_cfg.model.args.stage1_output == "flow"  # read the way the Stage-I recipe trained it
     g1 = checkpointing.read_model(Path(rows["mdgan_stage2"]["checkpoint"]))["trainer"]["nets"]["G_stage1"]
     stage1_nets = checkpointing.read_model(Path(rows["mdgan_stage1"]["checkpoint"]))["trainer"]["nets"]
     trained = stage1_nets.get("G_ema", stage1_nets["G"])  # what Stage I was scored with
     assert all(torch.equal(g1[k], trained[k]) for k in trained)  # Stage II refines that very generator
-    assert results["budget"]["image-conditioned"]["trainer.max_steps"] == "2"
+    assert results["budget"]["image-conditioned"]["loop.max_steps"] == "2"
     table = (tmp_path / "zoo.md").read_text()
     assert "| mdgan_stage2 | 0 |" in table and "copy-frame" in table
     assert (tmp_path / "zoo.png").stat().st_size > 0 and (tmp_path / "zoo.gif").stat().st_size > 0
@@ -470,12 +470,12 @@ def test_stage2_refuses_a_stage1_checkpoint_read_with_other_arguments(tmp_path, 
     tensors differently. The check names the key and the value to set."""
     from ssagan_dist.config import ConfigError
 
-    s1 = load_config(None, ["model.preset=tiny", *trained])
+    s1 = load_config(None, ["model.flavor=tiny", *trained])
     ckpt = tmp_path / "s1" / checkpointing.checkpoint_dir_name(1)
     ckpt.mkdir(parents=True)
     checkpointing.write(ckpt, rank=0, worker_state={}, trainer=experiment.build_trainer(s1, "cpu"), step=1,
                         clip_shape=[3, 8, 32, 32], cfg=s1)
-    stage2 = [f"model.name={model}", "model.preset=tiny", f"run.stage1_checkpoint={ckpt}"]
+    stage2 = [f"model.name={model}", "model.flavor=tiny", f"init.stage1_checkpoint={ckpt}"]
     if model == "ssagan_b":
         stage2.append("model.args.stage1_ssa=true")
     value = trained[-1].split("=")[1]

@@ -31,7 +31,7 @@ def n_params(module: torch.nn.Module) -> int:
 def test_tiny_forward_shapes(name):
     torch.manual_seed(0)
     kind, g_shape = ZOO[name]
-    assert registry.get(name).trainer == kind
+    assert registry.get(name).family == kind
     nets = registry.build_networks(name, "tiny")
     g, d = nets["G"], nets["D"]
     out = g(*g.example_inputs(2))
@@ -86,7 +86,7 @@ def test_hrvgan_labels_condition_both_networks():
 def test_hrvgan_num_classes_is_an_argument():
     nets = registry.build_networks("hrvgan", "tiny", num_classes=101)
     assert nets["G"].embed.num_embeddings == 101 and nets["D"].embed.num_embeddings == 101
-    assert registry.get("hrvgan").presets["paper"]["num_classes"] == 101  # UCF101
+    assert registry.get("hrvgan").flavors["paper"]["num_classes"] == 101  # UCF101
 
 
 def test_convlstm_cell_equations():

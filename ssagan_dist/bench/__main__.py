@@ -14,7 +14,7 @@ BENCHMARKS = {
     "attention": "SSA fused vs literal attention: forward+backward peak memory",
     "loader": "ClipLoader clips/s from local shards and S3 vs a frame-folder JPEG loader",
     "telemetry": "Prometheus export: per-step hook cost vs the tiny_cpu step time (target < 2%)",
-    "tracking": "MLflow + W&B tracking (run.tracking) on vs off per tiny_cpu step (target < 1%)",
+    "tracking": "MLflow + W&B tracking (tracking.backends) on vs off per tiny_cpu step (target < 1%)",
     "step": "training step clips/s and FLOP utilisation, tiny_cpu and medium, each speed switch on/off",
     "overhead": "the tiny_cpu step under Ray Train (1 worker) vs a bare loop; command-to-first-step time",
     "scaling": "1 vs 2 Ray Train workers (gloo), clips/s, efficiency; compute / all-reduce / data wait",

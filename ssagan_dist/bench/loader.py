@@ -164,7 +164,7 @@ def _run(clips: int, size: int, frames: int, batch_size: int, workers: int, repe
         results["npy_shard_mib"] = round(read_index(npy_shards)["total_bytes"] / 2**20, 1)
 
         def clip_loader(url: str, w: int, **kw):
-            return lambda: ClipLoader(url, batch_size, num_workers=w, **kw)
+            return lambda: ClipLoader(url, batch_size, processes=w, **kw)
 
         def folder_loader(root: Path, w: int):
             dataset = FrameFolderClips(str(root), frames, size)

@@ -65,14 +65,14 @@ def bare_loop(train_urls: str, steps: int = STEPS, overrides: tuple[str, ...] = 
     from ssagan_dist.train import BatchStream
 
     torch.set_num_threads(1)
-    cfg = load_config("tiny_cpu", ["trainer.num_workers=1", *overrides])
-    torch.manual_seed(cfg.trainer.seed)
-    torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
+    cfg = load_config("tiny_cpu", ["scaling.ranks=1", *overrides])
+    torch.manual_seed(cfg.loop.seed)
+    torch.use_deterministic_algorithms(cfg.loop.deterministic, warn_only=True)
     trainer = perf.apply(experiment.build_trainer(cfg, "cpu"), cfg.perf)
-    loader = ClipLoader(train_urls, batch_size=cfg.trainer.batch_size, seed=cfg.trainer.seed,
-                        num_workers=cfg.data.loader_workers, prefetch=cfg.data.prefetch, shuffle=True)
+    loader = ClipLoader(train_urls, batch_size=cfg.loop.batch_size, seed=cfg.loop.seed,
+                        processes=cfg.data.loader_processes, prefetch=cfg.data.prefetch, shuffle=True)
     batches = BatchStream(loader)
-    clips = sum(p.repeats for p in trainer.phases()) * cfg.trainer.batch_size
+    clips = sum(p.repeats for p in trainer.phases()) * cfg.loop.batch_size
     starts = []
     for _ in range(steps):
         starts.append(time.perf_counter())
@@ -152,9 +152,9 @@ def ray_run(train_urls: str, workdir: Path, name: str, overrides: list[str], ste
     """Run the training job under Ray Train in a child process; its stages and per-rank timings."""
     timing = workdir / f"timing-{name}"
     timing.mkdir(parents=True)
-    spec = {"overrides": [f"data.train_urls={train_urls}", f"trainer.max_steps={steps}",
-                          f"trainer.val_every={steps}", f"run.storage_path={workdir / 'runs'}", f"run.name={name}",
-                          "run.max_failures=0", *overrides],
+    spec = {"overrides": [f"data.train_urls={train_urls}", f"loop.max_steps={steps}",
+                          f"loop.val_every={steps}", f"run.storage_path={workdir / 'runs'}", f"run.name={name}",
+                          "ray.max_failures=0", *overrides],
             "timing_dir": str(timing), "t_command": time.time()}
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     out = subprocess.run([sys.executable, "-m", "ssagan_dist.bench.overhead", "--child", json.dumps(spec)],
@@ -210,7 +210,7 @@ def run(steps: int = STEPS, repeats: int = REPEATS) -> dict[str, Any]:
         for i in range(repeats):
             bare.append(bare_loop(urls, steps))
             print(f"bare loop      {bare[-1]['clips_per_s']:7.1f} clips/s  load {bare[-1]['load_avg_1m']}", flush=True)
-            r = ray_run(urls, root, f"overhead{i}", ["trainer.num_workers=1"], steps)
+            r = ray_run(urls, root, f"overhead{i}", ["scaling.ranks=1"], steps)
             ray_runs.append({**ray_steady(r, clips_per_step), "startup_s": startup_stages(r),
                              "load_avg_1m": r["load_avg_1m"]})
             print(f"Ray Train (1w) {ray_runs[-1]['clips_per_s']:7.1f} clips/s  load {r['load_avg_1m']}", flush=True)

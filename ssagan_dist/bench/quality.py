@@ -19,7 +19,7 @@ the final one included, is reported beside it for the record; it chooses nothing
   video to the skies' motion per frame, ``--timelapse-change 0.02``; not in the default run; with
   ``VAL_VIDEO`` validating it leaves only 41 training clips, see docs/quality.md).
   QUALITY_OUTPUTS: output modes (default ``residual``, the preset's; ``direct residual`` for both).
-- QUALITY_SEEDS: training seeds (``trainer.seed``; default ``0 1 2`` on skies, ``0`` on real
+- QUALITY_SEEDS: training seeds (``loop.seed``; default ``0 1 2`` on skies, ``0`` on real
   footage); the summary gives mean ± sample std over them of the differences to copy-frame.
 - QUALITY_OVERRIDES: extra ``key=value`` training overrides (space-separated).
 - QUALITY_REUSE=1: score the runs already in QUALITY_DIR instead of training them again.
@@ -48,7 +48,7 @@ import time
 from importlib.util import find_spec
 from pathlib import Path
 
-from ssagan_dist import evaluate
+from ssagan_dist import scoring
 
 SIZE, FRAMES = 32, 8
 OPENCV_DOC = Path("/usr/share/doc/opencv-doc")
@@ -137,7 +137,7 @@ def sky_dataset(work: Path) -> dict:
 
 
 def train(work: Path, name: str, data: dict, output: str, seed: int, timeout: int) -> dict:
-    return train_run(work, name, "tiny_cpu", data, [f"model.args.output={output}", f"trainer.seed={seed}",
+    return train_run(work, name, "tiny_cpu", data, [f"model.args.output={output}", f"loop.seed={seed}",
                                                     *os.environ.get("QUALITY_OVERRIDES", "").split()], timeout)
 
 
@@ -149,8 +149,8 @@ def train_run(work: Path, name: str, preset: str, data: dict, overrides: list[st
     shutil.rmtree(runs / name, ignore_errors=True)
     cmd = [sys.executable, "-m", "ssagan_dist.train", "--config", preset, f"data.train_urls={data['train']}",
            f"data.val_urls={data['val']}", f"run.storage_path={runs}", f"run.name={name}",
-           "run.keep_checkpoints=1000",  # every checkpoint stays, for the per-checkpoint record
-           "run.ray_address=local",  # its own Ray: never join (or be stopped with) another user's cluster
+           "checkpoint.keep=1000",  # every checkpoint stays, for the per-checkpoint record
+           "ray.address=local",  # its own Ray: never join (or be stopped with) another user's cluster
            *overrides]
     env = {**os.environ, "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "token")}
     start = time.perf_counter()
@@ -217,7 +217,7 @@ def checkpoint_record(run: str, test_urls: str) -> list[dict]:
             validated[record["step"]] = record
     rows = []
     for ckpt in reversed(checkpointing.checkpoint_dirs(run)):
-        scores = evaluate.evaluate(ckpt, test_urls, train_data="", progress=False)
+        scores = scoring.evaluate(ckpt, test_urls, train_data="", progress=False)
         val = validated.get(scores["step"], {})
         rows.append({"step": scores["step"], **{f"val_{k}": val.get(f"val/{k}") for k in
                                                 ("psnr", "baseline_psnr", "ssim", "baseline_ssim")},
@@ -247,7 +247,7 @@ def averaged_generator(picked: str, data: dict) -> dict:
         trainer.nets["G"].load_state_dict(sd)
         for split in ("val", "test"):
             loader = ClipLoader(data[split], 8, shuffle=False, drop_last=False)
-            r, _ = evaluate.score(trainer, loader, state["clip_shape"][1], "cpu")
+            r, _ = scoring.score(trainer, loader, state["clip_shape"][1], "cpu")
             out[f"{name}_{split}_d_psnr"] = r["psnr"] - r["baseline_psnr"]
             out[f"{name}_{split}_d_ssim"] = r["ssim"] - r["baseline_ssim"]
     out["validation_prefers"] = "average" if out["average_val_d_psnr"] > out["picked_val_d_psnr"] else "picked"
@@ -282,7 +282,7 @@ def run() -> dict:
                 trained = ({"run": str(work / "runs" / name), "train_seconds": float("nan"), "command": "reused"}
                            if reuse else train(work, name, data, output, seed, timeout))
                 row = {"data": data_name, "output": output, "seed": seed, **trained}
-                scores = evaluate.evaluate(row["run"], data["test"], train_data=data["train"], pick="best",
+                scores = scoring.evaluate(row["run"], data["test"], train_data=data["train"], pick="best",
                                            out=str(work / "report" / name), progress=False)
                 row.update({k: v for k, v in scores.items()
                             if k in ("step", "count", "pick_metric") or not isinstance(v, (str, type(None)))})
@@ -292,7 +292,7 @@ def run() -> dict:
                 rows.append(row)
                 print(f"{name}: trained {row['train_seconds']} s; step {row['step']} picked by validation "
                       f"{row['pick_metric']} = {row['pick_value']:.3f}; {scores['count']} test clips", flush=True)
-                print(evaluate.format_table(scores), flush=True)
+                print(scoring.format_table(scores), flush=True)
                 print(checkpoint_table(row["checkpoints"]), flush=True)
             results["rows"].extend(rows)
             results["summary"].append(summarise(rows))

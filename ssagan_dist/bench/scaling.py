@@ -16,7 +16,7 @@ fresh local Ray, the real loop) on 512 synthetic sky clips, batch 8 per worker, 
 
 Efficiency = clips/s with 2 workers / (2 x clips/s with 1 worker), at the same loader setting.
 The machine has 2 cores: with one loader process per worker, 2 workers make 4 busy processes
-(plus Ray's own) on 2 cores, so the rows with ``data.loader_workers=0`` (decoding in the worker's
+(plus Ray's own) on 2 cores, so the rows with ``data.loader_processes=0`` (decoding in the worker's
 own thread) are measured as well.
 """
 
@@ -32,10 +32,10 @@ from ssagan_dist.bench.overhead import make_data, ray_run, ray_steady
 
 STEPS = 150
 CONFIGS = {  # name -> (workers, overrides)
-    "1 worker, 1 loader process": (1, ["trainer.num_workers=1"]),
-    "2 workers, 1 loader process each": (2, ["trainer.num_workers=2"]),
-    "1 worker, loading in-process": (1, ["trainer.num_workers=1", "data.loader_workers=0"]),
-    "2 workers, loading in-process": (2, ["trainer.num_workers=2", "data.loader_workers=0"]),
+    "1 worker, 1 loader process": (1, ["scaling.ranks=1"]),
+    "2 workers, 1 loader process each": (2, ["scaling.ranks=2"]),
+    "1 worker, loading in-process": (1, ["scaling.ranks=1", "data.loader_processes=0"]),
+    "2 workers, loading in-process": (2, ["scaling.ranks=2", "data.loader_processes=0"]),
 }
 CLIPS_PER_STEP_PER_WORKER = 2 * 8  # tiny_cpu: n_critic 1 D update + 1 G update, batch 8
 

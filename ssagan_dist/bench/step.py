@@ -41,7 +41,7 @@ from ssagan_dist.models.flops import flop_counter
 
 MODELS = {  # name -> (preset, overrides)
     "tiny_cpu": ("tiny_cpu", []),
-    "medium": ("tiny_cpu", ["model.args={size: 64, frames: 16, base_width: 16}", "trainer.batch_size=4"]),
+    "medium": ("tiny_cpu", ["model.args={size: 64, frames: 16, base_width: 16}", "loop.batch_size=4"]),
 }
 VARIANTS = {  # name -> perf overrides; "off" first: every speed-up is relative to it
     "off": [],
@@ -113,7 +113,7 @@ class MatmulPeak:
 def clip_batch(cfg: Any, device: str = "cpu") -> Callable[[], dict[str, torch.Tensor]]:
     """A fixed random batch of the model's clip shape in [-1, 1], on ``device``."""
     args = experiment.model_args(cfg)
-    shape = (cfg.trainer.batch_size, args.get("channels", 3), args["frames"], args["size"], args["size"])
+    shape = (cfg.loop.batch_size, args.get("channels", 3), args["frames"], args["size"], args["size"])
     gen = torch.Generator().manual_seed(0)
     video = (torch.rand(shape, generator=gen) * 2 - 1).to(device)
     return lambda: {"video": video}
@@ -121,9 +121,9 @@ def clip_batch(cfg: Any, device: str = "cpu") -> Callable[[], dict[str, torch.Te
 
 def build(preset: str, overrides: list[str], device: str = "cpu"):
     """(cfg, trainer with its perf switches) built as training builds it (seeded, deterministic)."""
-    cfg = load_config(preset, overrides + (["trainer.use_gpu=true"] if device == "cuda" else []))
-    torch.manual_seed(cfg.trainer.seed)
-    torch.use_deterministic_algorithms(cfg.trainer.deterministic, warn_only=True)
+    cfg = load_config(preset, overrides + (["scaling.use_gpu=true"] if device == "cuda" else []))
+    torch.manual_seed(cfg.loop.seed)
+    torch.use_deterministic_algorithms(cfg.loop.deterministic, warn_only=True)
     return cfg, perf.apply(experiment.build_trainer(cfg, device), cfg.perf)
 
 
@@ -134,7 +134,7 @@ def count_step_flops(trainer, batch: Callable[[], dict[str, torch.Tensor]]) -> i
 
 
 def clips_per_step(cfg: Any, trainer) -> int:
-    return sum(p.repeats for p in trainer.phases()) * cfg.trainer.batch_size
+    return sum(p.repeats for p in trainer.phases()) * cfg.loop.batch_size
 
 
 def measure_model(name: str, preset: str, overrides: list[str], peak: MatmulPeak, rounds: int, warmup: int = 2,

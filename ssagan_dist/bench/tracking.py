@@ -1,4 +1,4 @@
-"""Cost of experiment tracking (run.tracking) against the tiny_cpu training step it rides on.
+"""Cost of experiment tracking (tracking.backends) against the tiny_cpu training step it rides on.
 
     python -m ssagan_dist.bench.tracking [--json] [--steps 100] [--blocks 4] [--log-every N] [--val-every N]
 
@@ -115,7 +115,7 @@ def tracking_cpu_seconds(tracker: tracking.Tracker) -> float:
 
 def run(json_out: bool = False, steps: int = 100, blocks: int = 4, log_every: int = 0, val_every: int = 0) -> dict:
     """``log_every`` / ``val_every``: how often a record and a validation's samples reach the
-    tracker (0: tiny_cpu's own trainer.log_every and trainer.val_every)."""
+    tracker (0: tiny_cpu's own loop.log_every and loop.val_every)."""
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="ssagan-bench-tracking-"))
     server = None
@@ -126,12 +126,12 @@ def run(json_out: bool = False, steps: int = 100, blocks: int = 4, log_every: in
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         server, os.environ["MLFLOW_TRACKING_URI"] = start_mlflow_server(tmp)
     try:
-        cfg = load_config("tiny_cpu", ["run.tracking=[mlflow,wandb]", "run.name=bench", f"run.storage_path={tmp}"])
+        cfg = load_config("tiny_cpu", ["tracking.backends=[mlflow,wandb]", "run.name=bench", f"run.storage_path={tmp}"])
         torch.manual_seed(0)
         trainer = experiment.build_trainer(cfg, "cpu")
         args = experiment.model_args(cfg)
         shape = [args.get("channels", 3), args.get("frames", 8), args.get("size", 32), args.get("size", 32)]
-        batch_shape = (cfg.trainer.batch_size, *shape)
+        batch_shape = (cfg.loop.batch_size, *shape)
 
         def batch():
             return {"video": torch.rand(batch_shape) * 2 - 1}
@@ -142,8 +142,8 @@ def run(json_out: bool = False, steps: int = 100, blocks: int = 4, log_every: in
                 **{f"train/{k}": float(v) for k, v in stats.items()}, **{f"train/{k}": v for k, v in
                                                                         trainer.learning_rates().items()}}
         files = sample_files(shape)
-        log_every = log_every or cfg.trainer.log_every
-        val_every = val_every or cfg.trainer.val_every
+        log_every = log_every or cfg.loop.log_every
+        val_every = val_every or cfg.loop.val_every
 
         # 1) the training thread's own cost per call (the uploads are on the tracker's thread)
         # no sinks, its thread ended: only the training thread's part is timed
@@ -234,9 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", type=int, default=100, help="steps per block")
     parser.add_argument("--blocks", type=int, default=4, help="blocks with tracking on (and as many off)")
     parser.add_argument("--log-every", type=int, default=0,
-                        help="a record every N steps (default: tiny_cpu's trainer.log_every; 1 = the worst case)")
+                        help="a record every N steps (default: tiny_cpu's loop.log_every; 1 = the worst case)")
     parser.add_argument("--val-every", type=int, default=0,
-                        help="a validation's samples every N steps (default: tiny_cpu's trainer.val_every)")
+                        help="a validation's samples every N steps (default: tiny_cpu's loop.val_every)")
     a = parser.parse_args(argv)
     bench.require("tracking")
     run(json_out=a.json, steps=a.steps, blocks=a.blocks, log_every=a.log_every, val_every=a.val_every)

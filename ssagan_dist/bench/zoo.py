@@ -16,14 +16,14 @@ point (``python -m ssagan_dist.train``, its own local Ray), on 32×32×8 clips o
 
 ``check_splits`` refuses a data set whose validation or training clips share a data seed, a clip
 key or a video with its test clips. Every recipe of a table (image-conditioned, noise-only) has the same budget, checked before anything
-runs: ``trainer.max_steps`` G updates of ``trainer.batch_size`` clips on one worker, validation
-(the whole validation split) and a checkpoint every ``trainer.val_every`` steps.
+runs: ``loop.max_steps`` G updates of ``loop.batch_size`` clips on one worker, validation
+(the whole validation split) and a checkpoint every ``loop.val_every`` steps.
 
 Rows ("entries"; ``ORDER``):
 
 - Image-conditioned models (mdgan_stage1/2, ssagan, ssagan_b, convlstm_gan, pix2pix_video): the
   checkpoint with the best validation PSNR (``evaluate --pick best``) scored on every test clip,
-  with every clip's scores kept (``evaluate(per_clip=True)``): MSE/PSNR/SSIM beside copy-frame,
+  with every clip's scores kept (``scoring.evaluate(per_clip=True)``): MSE/PSNR/SSIM beside copy-frame,
   the mean training change and (skies) the motion oracles; motion columns (predicted against
   true displacement, direction agreement). Differences come with paired bootstrap 95% intervals
   over the test clips (``ssagan_dist.stats``: clips resampled jointly over the training seeds,
@@ -34,7 +34,7 @@ Rows ("entries"; ``ORDER``):
   can still name it); ``ssagan_b``'s Stage I is the ``ssagan`` run. The learned gate γ of every
   SSA layer (y = γ·attention + x, γ starts at 0) is reported from the scored checkpoint.
 - Two-stage models start from the Stage-I run of the same data and seed (``mdgan_stage2`` from
-  ``mdgan_stage1``, ``ssagan_b`` from ``ssagan``): ``run.stage1_checkpoint`` = that run's
+  ``mdgan_stage1``, ``ssagan_b`` from ``ssagan``): ``init.stage1_checkpoint`` = that run's
   checkpoint picked on validation. A Stage II has seen twice the G updates of its Stage I, so
   ``mdgan_stage1_2x`` and ``ssagan_2x`` train the Stage-I recipe for twice the budget (the same
   total G updates) and the Stage-II table sets the second stage against both.
@@ -61,7 +61,7 @@ Environment (like ``bench quality``'s):
 - ZOO_SEEDS: training seeds, the same for every model (default ``0 1 2`` on skies, ``0`` on real
   footage).
 - ZOO_OVERRIDES: extra ``key=value`` training overrides for every run (space-separated; they
-  change the budget, e.g. ``trainer.max_steps=2`` for a smoke run, and are recorded).
+  change the budget, e.g. ``loop.max_steps=2`` for a smoke run, and are recorded).
 - ZOO_TIMEOUT_S: per training run (default 900; twice that for a 2× entry).
 """
 
@@ -81,7 +81,7 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from ssagan_dist import checkpointing, distribution, evaluate, experiment, stats
+from ssagan_dist import checkpointing, distribution, experiment, scoring, stats
 from ssagan_dist.bench import quality
 from ssagan_dist.config import PRESET_DIR
 from ssagan_dist.data import ClipLoader, read_index
@@ -100,8 +100,8 @@ STAGE1 = {"mdgan_stage2": "mdgan_stage1", "ssagan_b": "ssagan"}
 SAME_UPDATES = {"mdgan_stage2": "mdgan_stage1_2x", "ssagan_b": "ssagan_2x"}  # a Stage II and its Stage I at 2×
 LABELS = {"ssagan": "ssagan (SSA-GAN (a))", "ssagan_a": "ssagan_a (= ssagan)",
           "mdgan_stage1_2x": "mdgan_stage1 at 2× budget", "ssagan_2x": "ssagan at 2× budget"}
-BUDGET_KEYS = ("trainer.max_steps", "trainer.batch_size", "trainer.num_workers", "trainer.val_every",
-               "trainer.val_batches", "trainer.g_ema_decay", "trainer.g_ema_rampup")
+BUDGET_KEYS = ("loop.max_steps", "loop.batch_size", "scaling.ranks", "loop.val_every",
+               "loop.val_batches", "ema.decay", "ema.rampup")
 DATASETS = ("sky", "real")
 SIZE, FRAMES = quality.SIZE, quality.FRAMES
 # (clips, data seed) per split: new seeds (2026-12-07); the test set big enough for intervals and
@@ -211,8 +211,8 @@ def entry_budget(entry: str, budget: dict) -> dict:
     """What an entry trains, in G updates and in clips each network saw: G sees batch × G updates
     clips, D batch × n_critic × G updates (``optim.n_critic`` D updates per G update, from the
     recipe); a Stage II adds its Stage I's (``parts``: Stage I first)."""
-    batch = int(budget["trainer.batch_size"]) * int(budget["trainer.num_workers"])
-    steps, every = int(budget["trainer.max_steps"]), int(budget["trainer.val_every"])
+    batch = int(budget["loop.batch_size"]) * int(budget["scaling.ranks"])
+    steps, every = int(budget["loop.max_steps"]), int(budget["loop.val_every"])
 
     def part(e: str) -> dict:
         n_critic = _n_critic(model_of(e))
@@ -319,11 +319,11 @@ def cycled(clips: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def keeps_ema(run: str) -> bool:
-    """Whether a run kept a moving average of G (``trainer.g_ema_decay`` > 0): it is then scored
+    """Whether a run kept a moving average of G (``ema.decay`` > 0): it is then scored
     with the average (what validation picked on) and, beside it, with G as trained."""
     first = checkpointing.checkpoint_dirs(run)[-1]
     cfg = OmegaConf.create(checkpointing.read_config(Path(first)))
-    return bool(OmegaConf.select(cfg, "trainer.g_ema_decay", default=0.0))
+    return bool(OmegaConf.select(cfg, "ema.decay", default=0.0))
 
 
 def still(clips: torch.Tensor) -> torch.Tensor:
@@ -454,10 +454,10 @@ def clean_per_clip(per_clip: dict | None) -> dict:
 
 
 def evaluate_per_clip(*args, **kwargs) -> dict:
-    """``evaluate.evaluate`` asking for every clip's scores where it can give them."""
-    if "per_clip" in inspect.signature(evaluate.evaluate).parameters:
+    """``scoring.evaluate`` asking for every clip's scores where it can give them."""
+    if "per_clip" in inspect.signature(scoring.evaluate).parameters:
         kwargs["per_clip"] = True
-    return evaluate.evaluate(*args, **kwargs)
+    return scoring.evaluate(*args, **kwargs)
 
 
 def ssa_gammas(checkpoint: str, weights: str = "raw") -> dict:
@@ -486,7 +486,7 @@ def score_conditional(run: str, data: dict, work: Path, name: str) -> dict:
     row["per_clip"] = clean_per_clip(scores.get("per_clip"))
     row["ssa_gamma"] = ssa_gammas(row["checkpoint"], row["weights"])
     if ema:  # G as trained, at the same checkpoint
-        raw = evaluate.evaluate(run, data["test"], train_data="", pick="best", progress=False, weights="raw")
+        raw = scoring.evaluate(run, data["test"], train_data="", pick="best", progress=False, weights="raw")
         row.update({f"raw_{k}": raw[k] for k in ("mse", "psnr", "ssim")})
         row["ssa_gamma_raw"] = ssa_gammas(row["checkpoint"], "raw")
     return row
@@ -509,17 +509,17 @@ def one_run(work: Path, data_name: str, data: dict, clips: dict, model: str, see
     """Train (unless a finished run of the same command is there), score, and record one run of
     entry ``model``."""
     name = run_name(data_name, model, seed)
-    max_steps = int(budget["trainer.max_steps"]) * multiple(model)
-    overrides = [f"trainer.seed={seed}", *os.environ.get("ZOO_OVERRIDES", "").split()]
+    max_steps = int(budget["loop.max_steps"]) * multiple(model)
+    overrides = [f"loop.seed={seed}", *os.environ.get("ZOO_OVERRIDES", "").split()]
     if multiple(model) != 1:  # the recipe at k times the budget (ZOO_OVERRIDES' max_steps included)
-        overrides = [o for o in overrides if not o.startswith("trainer.max_steps=")]
-        overrides.append(f"trainer.max_steps={max_steps}")
+        overrides = [o for o in overrides if not o.startswith("loop.max_steps=")]
+        overrides.append(f"loop.max_steps={max_steps}")
     stage1_step = None
     if model in STAGE1:
         stage1 = run_name(data_name, STAGE1[model], seed)
         if stage1 not in picked:
             raise RuntimeError(f"{name} needs the Stage-I run {stage1}, which has not finished")
-        overrides.append(f"run.stage1_checkpoint={picked[stage1]}")
+        overrides.append(f"init.stage1_checkpoint={picked[stage1]}")
         stage1_step = checkpoint_step(picked[stage1])
     result_file = work / "results" / f"{name}.json"
     # What makes a run: its command, the recipe's settings (an edited recipe trains again; an
@@ -1054,14 +1054,14 @@ def markdown(results: dict) -> str:
     summary = summarise(results["rows"])
     comps = results["comparisons"] if "comparisons" in results else comparisons(results["rows"])
     budgets = results["budget"]
-    if "trainer.max_steps" in budgets:  # results written before budgets were kept per group
+    if "loop.max_steps" in budgets:  # results written before budgets were kept per group
         budgets = {"every": budgets}
     lines = []
     for name, budget in budgets.items():
-        lines.append(f"Budget for {name} models: {budget.get('trainer.max_steps')} G updates of "
-                     f"{budget.get('trainer.batch_size')} clips on {budget.get('trainer.num_workers')} worker (a 2× "
+        lines.append(f"Budget for {name} models: {budget.get('loop.max_steps')} G updates of "
+                     f"{budget.get('loop.batch_size')} clips on {budget.get('scaling.ranks')} worker (a 2× "
                      f"row: twice that; a Stage II: its own after its Stage I's); validation and a checkpoint every "
-                     f"{budget.get('trainer.val_every')} steps; the checkpoint is picked on validation and scored "
+                     f"{budget.get('loop.val_every')} steps; the checkpoint is picked on validation and scored "
                      "once on test.")
     lines.append("")
     for data in results["selection"]["data"]:

@@ -12,7 +12,7 @@ How the order is made (a function of seed, epoch, world size and batch size only
    a real clip, and each batch carries ``"valid"`` (bool (B,)), False on the padding.
 
 A batch is one item of a map-style dataset: the DataLoader hands batch b to one worker and yields
-batches in index order, so the sequence does not depend on ``num_workers``, and resuming at batch
+batches in index order, so the sequence does not depend on ``processes``, and resuming at batch
 ``consumed`` is starting the sampler there. A worker fetches a batch's clips with one ranged read per
 run of adjacent clips (``fs.cat_ranges``, concurrent on S3) using the offsets in index.json.
 """
@@ -31,10 +31,29 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ssagan_dist import storage, telemetry
+from ssagan_dist.config import ReadWhen
 from ssagan_dist.data.format import BadSampleError, decode_sample
 from ssagan_dist.data.index import Shard, load_shards, resolve_urls
 
+CONFIG_RULES = (
+    ReadWhen("data.prefetch", lambda cfg, nets: cfg.data.loader_processes > 0, "it only acts with data.loader_processes >= 1"),
+    ReadWhen("data.pin_memory", lambda cfg, nets: cfg.scaling.use_gpu,
+             "pinned memory only speeds host-to-GPU copies (scaling.use_gpu=true)"),
+)
+
+
+def pin_memory(data: Any, device: torch.device) -> bool:
+    """Whether the loader should pin batches (the ``data`` section's ``pin_memory``): only when
+    they go to a GPU (pinning needs one)."""
+    return bool(data.pin_memory and device.type == "cuda")
+
 log = logging.getLogger(__name__)
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """One rank's own seed from the run's ``loop.seed``: its loader's shuffling generator (plus
+    the epoch) and, one up, its noise (``checkpointing.CheckpointManager.restore``)."""
+    return seed * 1_000_003 + rank
 
 
 def epoch_order(
@@ -201,7 +220,7 @@ class ClipLoader:
         world_size: int = 1,
         seed: int = 0,
         shuffle: bool = True,
-        num_workers: int = 0,
+        processes: int = 0,
         endpoint_url: str | None = None,
         skip_bad: bool = False,
         prefetch: int = 2,
@@ -225,7 +244,7 @@ class ClipLoader:
         self.num_clips = sum(self.counts)
         self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
         self.shuffle, self.shuffle_window = shuffle, shuffle_window
-        self.num_workers, self.prefetch, self.pin_memory = num_workers, prefetch, pin_memory
+        self.processes, self.prefetch, self.pin_memory = processes, prefetch, pin_memory
         self.endpoint_url, self.skip_bad = endpoint_url, skip_bad
         self.drop_last, self.elastic = drop_last, elastic
         self.num_batches = self._count_batches()
@@ -288,12 +307,12 @@ class ClipLoader:
             dataset,
             batch_size=None,
             sampler=range(self.consumed, self.num_batches),
-            num_workers=self.num_workers,
-            prefetch_factor=self.prefetch if self.num_workers > 0 else None,
+            num_workers=self.processes,
+            prefetch_factor=self.prefetch if self.processes > 0 else None,
             pin_memory=self.pin_memory,
             # Its own generator: creating the iterator (at start, each epoch, on resume) must not
             # draw from the global torch RNG that the trainers' noise comes from.
-            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 1009 + self.rank),
+            generator=torch.Generator().manual_seed(rank_seed(self.seed, self.rank) + self.epoch * 1009),
         )
         for batch in loader:
             for reason in batch.pop("_skipped"):

@@ -714,16 +714,16 @@ def check_config_fits_cluster(m: Manifest, cfg: Any, cm: Manifest, where: list) 
         if cpu is not None:
             cpus.append(quantity(cpu))
         ports = {p.get("name"): p.get("containerPort") for p in ray_container.get("ports") or []}
-        if cfg.metrics.enabled and "metrics" in ports and ports["metrics"] != cfg.metrics.port:
-            problems.append(cm.problem(where, f"metrics.port = {cfg.metrics.port} but the worker pods expose "
+        if cfg.telemetry.enabled and "metrics" in ports and ports["metrics"] != cfg.telemetry.port:
+            problems.append(cm.problem(where, f"telemetry.port = {cfg.telemetry.port} but the worker pods expose "
                                        f"port 'metrics' = {ports['metrics']}"))
-    if workers and not cfg.trainer.use_gpu:
-        problems.append(cm.problem(where, "trainer.use_gpu is false but the workers are GPU pods"))
-    if cfg.trainer.use_gpu and cfg.trainer.num_workers > gpu_slots:
-        problems.append(cm.problem(where, f"trainer.num_workers = {cfg.trainer.num_workers} GPU workers but the "
+    if workers and not cfg.scaling.use_gpu:
+        problems.append(cm.problem(where, "scaling.use_gpu is false but the workers are GPU pods"))
+    if cfg.scaling.use_gpu and cfg.scaling.ranks > gpu_slots:
+        problems.append(cm.problem(where, f"scaling.ranks = {cfg.scaling.ranks} GPU workers but the "
                                    f"worker groups of {m.kind}/{m.name} hold at most {gpu_slots} GPUs"))
-    if cpus and cfg.trainer.cpus_per_worker > max(cpus):
-        problems.append(cm.problem(where, f"trainer.cpus_per_worker = {cfg.trainer.cpus_per_worker} but a worker "
+    if cpus and cfg.scaling.cpus_per_rank > max(cpus):
+        problems.append(cm.problem(where, f"scaling.cpus_per_rank = {cfg.scaling.cpus_per_rank} but a worker "
                                    f"pod has {max(cpus):g} CPUs"))
     return problems
 

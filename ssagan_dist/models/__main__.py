@@ -1,6 +1,6 @@
 """Parameter counts, counted GFLOPs and shapes of a registered model.
 
-    python -m ssagan_dist.models --model ssagan --preset paper [size=64 ...] [--json]
+    python -m ssagan_dist.models --model ssagan --flavor paper [size=64 ...] [--json]
     python -m ssagan_dist.models --list
 
 Every generator exposes ``example_inputs(n) -> tuple[Tensor, ...]`` (CPU tensors) and
@@ -35,10 +35,10 @@ def _shapes(value: Any) -> Any:
     return type(value).__name__
 
 
-def summarize(name: str, preset: str = "tiny", args: dict[str, Any] | None = None) -> dict[str, Any]:
+def summarize(name: str, flavor: str = "tiny", args: dict[str, Any] | None = None) -> dict[str, Any]:
     """The numbers the CLI prints, as a dict (raises KeyError/ValueError/TypeError on bad input)."""
     entry = registry.get(name)
-    ctor_args = registry.constructor_args(name, preset, args)
+    ctor_args = registry.constructor_args(name, flavor, args)
     torch.manual_seed(0)
     nets = entry.build(**ctor_args)
     g = nets["G"]
@@ -46,9 +46,9 @@ def summarize(name: str, preset: str = "tiny", args: dict[str, Any] | None = Non
     flops, out = forward_flops(g, inputs)
     summary = {
         "model": name,
-        "preset": preset,
+        "flavor": flavor,
         "args": ctor_args,
-        "trainer": entry.trainer,
+        "family": entry.family,
         "generator_params": _params(g),
         "discriminator_params": _params(nets["D"]),
         "generator_gflops_per_clip": round(flops / 1e9, 3),
@@ -77,20 +77,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m ssagan_dist.models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", help=f"one of: {', '.join(registry.names())}")
-    parser.add_argument("--preset", default="tiny", choices=("tiny", "paper"))
+    parser.add_argument("--flavor", default="tiny", help="the model's named constructor arguments (tiny, paper)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--list", action="store_true", help="list the registered models")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="constructor arguments over the preset")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="constructor arguments over the flavor")
     opts = parser.parse_args(argv)
     if opts.list:
         for name in registry.names():
             entry = registry.get(name)
-            print(f"{name:16s} {entry.trainer:9s} {entry.description}")
+            print(f"{name:16s} {entry.family:9s} {entry.description}")
         return 0
     if not opts.model:
         parser.error("--model is required (or --list)")
     try:
-        summary = summarize(opts.model, opts.preset, _parse_args(opts.overrides))
+        summary = summarize(opts.model, opts.flavor, _parse_args(opts.overrides))
     except (KeyError, ValueError, TypeError) as e:
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
         return 2

@@ -133,8 +133,8 @@ class ConvLSTMGenerator(nn.Module):
 
 @register(
     "convlstm_gan",
-    trainer="noise",
-    presets={
+    family="noise",
+    flavors={
         "paper": dict(z_dim=100, frames=16, size=128, channels=3, base_channels=64, lstm_channels=64,
                       lstm_layers=5, lstm_size=16, d_channels=64),
         "tiny": dict(z_dim=16, frames=8, size=32, channels=3, base_channels=8, lstm_channels=16,

@@ -8,8 +8,8 @@ Keras DCGAN it follows: 3×3 convs with 32, 64, 128 (stride 2) and 256 (stride 1
 giving 4×4×256 features at 28×28, then one linear logit. Dropout 0.25 after each D conv, Tanh
 on G's output (both from that Keras DCGAN; the seed is silent).
 
-The "paper" preset is the report's 28×28 grayscale; training on the video data needs
-``size``/``channels`` matching the clips (the "tiny" preset is 32×32 RGB). Images go in and
+The "paper" flavor is the report's 28×28 grayscale; training on the video data needs
+``size``/``channels`` matching the clips (the "tiny" flavor is 32×32 RGB). Images go in and
 out as (N, C, 1, H, W) so the model flows through the video pipeline unchanged.
 """
 
@@ -83,8 +83,8 @@ class DCGANDiscriminator(nn.Module):
 
 @register(
     "dcgan",
-    trainer="noise",
-    presets={
+    family="noise",
+    flavors={
         "paper": dict(z_dim=100, size=28, channels=1, g_channels=128, d_channels=32),
         "tiny": dict(z_dim=16, size=32, channels=3, g_channels=16, d_channels=8),
     },

@@ -15,7 +15,7 @@ derived from (size, frames, base_channels) so tiny and paper sizes share the cod
   <embed(label), mean-pooled features> (Miyato & Koyama 2018) for the label conditioning.
 
 Data without labels: the trainer passes class 0 for every clip (documented in the trainer).
-The paper trains UCF101 (101 classes) and the 128×128 Golf/Aeroplane sets; the "paper" preset
+The paper trains UCF101 (101 classes) and the 128×128 Golf/Aeroplane sets; the "paper" flavor
 is 32 frames of 128×128 (this project's clip size); ``size=256`` gives the paper's largest output.
 """
 
@@ -102,8 +102,8 @@ class HRVGANCritic(nn.Module):
 
 @register(
     "hrvgan",
-    trainer="wgan_gp",
-    presets={
+    family="wgan_gp",
+    flavors={
         "paper": dict(num_classes=101, z_dim=100, frames=32, size=128, channels=3, base_channels=64,
                       max_channels=512),
         "tiny": dict(num_classes=4, z_dim=16, frames=8, size=32, channels=3, base_channels=8, max_channels=32),

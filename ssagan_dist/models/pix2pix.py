@@ -118,8 +118,8 @@ class PatchDiscriminator(nn.Module):
 
 @register(
     "pix2pix_video",
-    trainer="pix2pix",
-    presets={
+    family="pix2pix",
+    flavors={
         "paper": dict(size=256, channels=3, frames=32, g_channels=64, d_channels=64),
         "tiny": dict(size=32, channels=3, frames=8, g_channels=8, d_channels=8),
     },

@@ -1,9 +1,10 @@
-"""Every model by name: how to build its networks, which trainer updates them, two presets.
+"""Every model by name: how to build its networks, which trainer family updates them, and its
+flavors (named sets of constructor arguments, ``model.flavor``).
 
 A model module registers itself with ``@register(...)`` on a builder function that takes
 keyword arguments and returns the networks by role: ``{"G": ..., "D": ...}`` (refine models
-add ``"G_stage1"``, the frozen Stage-I generator). ``presets["tiny"]`` runs in seconds on a
-CPU; ``presets["paper"]`` is the published configuration.
+add ``"G_stage1"``, the frozen Stage-I generator). ``flavors["tiny"]`` runs in seconds on a
+CPU; ``flavors["paper"]`` is the published configuration.
 """
 
 from __future__ import annotations
@@ -19,20 +20,20 @@ Builder = Callable[..., dict[str, nn.Module]]
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    trainer: str  # a key of ssagan_dist.trainers.TRAINERS (the zoo does not import the trainers)
+    family: str  # the trainer family: a key of ssagan_dist.trainers.TRAINERS (the zoo does not import them)
     build: Builder
-    presets: dict[str, dict[str, Any]]
+    flavors: dict[str, dict[str, Any]]
     description: str
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
 
 
-def register(name: str, *, trainer: str, presets: dict[str, dict[str, Any]], description: str):
+def register(name: str, *, family: str, flavors: dict[str, dict[str, Any]], description: str):
     def deco(build: Builder) -> Builder:
         if name in _REGISTRY:
             raise ValueError(f"model {name!r} registered twice")
-        _REGISTRY[name] = ModelEntry(name, trainer, build, presets, description)
+        _REGISTRY[name] = ModelEntry(name, family, build, flavors, description)
         return build
 
     return deco
@@ -52,12 +53,18 @@ def get(name: str) -> ModelEntry:
     return _REGISTRY[name]
 
 
-def constructor_args(name: str, preset: str = "tiny", args: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The preset's arguments with ``args`` on top; unknown argument names raise TypeError."""
+def flavors(name: str) -> list[str]:
+    """The flavors ``model.flavor`` may name for this model."""
+    return sorted(get(name).flavors)
+
+
+def constructor_args(name: str, flavor: str = "tiny", args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The flavor's arguments with ``args`` on top; an unknown flavor raises ValueError, unknown
+    argument names TypeError."""
     entry = get(name)
-    if preset not in entry.presets:
-        raise ValueError(f"model {name!r} has no preset {preset!r}; presets: {sorted(entry.presets)}")
-    merged = {**entry.presets[preset], **(args or {})}
+    if flavor not in entry.flavors:
+        raise ValueError(f"model {name!r} has no flavor {flavor!r}; flavors: {flavors(name)}")
+    merged = {**entry.flavors[flavor], **(args or {})}
     params = inspect.signature(entry.build).parameters
     if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(merged) - set(params))
@@ -66,5 +73,5 @@ def constructor_args(name: str, preset: str = "tiny", args: dict[str, Any] | Non
     return merged
 
 
-def build_networks(name: str, preset: str = "tiny", **args: Any) -> dict[str, nn.Module]:
-    return get(name).build(**constructor_args(name, preset, args))
+def build_networks(name: str, flavor: str = "tiny", **args: Any) -> dict[str, nn.Module]:
+    return get(name).build(**constructor_args(name, flavor, args))

@@ -220,7 +220,7 @@ class UNet3DDiscriminator(nn.Module):
 # -- registry ------------------------------------------------------------------------------------
 PAPER = {"size": 128, "frames": 32, "base_width": 32}
 TINY = {"size": 32, "frames": 8, "base_width": 8}
-PRESETS = {"paper": PAPER, "tiny": TINY}
+FLAVORS = {"paper": PAPER, "tiny": TINY}
 
 
 def _generator(size: int, frames: int, base_width: int, ssa: bool, stage: int, reduced_channels: int | None,
@@ -262,7 +262,7 @@ def build_refine(size: int = 128, frames: int = 32, base_width: int = 32, ssa: b
     })
 
 
-@register("ssagan", trainer="onestage", presets=PRESETS,
+@register("ssagan", family="onestage", flavors=FLAVORS,
           description="SSA-GAN (Horita & Yanai 2019): 3D U-Net G with spatial self-attention after every "
                       "conv/deconv, one stage")
 def ssagan(size: int = 128, frames: int = 32, base_width: int = 32, reduced_channels: int | None = None,
@@ -270,14 +270,14 @@ def ssagan(size: int = 128, frames: int = 32, base_width: int = 32, reduced_chan
     return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output, dropout)
 
 
-@register("ssagan_a", trainer="onestage", presets=PRESETS,
+@register("ssagan_a", family="onestage", flavors=FLAVORS,
           description="SSA-GAN (a) (SSA-GAN paper, Table 2): SSA added to MD-GAN Stage I (the same network as ssagan)")
 def ssagan_a(size: int = 128, frames: int = 32, base_width: int = 32, reduced_channels: int | None = None,
              stem: bool | None = None, output: str = "direct", dropout: float = 0.0) -> dict[str, nn.Module]:
     return build_one_stage(size, frames, base_width, True, reduced_channels, stem, output, dropout)
 
 
-@register("mdgan_stage1", trainer="onestage", presets=PRESETS,
+@register("mdgan_stage1", family="onestage", flavors=FLAVORS,
           description="MD-GAN Stage I / Base-Net (arXiv:1709.07592): the 3D U-Net G without SSA, 39,072,576 params "
                       "at paper size")
 def mdgan_stage1(size: int = 128, frames: int = 32, base_width: int = 32,
@@ -285,7 +285,7 @@ def mdgan_stage1(size: int = 128, frames: int = 32, base_width: int = 32,
     return build_one_stage(size, frames, base_width, False, None, stem, output, dropout)
 
 
-@register("mdgan_stage2", trainer="refine", presets=PRESETS,
+@register("mdgan_stage2", family="refine", flavors=FLAVORS,
           description="MD-GAN Stage II / Refine-Net (arXiv:1709.07592): G2 without the two outermost skips refines the "
                       "frozen Stage-I output; D2 with the Gram-matrix ranking loss")
 def mdgan_stage2(size: int = 128, frames: int = 32, base_width: int = 32,
@@ -296,7 +296,7 @@ def mdgan_stage2(size: int = 128, frames: int = 32, base_width: int = 32,
                         stage1_dropout)
 
 
-@register("ssagan_b", trainer="refine", presets=PRESETS,
+@register("ssagan_b", family="refine", flavors=FLAVORS,
           description="SSA-GAN (b) (SSA-GAN paper, Table 2): SSA added to MD-GAN Stage II (G2); the frozen Stage-I G "
                       "is MD-GAN's (stage1_ssa=True for an SSA Stage I)")
 def ssagan_b(size: int = 128, frames: int = 32, base_width: int = 32, stage1_ssa: bool = False,

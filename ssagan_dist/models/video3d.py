@@ -114,8 +114,8 @@ class Video3DGenerator(nn.Module):
 
 @register(
     "video3d_gan",
-    trainer="noise",
-    presets={
+    family="noise",
+    flavors={
         "paper": dict(z_dim=100, frames=8, size=128, channels=3, g_channels=128, d_channels=64),
         "tiny": dict(z_dim=16, frames=8, size=32, channels=3, g_channels=32, d_channels=8),
     },

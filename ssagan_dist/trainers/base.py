@@ -20,7 +20,7 @@ from typing import Callable, ClassVar, Iterator, Mapping, Optional
 import torch
 from torch import nn
 
-from ssagan_dist.config import LossConfig, OptimConfig
+from ssagan_dist.config import EMAConfig, InitConfig, LossConfig, OptimConfig
 from ssagan_dist.trainers.ema import GeneratorEMA
 
 Batch = dict[str, torch.Tensor]
@@ -48,13 +48,18 @@ class Pretrained:
     against the network before training (``ssagan_dist.experiment``)."""
 
     network: str  # the role in ``nets`` it is loaded into
-    key: str  # the config key naming the trained run's checkpoint (or run folder: its latest)
+    field: str  # the ``InitConfig`` field naming the trained run's checkpoint (or run folder: its latest)
     what: str  # for messages: "Stage-I" reads "a trained Stage-I generator"
     hint: str  # for messages: which checkpoint fits, when the tensors do not
     # Arguments the tensors cannot tell apart (a residual and a direct generator have the same
     # ones), which must equal the trained run's: the trained model's model.args name ->
     # (this model's model.args name, the trained model's default).
     same_args: Mapping[str, tuple[str, object]] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """The dotted config key, for messages and the check of keys read."""
+        return f"init.{self.field}"
 
 
 def unwrap(module: nn.Module) -> nn.Module:
@@ -64,40 +69,44 @@ def unwrap(module: nn.Module) -> nn.Module:
 
 class GANTrainer:
     """Base class. Subclasses implement ``d_loss``, ``g_loss`` and ``predict``, and name the
-    loss weights they read in ``loss_keys``.
+    loss weights they read in ``loss_fields`` (fields of ``LossConfig``).
 
     ``nets`` holds every network by role ("G", "D", and e.g. "G_stage1" for a frozen one);
     ``trained`` names those with an optimizer. Optimizers are Adam with the papers' defaults
     (lr 2e-4, betas (0.5, 0.9)) unless ``optim`` says otherwise. The default step is
     ``optim.n_critic`` D updates, then one G update.
 
-    With ``g_ema_decay`` > 0 the trainer also keeps ``g_ema``, a moving average of G updated after
+    The trainer is handed its config sections as typed objects (``optim``, ``loss``, ``ema``,
+    ``init``) and reads no config key by name. With ``ema.decay`` > 0 it also keeps ``g_ema``, a moving average of G updated after
     every G step (``trainers/ema.py``); its averaged copy of G is ``nets["G_ema"]``, frozen, so it
     is checkpointed, restored and compared across ranks like every network. ``predict`` uses
     ``nets["G"]``: inside ``with trainer.generator_weights("ema")`` that is the average.
     """
 
     trained: tuple[str, ...] = ("G", "D")
-    # The config keys this trainer reads. A key the user sets that neither the trainer nor the
-    # training loop reads is refused by config validation (ssagan_dist.experiment).
-    optim_keys: ClassVar[tuple[str, ...]] = ("optim.lr_g", "optim.lr_d", "optim.beta1", "optim.beta2",
-                                             "optim.n_critic")
-    loss_keys: ClassVar[tuple[str, ...]] = ()
+    # The fields of its sections this trainer reads. A key the user sets that neither the trainer
+    # nor the training loop reads is refused by config validation (ssagan_dist.experiment).
+    optim_fields: ClassVar[tuple[str, ...]] = ("lr_g", "lr_d", "beta1", "beta2", "n_critic")
+    loss_fields: ClassVar[tuple[str, ...]] = ()
     # What this trainer requires besides its networks: trained generators to start some of them
     # from (their config keys are read, and required, only when the trainer declares them).
     pretrained: ClassVar[tuple[Pretrained, ...]] = ()
 
     @classmethod
-    def keys_read(cls, nets: Mapping[str, nn.Module]) -> tuple[str, ...]:
-        """Config keys read by this trainer for these networks (built on the meta device, say)."""
-        return cls.optim_keys + cls.loss_keys + tuple(p.key for p in cls.pretrained)
+    def fields_read(cls, nets: Mapping[str, nn.Module]) -> dict[str, tuple[str, ...]]:
+        """The fields this trainer reads for these networks (built on the meta device, say), by
+        section; the ``ema`` section is read by every trainer."""
+        return {"optim": cls.optim_fields, "loss": cls.loss_fields, "init": tuple(p.field for p in cls.pretrained),
+                "ema": GeneratorEMA.fields_read}
 
     def __init__(self, nets: dict[str, nn.Module], optim: OptimConfig, loss: LossConfig,
-                 device: torch.device | str = "cpu", *, g_ema_decay: float = 0.0, g_ema_rampup: float = 0.0):
+                 device: torch.device | str = "cpu", *, ema: Optional[EMAConfig] = None,
+                 init: Optional[InitConfig] = None):
         self.device = torch.device(device)
-        self.optim_cfg, self.loss_cfg = optim, loss
+        self.optim_cfg, self.loss_cfg, self.init_cfg = optim, loss, init or InitConfig()
         self.nets = {k: v.to(self.device) for k, v in nets.items()}
-        self.g_ema = GeneratorEMA(self.nets["G"], g_ema_decay, g_ema_rampup) if g_ema_decay > 0 else None
+        ema = ema or EMAConfig()
+        self.g_ema = GeneratorEMA(self.nets["G"], ema.decay, ema.rampup) if ema.decay > 0 else None
         if self.g_ema is not None:
             self.nets["G_ema"] = self.g_ema.module
         self.wrapped: dict[str, nn.Module] = dict(self.nets)  # DDP-wrapped after wrap()
@@ -201,6 +210,10 @@ class GANTrainer:
                 self.grad_scalers[k].load_state_dict(sd)
         self.set_learning_rates()
 
+    def pretrained_sources(self) -> dict[str, str]:
+        """The checkpoint URI each ``pretrained`` network starts from (its ``init`` field), by role."""
+        return {p.network: getattr(self.init_cfg, p.field) for p in self.pretrained}
+
     def load_pretrained(self, network: str, generator_state_dict: dict[str, torch.Tensor]) -> None:
         """Load a trained generator's weights into ``nets[network]`` (one of ``pretrained``), frozen."""
         spec = next(p for p in self.pretrained if p.network == network)
@@ -220,7 +233,7 @@ class GANTrainer:
             raise ValueError(f"weights {which!r}: one of {', '.join(WEIGHTS)}")
         if which == "ema" and self.g_ema is None:
             raise ValueError("weights 'ema': this model keeps no moving average of G (it was trained with "
-                             "trainer.g_ema_decay = 0); use 'raw'")
+                             "ema.decay = 0); use 'raw'")
         return which
 
     @contextlib.contextmanager

@@ -5,8 +5,8 @@ After the t-th G update (t = 1, 2, ...) every parameter of the average moves tow
     G_ema <- β_t · G_ema + (1 - β_t) · G,   β_1 = 0 (a copy of G),
     β_t = min(decay, 0.5 ** (1 / (rampup · t)))   for t >= 2   (rampup = 0: β_t = decay)
 
-``decay`` is ``trainer.g_ema_decay`` (a half-life of ln 0.5 / ln decay G updates) and ``rampup``
-``trainer.g_ema_rampup`` (StyleGAN2-ADA's ``ema_rampup``: early on the half-life is at most
+``decay`` is ``ema.decay`` (a half-life of ln 0.5 / ln decay G updates) and ``rampup``
+``ema.rampup`` (StyleGAN2-ADA's ``ema_rampup``: early on the half-life is at most
 ``rampup · t`` updates, so the average forgets the random initial weights). Buffers (BatchNorm
 running statistics) are copied from G, not averaged, as StyleGAN2 does. docs/training.md.
 """
@@ -18,6 +18,14 @@ import math
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+
+from ssagan_dist.config import Allowed, ReadWhen
+
+CONFIG_RULES = (
+    Allowed("ema.decay", lambda cfg: 0 <= cfg.ema.decay < 1, "in [0, 1) (0 = no moving average of G)"),
+    Allowed("ema.rampup", lambda cfg: 0 <= cfg.ema.rampup < math.inf, "finite and >= 0 (0 = no ramp-up)"),
+    ReadWhen("ema.rampup", lambda cfg, nets: cfg.ema.decay > 0, "it only acts with ema.decay > 0"),
+)
 
 
 def ema_beta(t: int, decay: float, rampup: float) -> float:
@@ -39,9 +47,11 @@ class GeneratorEMA(AveragedModel):
     its state_dict loads into G), ``n_averaged`` counts the updates (kept on the CPU, so the
     ramp-up reads it without waiting for the device)."""
 
+    fields_read = ("decay", "rampup")  # of the ``ema`` section
+
     def __init__(self, generator: nn.Module, decay: float, rampup: float):
         if not 0 < decay < 1:
-            raise ValueError(f"trainer.g_ema_decay = {decay}: must be in (0, 1) (0 = no EMA)")
+            raise ValueError(f"ema.decay = {decay}: must be in (0, 1) (0 = no EMA)")
         super().__init__(generator, multi_avg_fn=self._lerp, use_buffers=False)
         self.decay, self.rampup = decay, rampup
         self.module.eval().requires_grad_(False)

@@ -35,12 +35,12 @@ def check_clip(video: Tensor, generator: nn.Module, *, frames: bool = True) -> N
 
 class NoiseGANTrainer(GANTrainer):
     @classmethod
-    def keys_read(cls, nets):
+    def fields_read(cls, nets):
         conditioned = getattr(nets["G"], "conditioning", "none") == "image"
-        return cls.optim_keys + (("loss.lambda_con",) if conditioned else ())
+        return {**super().fields_read(nets), "loss": ("lambda_con",) if conditioned else ()}
 
-    def __init__(self, nets, optim, loss, device="cpu", **ema):
-        super().__init__(nets, optim, loss, device, **ema)
+    def __init__(self, nets, optim, loss, device="cpu", **sections):
+        super().__init__(nets, optim, loss, device, **sections)
         self.image_conditioned = getattr(self.nets["G"], "conditioning", "none") == "image"
 
     # -- inputs --------------------------------------------------------------------------

@@ -21,7 +21,7 @@ def static_input(batch: Batch) -> torch.Tensor:
 
 
 class OneStageTrainer(GANTrainer):
-    loss_keys = ("loss.lambda_con",)
+    loss_fields = ("lambda_con",)
 
     def d_loss(self, batch: Batch) -> tuple[torch.Tensor, Stats]:
         y = batch["video"]

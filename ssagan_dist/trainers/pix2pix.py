@@ -19,7 +19,7 @@ from ssagan_dist.trainers.noise import check_clip
 
 
 class Pix2PixTrainer(GANTrainer):
-    loss_keys = ("loss.lambda_con",)
+    loss_fields = ("lambda_con",)
 
     def pairs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         video = batch["video"]

@@ -20,10 +20,10 @@ from ssagan_dist.trainers.onestage import static_input
 
 
 class RefineTrainer(GANTrainer):
-    loss_keys = ("loss.lambda_con", "loss.lambda_rank")
+    loss_fields = ("lambda_con", "lambda_rank")
     # G_stage1 is built from model.args.stage1_*: they must be the Stage-I run's own arguments, or
     # Stage II trains on a meaningless Y1.
-    pretrained = (Pretrained("G_stage1", "run.stage1_checkpoint", what="Stage-I",
+    pretrained = (Pretrained("G_stage1", "stage1_checkpoint", what="Stage-I",
                              hint="give a Stage-I (mdgan_stage1) checkpoint trained at the same model.args "
                                   "size/frames/base_width",
                              same_args={"output": ("stage1_output", "direct"), "dropout": ("stage1_dropout", 0.0)}),)

@@ -21,7 +21,7 @@ from ssagan_dist.trainers.noise import check_clip
 
 
 class WGANGPTrainer(GANTrainer):
-    loss_keys = ("loss.lambda_gp", "loss.lambda_mse")
+    loss_fields = ("lambda_gp", "lambda_mse")
 
     def labels(self, batch: Batch) -> Tensor:
         video = batch["video"]

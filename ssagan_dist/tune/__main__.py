@@ -31,7 +31,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray started for the sweep")
     p.add_argument("--retry-errored", action="store_true", help="on resume, also re-run trials that failed")
     p.add_argument("--no-report", action="store_true", help="do not write report.html at the end")
-    p.add_argument("overrides", nargs="*", help="config overrides for every trial, e.g. trainer.max_steps=500")
+    p.add_argument("overrides", nargs="*", help="config overrides for every trial, e.g. loop.max_steps=500")
     args = p.parse_args(argv)
     args.command = "sweep"
     return args

@@ -3,9 +3,9 @@ history, and ``find_best``, the one rule that names the winner for the live prog
 best.yaml and the report.
 
 "Best" is always a report whose checkpoint still exists: each Train run keeps only some of its
-checkpoints (``run.keep_checkpoints``, ranked by ``run.best_metric``, which need not be the
+checkpoints (``checkpoint.keep``, ranked by ``checkpoint.best_metric``, which need not be the
 sweep's metric or mode), so a trial's best validation may name a checkpoint retention deleted.
-A diverged trial never wins: its values do not train to ``trainer.max_steps``, so best.yaml
+A diverged trial never wins: its values do not train to ``loop.max_steps``, so best.yaml
 could not retrain them.
 
 Stored results are read as plain data, never unpickled: each trial's own ``result.json`` (one

@@ -25,9 +25,9 @@ TUNER_FILE = "tuner.pkl"  # Tune's own record that a folder holds a sweep to res
 
 def per_trial_resources(cfg: ExperimentConfig, driver_cpus: float) -> dict[str, float]:
     """What one trial occupies: its Train workers plus the driver function's small CPU share."""
-    need = {"CPU": cfg.trainer.num_workers * cfg.trainer.cpus_per_worker + driver_cpus}
-    if cfg.trainer.use_gpu:
-        need["GPU"] = float(cfg.trainer.num_workers)
+    need = {"CPU": cfg.scaling.ranks * cfg.scaling.cpus_per_rank + driver_cpus}
+    if cfg.scaling.use_gpu:
+        need["GPU"] = float(cfg.scaling.ranks)
     return need
 
 
@@ -121,12 +121,12 @@ def announce_winner(cfg: ExperimentConfig, ctx: SweepContext, best: Best, metric
 
 
 def rank_checkpoints_by_sweep(cfg: ExperimentConfig, sweep: sweeps.Sweep, config: str, overrides: list[str]) -> None:
-    """Each trial's Train run keeps its best checkpoints (``run.keep_checkpoints``) by the sweep's
-    metric in the sweep's order (``run.best_metric``, ``run.best_mode``), unless the config or an
-    override names ``run.best_metric`` itself."""
+    """Each trial's Train run keeps its best checkpoints (``checkpoint.keep``) by the sweep's
+    metric in the sweep's order (``checkpoint.best_metric``, ``checkpoint.best_mode``), unless the config or an
+    override names ``checkpoint.best_metric`` itself."""
     named = merge(config, [*sweep.overrides, *overrides])
-    if "run.best_metric" not in (*named.preset_keys, *named.override_keys):
-        cfg.run.best_metric, cfg.run.best_mode = sweep.metric, sweep.mode
+    if "checkpoint.best_metric" not in (*named.preset_keys, *named.override_keys):
+        cfg.checkpoint.best_metric, cfg.checkpoint.best_mode = sweep.metric, sweep.mode
 
 
 def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optional[str] = None,
@@ -158,7 +158,7 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
     if started_ray:
         # No address and no RAY_ADDRESS (which `ray job submit` sets): a new local Ray of our own,
         # never whatever `ray start` cluster happens to run on this machine.
-        address = cfg.run.ray_address or os.environ.get("RAY_ADDRESS") or "local"
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS") or "local"
         raycluster.init(address, **({"num_cpus": num_cpus} if num_cpus and address == "local" else {}))
     try:
         need = per_trial_resources(cfg, sweep.driver_cpus)
@@ -166,13 +166,13 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
         limit = sweep.max_concurrent_trials or fit
         if limit < 1:
             raise ConfigError(f"one trial needs {need} but the cluster has {ray.cluster_resources()}: lower "
-                              "trainer.num_workers / trainer.cpus_per_worker, or set max_concurrent_trials in the "
+                              "scaling.ranks / scaling.cpus_per_rank, or set max_concurrent_trials in the "
                               "sweep file (an autoscaling cluster grows when trials wait)")
         print(f"[tune] sweep {name}: {sweep.num_samples} sample(s) of {', '.join(sweep.keys)}; "
               f"{sweep.algorithm} search, scheduler {sweep.scheduler['name']}; metric {sweep.metric} ({sweep.mode}); "
               f"each trial {need}, up to {limit} at once; folder {sweep_url}", flush=True)
         meta = {**sweep.to_json(), "experiment": name, "config": config, "cli_overrides": overrides,
-                "max_steps": cfg.trainer.max_steps, "val_every": cfg.trainer.val_every,
+                "max_steps": cfg.loop.max_steps, "val_every": cfg.loop.val_every,
                 "per_trial": need, "max_concurrent_trials": limit}
         storage.write_bytes_atomic(storage.join(sweep_url, SWEEP_FILE), json.dumps(meta, indent=1).encode(), endpoint)
         ctx.tracking = tracking.start_sweep(cfg, sweep_url, name, meta)
@@ -192,13 +192,13 @@ def run_sweep(config: str, sweep_name: str, overrides: list[str], *, name: Optio
                 tune_config=tune.TuneConfig(
                     metric=sweep.metric, mode=sweep.mode, num_samples=sweep.num_samples,
                     search_alg=sweeps.search_algorithm(sweep, limit),
-                    scheduler=sweeps.scheduler(sweep, cfg.trainer.max_steps),
+                    scheduler=sweeps.scheduler(sweep, cfg.loop.max_steps),
                     # Tune applies this to Searchers only; the variant generator takes it itself
                     max_concurrent_trials=limit if sweep.algorithm == "optuna" else None),
                 run_config=tune.RunConfig(
                     name=name, storage_path=storage_path, storage_filesystem=storage_fs,
                     failure_config=tune.FailureConfig(max_failures=sweep.max_failures),
-                    callbacks=[ProgressLines(sweep, sweep_url, endpoint, cfg.trainer.max_steps),
+                    callbacks=[ProgressLines(sweep, sweep_url, endpoint, cfg.loop.max_steps),
                                trust.ManifestSigner(sweep_url, endpoint)],
                     verbose=0))
             trust.sign_storage_files(sweep_url, [TUNER_FILE], endpoint)  # written by Tuner() straight to storage

@@ -10,7 +10,7 @@ A sweep file is YAML (presets in ``ssagan_dist/configs/sweeps/``, docs/tuning.md
     space:                      # any config keys
       optim.lr_g: {loguniform: [1.0e-5, 1.0e-3]}
       optim.n_critic: {choice: [1, 2, 5]}
-    overrides: [trainer.max_steps=2000]      # the configuration every trial trains with
+    overrides: [loop.max_steps=2000]      # the configuration every trial trains with
     driver_cpus: 0.25           # the trial's driver function (its Train workers ask for their own)
     max_concurrent_trials: auto
     max_failures: 1             # retries of a failed trial, each from its latest checkpoint
@@ -29,7 +29,7 @@ from typing import Any, Optional
 
 import yaml
 
-from ssagan_dist.config import ConfigError, interpolations
+from ssagan_dist.config import ConfigError, interpolations, upgrade_key, upgrade_override
 
 SWEEP_DIR = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
 DOMAINS = ("loguniform", "uniform", "randint", "choice", "grid")
@@ -196,6 +196,7 @@ def load_sweep(name_or_path: str) -> Sweep:
     space_raw = raw["space"]
     if not isinstance(space_raw, dict) or not space_raw:
         raise SweepError(f"sweep file {where} field 'space': a mapping of config keys to domains")
+    space_raw = {upgrade_key(str(k), where): v for k, v in space_raw.items()}
     space = [_dimension(f"{where} field 'space.{k}'", str(k), v) for k, v in space_raw.items()]
 
     search = _get(where, raw, "search", dict, {}) or {}
@@ -233,8 +234,8 @@ def load_sweep(name_or_path: str) -> Sweep:
     if sched_name == "pbt":
         if "perturbation_interval" not in scheduler:
             raise SweepError(f"sweep file {where} field 'scheduler.perturbation_interval' is required for pbt "
-                             "(training steps; a multiple of trainer.val_every)")
-        mutated = scheduler.get("mutations", [d.key for d in space])
+                             "(training steps; a multiple of loop.val_every)")
+        mutated = [upgrade_key(str(k), where) for k in scheduler.get("mutations", [d.key for d in space])]
         missing = [k for k in mutated if k not in space_raw]
         if missing:
             raise SweepError(f"sweep file {where} field 'scheduler.mutations': {missing[0]!r} is not in 'space'")
@@ -245,6 +246,7 @@ def load_sweep(name_or_path: str) -> Sweep:
     bad = [o for o in overrides if not isinstance(o, str) or "=" not in o]
     if bad:
         raise SweepError(f"sweep file {where} field 'overrides': {bad[0]!r} is not key=value")
+    overrides = [upgrade_override(o, where) for o in overrides]
     swept_and_fixed = sorted({d.key for d in space} & {o.split("=", 1)[0] for o in overrides})
     if swept_and_fixed:
         raise SweepError(f"sweep file {where}: {swept_and_fixed[0]!r} is both swept ('space') and fixed ('overrides')")
@@ -288,12 +290,12 @@ def check_against_config(sweep: Sweep, config: str, overrides: list[str]) -> Non
                 load_config(config, [*sweep.overrides, *overrides, value_override(dim.key, value)])
             except ConfigError as e:
                 raise SweepError(f"sweep file {sweep.source} field 'space.{dim.key}': value {value!r}: {e}") from None
-    max_steps, val_every = base.trainer.max_steps, base.trainer.val_every
+    max_steps, val_every = base.loop.max_steps, base.loop.val_every
     for fld in ("grace_period", "perturbation_interval"):
         value = sweep.scheduler.get(fld)
         if value is not None and (value < val_every or value % val_every or value > max_steps):
             raise SweepError(f"sweep file {sweep.source} field 'scheduler.{fld}' = {value}: must be a multiple of "
-                             f"trainer.val_every ({val_every}) and at most trainer.max_steps ({max_steps}): "
+                             f"loop.val_every ({val_every}) and at most loop.max_steps ({max_steps}): "
                              "trials report at validations only")
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from omegaconf import OmegaConf
 from ssagan_dist import storage, tracking
 from ssagan_dist.config import ConfigError, ExperimentConfig
 from ssagan_dist.experiment import validate
+from ssagan_dist.runfolder import FitThread, RunFolder
 
 POINTER_FILE = "train_checkpoint.json"
 DIVERGED = "diverged"  # in a trial's last report when its training diverged: the error message
@@ -152,14 +152,7 @@ class TrainRun:
         self.reports = Queue(maxsize=1, actor_options={"num_cpus": 0})
         self.trainer = trainer_factory([ControllerAnnouncer(self.reports), ReportForwarder(self.reports)])
         self.controller = None
-        self.error: Optional[BaseException] = None
-        self.thread = threading.Thread(target=self._fit, name="train-fit", daemon=True)
-
-    def _fit(self) -> None:
-        try:
-            self.trainer.fit()
-        except BaseException as e:  # noqa: BLE001 - handed to the trial function, which raises it
-            self.error = e
+        self.thread = FitThread(self.trainer, name="train-fit")  # its error is raised by finish()
 
     def start(self) -> None:
         self.thread.start()
@@ -190,9 +183,7 @@ class TrainRun:
 
     def finish(self) -> None:
         """Wait for fit() and raise its error, if any."""
-        self.thread.join()
-        if self.error is not None:
-            raise self.error
+        self.thread.wait()
 
     def abort(self, timeout_s: float = 90.0) -> None:
         """Stop a Train run that is still going (Tune stopped or paused the trial, or it hung)."""
@@ -287,7 +278,7 @@ class SweepTrial(Trainable):
 
     def step(self) -> dict[str, Any]:
         if self.run is None:
-            if self.restored is not None and self.restored["step"] >= self.cfg.trainer.max_steps:
+            if self.restored is not None and self.restored["step"] >= self.cfg.loop.max_steps:
                 # finished before the sweep was interrupted, but Tune's state had not recorded it
                 self.finished = True
                 return {**self.restored.get("metrics", {}), "done": True}
@@ -297,16 +288,15 @@ class SweepTrial(Trainable):
             self.run.finish()
             diverged = self._diverged()
             if diverged is None:
-                raise RuntimeError(f"Train run {self.cfg.run.name} ended before trainer.max_steps")
+                raise RuntimeError(f"Train run {self.cfg.run.name} ended before loop.max_steps")
             self.finished = True
             return {"step": diverged["step"], self.ctx.metric: math.nan, DIVERGED: diverged["error"],
                     **{f"hp/{k}": v for k, v in self.values.items()}, "generation": self.generation,
                     "train_run": self.cfg.run.name, "checkpoint_uri": "", "done": True}
         metrics = dict(item["metrics"])
-        run_url = storage.join(self.cfg.run.storage_path, self.cfg.run.name)
-        uri = storage.join(run_url, item["checkpoint"]) if item["checkpoint"] else ""
+        uri = RunFolder.of(self.cfg).join(item["checkpoint"]) if item["checkpoint"] else ""
         step = int(metrics.get("step", 0))
-        self.finished = step >= self.cfg.trainer.max_steps
+        self.finished = step >= self.cfg.loop.max_steps
         metrics.update({f"hp/{k}": v for k, v in self.values.items()}, generation=self.generation,
                        train_run=self.cfg.run.name, checkpoint_uri=uri)
         if uri:
@@ -318,12 +308,7 @@ class SweepTrial(Trainable):
 
     def _diverged(self) -> Optional[dict[str, Any]]:
         """What rank 0 wrote when the Train run diverged (its error and step), if it did."""
-        from ssagan_dist import train
-
-        marker = storage.join(train.run_url(self.cfg), train.DIVERGED_FILE)
-        if not storage.exists(marker, self.ctx.endpoint):
-            return None
-        return json.loads(storage.read_bytes(marker, self.ctx.endpoint))
+        return RunFolder.of(self.cfg).diverged()
 
     def cleanup(self) -> None:
         if self.run is None:
