@@ -302,5 +302,5 @@ def test_elastic_config_checks_the_global_batch_splits():
 
     cfg = load_config("tiny_cpu", ["scaling.ranks=4", "scaling.min_ranks=2", "loop.batch_size=3"])
     assert train.elastic(cfg)  # a global batch of 12 splits over 2, 3 and 4 workers
-    with pytest.raises(ConfigError, match="scaling.min_ranks.*= 8, which 3 worker"):
+    with pytest.raises(ConfigError, match="scaling.min_ranks.*= 8, which 3 rank"):
         load_config("tiny_cpu", ["scaling.ranks=4", "scaling.min_ranks=2", "loop.batch_size=2"])

@@ -29,6 +29,7 @@ def cannot_exist_here(expr: str) -> bool:
     return "ssagan_accelerator_memory_bytes" in expr or "ssagan_s3_retries_total" in expr
 
 
+@pytest.mark.slow  # a real 2-rank training long enough for rate windows: ~45 s; test_telemetry scrapes 2 ranks in the default suite
 @needs_prometheus
 def test_two_worker_training_seen_through_prometheus(ray_cluster, prometheus, sky, tmp_path):  # noqa: F811
     run = f"obs-{uuid.uuid4().hex[:8]}"
@@ -60,8 +61,10 @@ def test_two_worker_training_seen_through_prometheus(ray_cluster, prometheus, sk
                                  f"{missing_data(prometheus, run, at=ended - 2, skip=cannot_exist_here)}")
 
     def series(expr: str) -> dict[str, list[float]]:
-        """Values of each rank over the whole run, from a range query."""
+        """Values of each rank over the whole run, from a range query (one series per rank)."""
         data = prometheus.api("query_range", query=expr, start=started, end=ended, step=1)["result"]
+        ranks = [s["metric"]["rank"] for s in data]
+        assert len(ranks) == len(set(ranks)), f"{expr}: more than one series for a rank: {[s['metric'] for s in data]}"
         return {s["metric"]["rank"]: [float(v) for _, v in s["values"]] for s in data}
 
     steps = series(f'ssagan_steps_total{{run="{run}"}}')

@@ -370,7 +370,7 @@ def test_no_free_port_names_the_keys():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", cfg.port))
         taken.listen()
-        with pytest.raises(RuntimeError, match=r"metrics\.port_span"):
+        with pytest.raises(RuntimeError, match=r"telemetry\.port_span"):
             TrainingTelemetry(cfg, run="r", trial="", rank=0, world=1, model="ssagan").start()
 
 

@@ -132,7 +132,7 @@ def steps_of(client, run_id: str, key: str) -> dict[int, float]:
 def test_tracking_is_off_by_default_and_bad_values_name_the_key(monkeypatch, sky, tmp_path):
     assert tracking.names(load_config("tiny_cpu").tracking.backends) == []
     assert tracking.names(load_config("tiny_cpu", ["tracking.backends=[mlflow,wandb]"]).tracking.backends) == ["mlflow", "wandb"]
-    with pytest.raises(ConfigError, match=r"'run\.tracking' = 'neptune'"):
+    with pytest.raises(ConfigError, match=r"'tracking\.backends' = 'neptune'"):
         load_config("tiny_cpu", ["tracking.backends=neptune"])
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     with pytest.raises(ConfigError, match="MLFLOW_TRACKING_URI"):

@@ -35,7 +35,7 @@ def nets_state(run: Path) -> dict[str, torch.Tensor]:
 # -- configuration fails fast, naming the key ----------------------------------------------------
 
 @pytest.mark.parametrize("override, key", [
-    (["trainer.no_such_key=1"], "no_such_key"),
+    (["loop.no_such_key=1"], "no_such_key"),
     (["loop.batch_size=many"], "batch_size"),
     (["loop.batch_size=0"], "loop.batch_size"),
     (["optim.n_critic=-1"], "optim.n_critic"),

@@ -429,6 +429,7 @@ SMOKE = ("loop.max_steps=2 loop.val_every=1 loop.batch_size=2 loop.log_every=1 d
          "telemetry.enabled=false")
 
 
+@pytest.mark.slow  # two `python -m ssagan_dist.train` runs, each starting its own Ray: ~45 s of start-up for 4 steps
 def test_zoo_chains_stage2_from_its_stage1_and_a_rerun_reuses_finished_runs(monkeypatch, tmp_path):
     monkeypatch.setattr(zoo, "SKY_SPLITS", {"train": (8, 100), "val": (4, 101), "test": (4, 102)})
     monkeypatch.setenv("ZOO_DIR", str(tmp_path))
