@@ -1,7 +1,7 @@
 """The main job: train any model of the zoo as PyTorch DDP on a Ray cluster.
 
     python -m ssagan_dist.train --config tiny_cpu data.train_urls=... data.val_urls=... [key=value ...]
-    ray job submit --address http://HEAD:8265 --working-dir . -- python -m ssagan_dist.train --config ssagan_sky128
+    ray job submit --address http://HEAD:8265 --working-dir . -- python -m ssagan_dist.train --config paper/ssagan_sky128
 
 Without a cluster this starts a local Ray; under ``ray job submit`` it joins the job's cluster.
 Re-running with the same ``run.name`` and ``run.storage_path`` resumes from the latest checkpoint.
