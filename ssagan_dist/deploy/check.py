@@ -748,7 +748,7 @@ def check_entrypoint(m: Manifest, configmaps: dict[tuple[str, str], Manifest]) -
             if option == "config":
                 problems += preset_config_problems(m, entry)
             elif not (PACKAGE_ROOT / "configs" / "sweeps" / f"{value}.yaml").exists():
-                problems.append(m.problem("spec.entrypoint", f"--sweep {value!r}: no such sweep preset in "
+                problems.append(m.problem("spec.entrypoint", f"--sweep {value!r}: no such sweep file in "
                                           "ssagan_dist/configs/sweeps/ (or give a file from a ConfigMap)"))
             continue
         source = mounted_configmap_key(head, value)

@@ -25,7 +25,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ssagan_dist.tune", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="tiny_cpu", help=f"preset ({', '.join(preset_names())}) or a YAML file")
-    p.add_argument("--sweep", required=True, help=f"sweep preset ({', '.join(sweep_names())}) or a sweep YAML file")
+    p.add_argument("--sweep", required=True, help=f"a sweep of ssagan_dist/configs/sweeps/ ({', '.join(sweep_names())}) or a sweep YAML file")
     p.add_argument("--name", default=None, help="sweep name: its folder under run.storage_path; the same name "
                                                 "resumes an interrupted sweep (default: the sweep file's name)")
     p.add_argument("--num-cpus", type=float, default=None, help="CPUs of a local Ray started for the sweep")
