@@ -314,7 +314,7 @@ def test_a_real_sweep_is_signed_resumes_and_is_refused_once_its_state_changed(sk
     # min mode: each Train run ranks its checkpoints by the sweep's metric and mode (checkpoint.best_mode),
     # so retention (checkpoint.keep=1 besides the latest) kept the lowest val/mse
     [run_config] = [config.read_yaml(p) for p in sweep.glob("train_runs/*/config.yaml")]
-    assert (run_config["run"]["best_metric"], run_config["run"]["best_mode"]) == ("val/mse", "min")
+    assert (run_config["checkpoint"]["best_metric"], run_config["checkpoint"]["best_mode"]) == ("val/mse", "min")
     [trial] = results.load_trials(str(sweep))
     lowest = min(trial.results, key=lambda r: r["val/mse"])
     assert (Path(lowest["checkpoint_uri"]) / checkpointing.MODEL_FILE).exists()
