@@ -5,7 +5,7 @@ trainers, and checks everything about a config that needs the model.
     trainer = experiment.build_trainer(cfg, device)                # train, evaluate, predict, bench, tune
     experiment.validate(cfg).check_data()                          # before Ray: data and trained networks fit
 
-A model registers a builder and a trainer kind (``models.registry``); the kind names a class in
+A model registers a builder and a trainer family (``models.registry``); the family names a class in
 ``trainers.TRAINERS``. ``validate`` builds the model's networks once, on the meta device (no
 memory): enough to check that its arguments make a network and to read its attributes. The
 ``Experiment`` it returns answers what the config implies: the keys read (a key the user sets
@@ -52,10 +52,10 @@ RULES: tuple[Allowed | ReadWhen, ...] = (*loader.CONFIG_RULES, *parallel.CONFIG_
 # -- building --------------------------------------------------------------------------------------
 
 def trainer_class(model_name: str) -> type[GANTrainer]:
-    kind = registry.get(model_name).family
-    if kind not in TRAINERS:
-        raise KeyError(f"model {model_name!r} names trainer kind {kind!r}; kinds: {sorted(TRAINERS)}")
-    return TRAINERS[kind]
+    family = registry.get(model_name).family
+    if family not in TRAINERS:
+        raise KeyError(f"model {model_name!r} names trainer family {family!r}; families: {sorted(TRAINERS)}")
+    return TRAINERS[family]
 
 
 def model_args(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ssagan_dist.config import LossConfig, OptimConfig
 from ssagan_dist.models import registry
 from ssagan_dist.models.attention import SpatialSelfAttention
+from ssagan_dist.parallel import no_forward_buffer_sync
 from ssagan_dist.trainers import TRAINERS
 from ssagan_dist.trainers.onestage import OneStageTrainer
 from ssagan_dist.trainers.refine import RefineTrainer
@@ -142,7 +143,7 @@ def test_runs_under_ddp(name, gloo_world_of_one):
     """The wrapped network is updated, the other is called plain: no reducer errors, same result."""
     batch = fixed_batch()
     plain, wrapped = make_trainer(name), make_trainer(name)
-    wrapped.wrap(lambda m: DistributedDataParallel(m, broadcast_buffers=False))
+    wrapped.wrap(lambda m: DistributedDataParallel(m, **no_forward_buffer_sync()))
     for _ in range(2):
         s_plain, s_wrapped = plain.run_step(lambda: batch), wrapped.run_step(lambda: batch)
     for k, v in s_plain.items():

@@ -10,6 +10,7 @@ import torch
 from ssagan_dist import losses
 from ssagan_dist.config import LossConfig, OptimConfig
 from ssagan_dist.models import registry
+from ssagan_dist.parallel import no_forward_buffer_sync
 from ssagan_dist.trainers import TRAINERS
 
 MODELS = ["hrvgan", "video3d_gan", "convlstm_gan", "pix2pix_video", "dcgan"]
@@ -185,7 +186,7 @@ def _ddp_worker(rank: int, world: int, port: int, results) -> None:
     try:
         for name in MODELS:
             trainer = make_trainer(name, seed=0, optim=OptimConfig(n_critic=2))
-            trainer.wrap(lambda m: DDP(m, broadcast_buffers=False))
+            trainer.wrap(lambda m: DDP(m, **no_forward_buffer_sync()))
             batch = {"video": sky_clips(2, seed=10 + rank), "label": torch.tensor([rank, 1])}  # each rank its own data
             torch.manual_seed(100 + rank)
             trainer.run_step(lambda: batch)

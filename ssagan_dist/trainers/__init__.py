@@ -1,6 +1,6 @@
 """Per-family GAN update logic; see ``base.py`` for the contract with the training loop.
 
-``TRAINERS`` maps the trainer kind a model registers with (``models.registry``) to its class;
+``TRAINERS`` maps the family a model registers with (``models.registry``) to its class;
 ``ssagan_dist.experiment`` joins the two.
 """
 
