@@ -11,7 +11,7 @@ root=$PWD
 data=$root/data/synth_sky
 # Held-out clips come from another seed. Kept between runs: `make clean` removes them.
 [ -f "$data/train/index.json" ] || python -m data_tools.synth --out "$data/train" --clips 2048 --size 32 --frames 8 --seed 0
-[ -f "$data/val/index.json" ] || python -m data_tools.synth --out "$data/val" --clips 64 --size 32 --frames 8 --seed 1
+[ -f "$data/val/index.json" ] || python -m data_tools.synth --out "$data/val" --clips 64 --size 32 --frames 8 --seed 1 --split val
 # Our own head on free ports, stopped at the end; other Ray clusters on this machine are left alone.
 jobs/ray_local.sh start 2
 trap 'jobs/ray_local.sh stop' EXIT

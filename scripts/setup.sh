@@ -34,6 +34,9 @@ echo "[setup] installing $TORCH_SPEC"
 # while it installs the rest (seen here: 2.13.0+cpu replaced by 2.14.1+cu130).
 torch_installed=$(.venv/bin/python -c "import importlib.metadata as m; print(m.version('torch'))")
 echo "[setup] installing ssagan-dist[$EXTRAS] (ray, webdataset, s3fs, ...) with torch==$torch_installed"
-.venv/bin/python -m pip install --quiet -e ".[$EXTRAS]" "torch==$torch_installed"
+# setuptools says "Editable installation ... folders with the same name as your package" on every
+# editable build, even with --quiet: information nobody can act on here (the package is its folder).
+PYTHONWARNINGS="ignore:Editable installation" \
+  .venv/bin/python -m pip install --quiet -e ".[$EXTRAS]" "torch==$torch_installed"
 echo "$want" > "$stamp"
 echo "[setup] done: source .venv/bin/activate"
