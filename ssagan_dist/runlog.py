@@ -1,6 +1,6 @@
 """Rank 0's human-facing record of a run, in the run folder (local or s3://):
 
-    config.yaml                 the keys this run reads (``experiment.dump``): ``--config`` it to retrain
+    config.yaml                 the keys this run reads (``Experiment.dump``, made by the driver): ``--config`` it to retrain
     metrics.jsonl               one JSON object per log step and per validation
     samples/step_<step>.png     held-out strip: input | prediction | truth, a few frames each, and the
                                 clouds' true and predicted displacement as arrows (ssagan_dist.motion)
@@ -25,7 +25,7 @@ from typing import Any, Optional
 
 import torch
 
-from ssagan_dist import experiment, storage, tracking, visualize
+from ssagan_dist import storage, tracking, visualize
 from ssagan_dist.config import ExperimentConfig
 
 
@@ -34,7 +34,7 @@ def _json_safe(value: Any) -> Any:
 
 
 class RunLog:
-    def __init__(self, cfg: ExperimentConfig, url: str, resumed_step: int,
+    def __init__(self, cfg: ExperimentConfig, url: str, resumed_step: int, config_yaml: str,
                  tensorboard_url: Optional[str] = None, tracking_context: Optional[dict[str, Any]] = None):
         self.url, self.endpoint = url, cfg.run.s3_endpoint
         self.metrics_url = storage.join(url, "metrics.jsonl")
@@ -42,7 +42,6 @@ class RunLog:
         if resumed_step and storage.exists(self.metrics_url, self.endpoint):
             text = storage.read_bytes(self.metrics_url, self.endpoint).decode()
             self.lines = [ln for ln in text.splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= resumed_step]
-        config_yaml = experiment.dump(cfg)
         storage.write_bytes_atomic(storage.join(url, "config.yaml"), config_yaml.encode(), self.endpoint)
         self.tensorboard_url = tensorboard_url or storage.join(url, "tensorboard")
         self._tb_local = (Path(tempfile.mkdtemp(prefix="ssagan-tb-")) if storage.is_s3(self.tensorboard_url)

@@ -151,8 +151,8 @@ def elastic(cfg: ExperimentConfig) -> bool:
     return 0 < cfg.scaling.min_ranks < cfg.scaling.ranks
 
 
-def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks: Sequence[Any] = (),
-                      start_from: Optional[str] = None, trial: Optional[str] = None,
+def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, config_yaml: Optional[str] = None,
+                      callbacks: Sequence[Any] = (), start_from: Optional[str] = None, trial: Optional[str] = None,
                       tensorboard_url: Optional[str] = None, tracking_context: Optional[dict[str, Any]] = None,
                       observer: Optional["LoopObserver"] = None):
     """The Ray Train ``TorchTrainer`` of a run (``cfg.run.name`` under ``cfg.run.storage_path``).
@@ -170,6 +170,8 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, callbacks
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": OmegaConf.to_container(cfg), "clip_shape": clip_shape, "start_from": start_from,
+                           # rank 0 writes it as the run's config.yaml: the config is validated here, once
+                           "config_yaml": config_yaml if config_yaml is not None else experiment.dump(cfg),
                            "trial": trial, "tensorboard_url": tensorboard_url, "tracking": tracking_context,
                            "observer": observer,
                            # what a rank needs of the scaling: an elastic group keeps the global batch
@@ -247,9 +249,10 @@ def _preemption_watcher_on_nodes(nodes: int) -> Iterator[None]:
         os.environ.pop(name, None)
 
 
-def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
+def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None, config_yaml: Optional[str] = None):
     """Prepare and check the data (unless ``clip_shape`` says ``prepare`` ran), start or join Ray,
-    run training; returns Ray's Result. Raises Diverged when a loss went non-finite."""
+    run training; returns Ray's Result. Raises Diverged when a loss went non-finite. ``config_yaml``:
+    the validated ``Experiment``'s dump, when the caller has it (else the config is validated again)."""
     import ray
 
     if clip_shape is None:
@@ -263,7 +266,7 @@ def fit(cfg: ExperimentConfig, clip_shape: Optional[list[int]] = None):
     with _preemption_watcher_on_nodes(nodes):
         # off the main thread: Ctrl-C reaches ``main`` as KeyboardInterrupt (runfolder.FitThread),
         # which says how to resume and shuts down the Ray it started
-        result = FitThread(build_ray_trainer(cfg, clip_shape)).start().wait()
+        result = FitThread(build_ray_trainer(cfg, clip_shape, config_yaml=config_yaml)).start().wait()
     diverged = folder.diverged()
     if diverged is not None:
         raise Diverged(diverged["error"])
@@ -301,7 +304,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         w.trainer.wrap(parallel.wrapper(w.cfg.ddp))
         check_ranks_agree(w, "after resuming" if step else "at start")
         if w.rank == 0:
-            w.runlog = RunLog(w.cfg, RunFolder.of(w.cfg).url, step, config.get("tensorboard_url"), config.get("tracking"))
+            w.runlog = RunLog(w.cfg, RunFolder.of(w.cfg).url, step, config["config_yaml"], config.get("tensorboard_url"),
+                              config.get("tracking"))
             for event in w.checkpoints.events:
                 w.runlog.append({"step": step, **event})
             say(f"[train] {w.cfg.model.name} ({w.cfg.model.flavor}) on {w.world} worker(s), {w.device}; "
@@ -613,7 +617,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             wait_for_resources(cfg, can_grow)
         print(f"[train] {cfg.model.name}: starting {cfg.scaling.ranks} Ray Train worker(s); run folder "
               f"{RunFolder.of(cfg)}", flush=True)
-        result = fit(cfg, clip_shape)
+        result = fit(cfg, clip_shape, exp.dump())  # exp.cfg is cfg: the absolute paths prepare made
     except Diverged as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

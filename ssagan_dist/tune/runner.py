@@ -100,7 +100,7 @@ class ProgressLines(Callback):
 
 def write_best_yaml(ctx: SweepContext, best: Best, name: str, storage_path: str) -> str:
     """A full configuration with the winner's values: ``python -m ssagan_dist.train --config best.yaml``."""
-    cfg = trial_config(ctx, best.values)
+    cfg = trial_config(ctx, best.values).cfg
     cfg.run.name, cfg.run.storage_path = f"{name}-best", storage_path
     text = (f"# Sweep {name}: best {best.value:.6g} at step {best.step} of trial {best.trial_id}\n"
             f"# checkpoint: {best.checkpoint}\n# retrain: python -m ssagan_dist.train --config best.yaml\n" + dump(cfg))

@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from ssagan_dist import storage, tracking
 from ssagan_dist.config import ConfigError, ExperimentConfig
-from ssagan_dist.experiment import validate
+from ssagan_dist.experiment import Experiment, validate
 from ssagan_dist.runfolder import FitThread, RunFolder
 
 POINTER_FILE = "train_checkpoint.json"
@@ -69,7 +69,7 @@ class SweepContext:
         return storage.join(self.sweep_url, *parts)
 
 
-def trial_config(ctx: SweepContext, values: dict[str, Any]) -> ExperimentConfig:
+def trial_config(ctx: SweepContext, values: dict[str, Any]) -> Experiment:
     """The base configuration with a trial's values; types and ranges checked as in training."""
     cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), ctx.base)
     for key, value in values.items():
@@ -78,8 +78,7 @@ def trial_config(ctx: SweepContext, values: dict[str, Any]) -> ExperimentConfig:
             OmegaConf.update(cfg, key, value, merge=False)
         except Exception as e:
             raise ConfigError(f"config key {key!r} = {value!r}: {e}") from None
-    validate(cfg)
-    return cfg
+    return validate(cfg)
 
 
 def plain(values: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +225,8 @@ class SweepTrial(Trainable):
     def setup(self, config: dict[str, Any], ctx: SweepContext) -> None:
         self.ctx = ctx
         self.values = plain({k: config[k] for k in ctx.keys})
-        self.cfg = trial_config(ctx, self.values)
+        self.exp = trial_config(ctx, self.values)
+        self.cfg = self.exp.cfg  # the same object: the run folder set at each start is in exp's dump
         self.restored: Optional[dict[str, Any]] = None
         self.run: Optional[TrainRun] = None
         self.pointer: Optional[dict[str, Any]] = None
@@ -268,7 +268,8 @@ class SweepTrial(Trainable):
               + (f" from {start['start_from']}" if start["start_from"] else ""), flush=True)
 
         def trainer_factory(callbacks):
-            return train.build_ray_trainer(cfg, ctx.clip_shape, callbacks=callbacks, start_from=start["start_from"],
+            return train.build_ray_trainer(cfg, ctx.clip_shape, config_yaml=self.exp.dump(), callbacks=callbacks,
+                                           start_from=start["start_from"],
                                            trial=trial_id, tensorboard_url=ctx.url("tensorboard", trial_id),
                                            tracking_context=tracking.trial_context(ctx.tracking, ctx.sweep_url,
                                                                                    trial_id, self.values, start))
