@@ -192,10 +192,14 @@ def test_a_job_on_a_two_node_cluster_refuses_a_local_storage_path_in_one_line(sk
 
     ray.shutdown()  # the session's shared local Ray (conftest.ray_cluster), if up: this test has its own
     dash = free_port()
+    # Each node's dashboard agent on a free port: at Ray's default (52365) another cluster of the
+    # machine may hold it, and a head without its agent answers every submit with "No available
+    # agent to submit job" (seen beside a `ray start --head` on the default ports).
     cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dash})
+        "num_cpus": 0, "include_dashboard": True, "dashboard_host": "127.0.0.1", "dashboard_port": dash,
+        "dashboard_agent_listen_port": free_port()})
     try:
-        cluster.add_node(num_cpus=2)
+        cluster.add_node(num_cpus=2, dashboard_agent_listen_port=free_port())
         cluster.wait_for_nodes()
         client = JobSubmissionClient(f"http://127.0.0.1:{dash}")
         runs = tmp_path / "runs"  # outside the job's copy of its working dir, on this one machine's disk
