@@ -1,6 +1,6 @@
 """Rank 0's human-facing record of a run, in the run folder (local or s3://):
 
-    config.yaml                 the keys this run reads (``Experiment.dump``, made by the driver): ``--config`` it to retrain
+    config.yaml                 the keys this run reads (the driver's ``Experiment.dump``): ``--config`` it to retrain
     metrics.jsonl               one JSON object per log step and per validation
     samples/step_<step>.png     held-out strip: input | prediction | truth, a few frames each, and the
                                 clouds' true and predicted displacement as arrows (ssagan_dist.motion)

@@ -170,7 +170,8 @@ def build_ray_trainer(cfg: ExperimentConfig, clip_shape: list[int], *, config_ya
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"cfg": OmegaConf.to_container(cfg), "clip_shape": clip_shape, "start_from": start_from,
-                           # rank 0 writes it as the run's config.yaml: the config is validated here, once
+                           # rank 0 writes it as the run's config.yaml; made from the caller's validated
+                           # Experiment (else validated here): no rank validates the config again
                            "config_yaml": config_yaml if config_yaml is not None else experiment.dump(cfg),
                            "trial": trial, "tensorboard_url": tensorboard_url, "tracking": tracking_context,
                            "observer": observer,
@@ -304,8 +305,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         w.trainer.wrap(parallel.wrapper(w.cfg.ddp))
         check_ranks_agree(w, "after resuming" if step else "at start")
         if w.rank == 0:
-            w.runlog = RunLog(w.cfg, RunFolder.of(w.cfg).url, step, config["config_yaml"], config.get("tensorboard_url"),
-                              config.get("tracking"))
+            w.runlog = RunLog(w.cfg, RunFolder.of(w.cfg).url, step, config["config_yaml"],
+                              config.get("tensorboard_url"), config.get("tracking"))
             for event in w.checkpoints.events:
                 w.runlog.append({"step": step, **event})
             say(f"[train] {w.cfg.model.name} ({w.cfg.model.flavor}) on {w.world} worker(s), {w.device}; "
