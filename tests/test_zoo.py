@@ -89,7 +89,8 @@ def test_selection_defaults_to_one_row_per_network_both_data_sets_and_three_sky_
 
 def test_selection_variables_are_parsed_and_a_stage2_brings_its_stage1():
     sel = zoo.selection({"ZOO_MODELS": "ssagan_b hrvgan", "ZOO_DATA": "real", "ZOO_SEEDS": "3 4"})
-    assert sel == {"models": ["ssagan", "ssagan_b", "hrvgan"], "data": ["real"], "seeds": {"real": [3, 4]}}
+    assert sel == {"models": ["ssagan", "ssagan_b", "hrvgan"], "data": ["real"], "seeds": {"real": [3, 4]},
+                   "longer_seeds": {"real": [3, 4]}}
     assert zoo.selection({"ZOO_MODELS": "ssagan_a mdgan_stage1_2x"})["models"] == ["mdgan_stage1_2x", "ssagan_a"]
 
 
@@ -107,8 +108,16 @@ def test_budget_in_g_updates_and_clips_seen():
     assert zoo.entry_budget("mdgan_stage1_2x", budget)["checkpoints"] == 16
 
 
+def test_the_2x_rows_can_train_on_fewer_seeds_than_the_others():
+    sel = zoo.selection({"ZOO_DATA": "sky", "ZOO_LONGER_SEEDS": "0"})
+    todo = zoo.runs_to_do(sel)
+    assert [s for d, m, s in todo if m == "ssagan_2x"] == [0] == [s for d, m, s in todo if m == "mdgan_stage1_2x"]
+    assert [s for d, m, s in todo if m == "ssagan"] == [0, 1, 2]
+
+
 @pytest.mark.parametrize("env, named", [({"ZOO_MODELS": "vgan"}, "ZOO_MODELS"), ({"ZOO_DATA": "beach"}, "ZOO_DATA"),
-                                        ({"ZOO_SEEDS": "one"}, "ZOO_SEEDS")])
+                                        ({"ZOO_SEEDS": "one"}, "ZOO_SEEDS"), ({"ZOO_LONGER_SEEDS": "x"}, "ZOO_LONGER_SEEDS"),
+                                        ({"ZOO_SEEDS": "0", "ZOO_LONGER_SEEDS": "5"}, "ZOO_LONGER_SEEDS")])
 def test_bad_selection_names_the_variable(env, named):
     with pytest.raises(ValueError, match=named):
         zoo.selection(env)
@@ -272,7 +281,9 @@ def test_conditional_tables_show_intervals_verdicts_stages_budget_gates_and_moti
     gate = next(x for x in lines if x.startswith("| ssagan (SSA-GAN (a)) | G (scored, EMA) |"))
     assert "down.0.1 +0.020 [+0.010, +0.030]" in gate and "| 0.030 |" in gate
     motion = next(x for x in lines if x.startswith("| mdgan_stage1 | 0.4") or x.startswith("| mdgan_stage1 | 0.5"))
-    assert "| 1.000 ± 0.000 | -0.50" in motion and re.search(r"\| 8\d\.\d \[", motion), motion
+    assert "| 1.000 ± 0.000 | 0.50 | -0.50" in motion and re.search(r"\| 8\d\.\d \[", motion), motion
+    # against the better oracle (here the only one: the true drift, 5 dB above copy-frame), and the time
+    assert re.search(r"\| -3\.0\d \[-3\.\d\d, -\d\.\d\d\] ± 0\.\d\d \(true drift\) \| 60 \(70\) \|$", motion), motion
     copy = next(x for x in lines if x.startswith("| copy-frame | 23."))
     assert "| -1.00 [-1.00, -1.00] ± 0.00 |" in copy
     assert "Δ vs best (mdgan_stage1_2x)" in table or "Δ vs best (mdgan_stage2)" in table

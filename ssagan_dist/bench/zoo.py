@@ -62,6 +62,8 @@ Environment (like ``bench quality``'s):
   footage).
 - ZOO_OVERRIDES: extra ``key=value`` training overrides for every run (space-separated; they
   change the budget, e.g. ``loop.max_steps=2`` for a smoke run, and are recorded).
+- ZOO_LONGER_SEEDS: training seeds of the 2× entries (default: ZOO_SEEDS; a subset of them), as
+  each costs twice a run.
 - ZOO_TIMEOUT_S: per training run (default 900; twice that for a 2× entry).
 """
 
@@ -186,7 +188,19 @@ def selection(env: dict | None = None) -> dict:
             raise ValueError(f"ZOO_SEEDS = {text!r}: space-separated integers") from None
         if not seeds[d]:
             raise ValueError("ZOO_SEEDS is empty: give at least one training seed")
-    return {"models": models, "data": data, "seeds": seeds}
+    longer_seeds = dict(seeds)
+    if env.get("ZOO_LONGER_SEEDS", "").strip():
+        text = env["ZOO_LONGER_SEEDS"]
+        try:
+            chosen = [int(s) for s in text.split()]
+        except ValueError:
+            raise ValueError(f"ZOO_LONGER_SEEDS = {text!r}: space-separated integers") from None
+        for d in data:
+            if not set(chosen) <= set(seeds[d]):
+                raise ValueError(f"ZOO_LONGER_SEEDS = {text!r}: seeds of ZOO_SEEDS ({' '.join(map(str, seeds[d]))} "
+                                 f"on {d}), so that each 2x row has its 1x run to compare with")
+            longer_seeds[d] = [s for s in seeds[d] if s in chosen]
+    return {"models": models, "data": data, "seeds": seeds, "longer_seeds": longer_seeds}
 
 
 def runs_to_do(sel: dict) -> list[tuple[str, str, int]]:
@@ -194,7 +208,8 @@ def runs_to_do(sel: dict) -> list[tuple[str, str, int]]:
     todo = []
     for d in sel["data"]:
         for model in sel["models"]:
-            todo.extend((d, model, s) for s in sel["seeds"][d])
+            seeds = sel.get("longer_seeds", sel["seeds"])[d] if model in LONGER else sel["seeds"][d]
+            todo.extend((d, model, s) for s in seeds)
     return todo
 
 
@@ -788,6 +803,8 @@ def comparisons(rows: list[dict]) -> list[dict]:
         for e in present:
             add("motion", e, "pred_displacement", e, "true_displacement")
             add("motion", e, "direction_agreement", e, None)
+            for prefix in ORACLES:
+                add("vs oracle", e, "psnr", e, f"{prefix}psnr")
     return out
 
 
@@ -978,17 +995,31 @@ def motion_table(data: str, cond: list[dict], comps: list[dict]) -> list[str]:
     rows = [s for s in cond if s.get("motion")]
     if not rows:
         return []
-    lines = [f"#### {data}: motion (every test clip; displacement as evaluate measures it, mean over clips; "
+    lines = [f"#### {data}: motion (every test clip; displacement as evaluate measures it, in px, mean over clips; "
              "mean ± std over seeds)", "",
-             "| model | predicted displacement | true displacement | Δ predicted − true [95%] "
-             "| direction agreement (%) [95%] |", "|---|---|---|---|---|"]
+             "Direction agreement: the share of clips moved within 45° of the true displacement and at least "
+             "half its length (docs/metrics.md). PSNR − better oracle: the model against the oracle with the "
+             "higher mean PSNR (rendered from each clip's recorded parameters: the true colour drift with the "
+             "clouds held still, or the true cloud motion with the colour held still). Training time: wall "
+             "seconds of one worker (CPU seconds of every process of the run), mean over seeds.", "",
+             "| model | predicted displacement | true displacement | predicted / true | Δ predicted − true [95%] "
+             "| direction agreement (%) [95%] | PSNR − better oracle (dB) [95%] | train s (CPU s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for s in rows:
         m = s["motion"]
         cell = lambda k: _pm(m[k], ".3f") if k in m else "–"  # noqa: E731
         disp = find(comps, data, s["model"], "pred_displacement", s["model"], "true_displacement")
         direction = find(comps, data, s["model"], "direction_agreement", s["model"], None)
-        lines.append(f"| {label(s['model'])} | {cell('pred_displacement')} | {cell('true_displacement')} "
-                     f"| {_iv(disp, '+.3f')} | {_iv(direction, '.1f', 100.0)} |")
+        ratio = (f"{m['pred_displacement']['mean'] / m['true_displacement']['mean']:.2f}"
+                 if "pred_displacement" in m and "true_displacement" in m and m["true_displacement"]["mean"] else "–")
+        gaps = [c for c in (find(comps, data, s["model"], "psnr", s["model"], f"{prefix}psnr") for prefix in ORACLES)
+                if c is not None]
+        gap = min(gaps, key=lambda c: c["joint"]["estimate"]) if gaps else None  # the better oracle leaves the smaller gain
+        oracle = f" ({ORACLES[gap['b_metric'][:-len('psnr')]].removeprefix('oracle: ')})" if gap else ""
+        time_cell = f"{s['train_seconds']['mean']:.0f} ({s['cpu_seconds']['mean']:.0f})"
+        lines.append(f"| {label(s['model'])} | {cell('pred_displacement')} | {cell('true_displacement')} | {ratio} "
+                     f"| {_iv(disp, '+.3f')} | {_iv(direction, '.1f', 100.0)} | {_iv(gap, '+.2f')}{oracle} "
+                     f"| {time_cell} |")
     return lines + [""]
 
 
