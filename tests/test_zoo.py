@@ -90,7 +90,7 @@ def test_selection_defaults_to_one_row_per_network_both_data_sets_and_three_sky_
 def test_selection_variables_are_parsed_and_a_stage2_brings_its_stage1():
     sel = zoo.selection({"ZOO_MODELS": "ssagan_b hrvgan", "ZOO_DATA": "real", "ZOO_SEEDS": "3 4"})
     assert sel == {"models": ["ssagan", "ssagan_b", "hrvgan"], "data": ["real"], "seeds": {"real": [3, 4]},
-                   "longer_seeds": {"real": [3, 4]}}
+                   "entry_seeds": {}}
     assert zoo.selection({"ZOO_MODELS": "ssagan_a mdgan_stage1_2x"})["models"] == ["mdgan_stage1_2x", "ssagan_a"]
 
 
@@ -108,16 +108,26 @@ def test_budget_in_g_updates_and_clips_seen():
     assert zoo.entry_budget("mdgan_stage1_2x", budget)["checkpoints"] == 16
 
 
-def test_the_2x_rows_can_train_on_fewer_seeds_than_the_others():
-    sel = zoo.selection({"ZOO_DATA": "sky", "ZOO_LONGER_SEEDS": "0"})
+def test_an_entry_can_train_on_fewer_seeds_than_the_others_and_its_rows_say_so():
+    sel = zoo.selection({"ZOO_DATA": "sky", "ZOO_ENTRY_SEEDS": "mdgan_stage1_2x:0 ssagan_2x:0,2"})
     todo = zoo.runs_to_do(sel)
-    assert [s for d, m, s in todo if m == "ssagan_2x"] == [0] == [s for d, m, s in todo if m == "mdgan_stage1_2x"]
+    assert [s for d, m, s in todo if m == "mdgan_stage1_2x"] == [0]
+    assert [s for d, m, s in todo if m == "ssagan_2x"] == [0, 2]
     assert [s for d, m, s in todo if m == "ssagan"] == [0, 1, 2]
+    rows = [cond_row("mdgan_stage1", seed, 2.0) for seed in (0, 1, 2)] + [cond_row("mdgan_stage1_2x", 0, 2.3)]
+    lines = zoo.markdown({"budget": BUDGET, "selection": {"data": ["sky"]}, "cpus": 2, "rows": rows}).splitlines()
+    assert any(x.startswith("#### sky: image-conditioned models, PSNR (test clips: 60; training seeds 0 1 2)")
+               for x in lines)
+    # the PSNR and SSIM rows and the motion row name the seed (the budget table's row is per entry)
+    assert sum(x.startswith("| mdgan_stage1 at 2× budget (EMA of G) (seed 0) | ") for x in lines) == 2
+    assert any(x.startswith("| mdgan_stage1 at 2× budget (seed 0) | 0.4") for x in lines)
+    assert not any(x.startswith("| mdgan_stage1 (EMA of G) (seed") for x in lines)
 
 
 @pytest.mark.parametrize("env, named", [({"ZOO_MODELS": "vgan"}, "ZOO_MODELS"), ({"ZOO_DATA": "beach"}, "ZOO_DATA"),
-                                        ({"ZOO_SEEDS": "one"}, "ZOO_SEEDS"), ({"ZOO_LONGER_SEEDS": "x"}, "ZOO_LONGER_SEEDS"),
-                                        ({"ZOO_SEEDS": "0", "ZOO_LONGER_SEEDS": "5"}, "ZOO_LONGER_SEEDS")])
+                                        ({"ZOO_SEEDS": "one"}, "ZOO_SEEDS"), ({"ZOO_ENTRY_SEEDS": "ssagan:x"}, "ZOO_ENTRY_SEEDS"),
+                                        ({"ZOO_ENTRY_SEEDS": "vgan:0"}, "ZOO_ENTRY_SEEDS"),
+                                        ({"ZOO_SEEDS": "0", "ZOO_ENTRY_SEEDS": "ssagan:5"}, "ZOO_ENTRY_SEEDS")])
 def test_bad_selection_names_the_variable(env, named):
     with pytest.raises(ValueError, match=named):
         zoo.selection(env)

@@ -62,8 +62,9 @@ Environment (like ``bench quality``'s):
   footage).
 - ZOO_OVERRIDES: extra ``key=value`` training overrides for every run (space-separated; they
   change the budget, e.g. ``loop.max_steps=2`` for a smoke run, and are recorded).
-- ZOO_LONGER_SEEDS: training seeds of the 2× entries (default: ZOO_SEEDS; a subset of them), as
-  each costs twice a run.
+- ZOO_ENTRY_SEEDS: entries trained on fewer seeds than ZOO_SEEDS, e.g. ``mdgan_stage1_2x:0
+  ssagan_2x:0,1`` (a 2× entry costs two runs); a subset of ZOO_SEEDS, so that every row pairs
+  with the others on the seeds they share. The tables name such a row's seeds.
 - ZOO_TIMEOUT_S: per training run (default 900; twice that for a 2× entry).
 """
 
@@ -188,19 +189,21 @@ def selection(env: dict | None = None) -> dict:
             raise ValueError(f"ZOO_SEEDS = {text!r}: space-separated integers") from None
         if not seeds[d]:
             raise ValueError("ZOO_SEEDS is empty: give at least one training seed")
-    longer_seeds = dict(seeds)
-    if env.get("ZOO_LONGER_SEEDS", "").strip():
-        text = env["ZOO_LONGER_SEEDS"]
+    entry_seeds: dict = {}
+    for item in env.get("ZOO_ENTRY_SEEDS", "").split():
+        entry, _, text = item.partition(":")
         try:
-            chosen = [int(s) for s in text.split()]
+            chosen = [int(s) for s in text.split(",")]
         except ValueError:
-            raise ValueError(f"ZOO_LONGER_SEEDS = {text!r}: space-separated integers") from None
+            raise ValueError(f"ZOO_ENTRY_SEEDS: {item!r} is not ENTRY:SEED[,SEED...]") from None
+        if entry not in models:
+            raise ValueError(f"ZOO_ENTRY_SEEDS: {entry!r} is not among the entries run ({', '.join(models)})")
         for d in data:
             if not set(chosen) <= set(seeds[d]):
-                raise ValueError(f"ZOO_LONGER_SEEDS = {text!r}: seeds of ZOO_SEEDS ({' '.join(map(str, seeds[d]))} "
-                                 f"on {d}), so that each 2x row has its 1x run to compare with")
-            longer_seeds[d] = [s for s in seeds[d] if s in chosen]
-    return {"models": models, "data": data, "seeds": seeds, "longer_seeds": longer_seeds}
+                raise ValueError(f"ZOO_ENTRY_SEEDS: {item!r} names seeds outside ZOO_SEEDS ({' '.join(map(str, seeds[d]))} "
+                                 f"on {d}); an entry runs on a subset of them, so that its rows pair with the others'")
+            entry_seeds.setdefault(d, {})[entry] = [s for s in seeds[d] if s in chosen]
+    return {"models": models, "data": data, "seeds": seeds, "entry_seeds": entry_seeds}
 
 
 def runs_to_do(sel: dict) -> list[tuple[str, str, int]]:
@@ -208,8 +211,7 @@ def runs_to_do(sel: dict) -> list[tuple[str, str, int]]:
     todo = []
     for d in sel["data"]:
         for model in sel["models"]:
-            seeds = sel.get("longer_seeds", sel["seeds"])[d] if model in LONGER else sel["seeds"][d]
-            todo.extend((d, model, s) for s in seeds)
+            todo.extend((d, model, s) for s in sel.get("entry_seeds", {}).get(d, {}).get(model, sel["seeds"][d]))
     return todo
 
 
@@ -852,10 +854,18 @@ def _count(n: int) -> str:
     return f"{n:,}"
 
 
+def fewer_seeds(s: dict, all_seeds: list[int]) -> str:
+    """' (seed 0)' for a row trained on fewer seeds than the table's (ZOO_ENTRY_SEEDS), else ''."""
+    if list(s["seeds"]) == list(all_seeds):
+        return ""
+    return f" (seed{'s' if len(s['seeds']) > 1 else ''} {' '.join(map(str, s['seeds']))})"
+
+
 def conditional_tables(data: str, cond: list[dict], comps: list[dict], n_seeds: int) -> list[str]:
     first = cond[0]
     lines: list[str] = []
-    seeds = " ".join(map(str, first["seeds"]))
+    all_seeds = sorted({seed for s in cond for seed in s["seeds"]})
+    seeds = " ".join(map(str, all_seeds))
     count = first["count"]["values"][0] if "count" in first else "?"
     lines += [f"Δ = the row minus the column's system, the mean over training seeds of each seed's mean over the "
               f"{count} test clips; [95% interval]: paired bootstrap over the test clips ({N_BOOT} resamples, the "
@@ -899,7 +909,8 @@ def conditional_tables(data: str, cond: list[dict], comps: list[dict], n_seeds: 
             steps = " ".join(map(str, s["steps"]))
             if "stage1_steps" in s:
                 steps += f" (Stage I: {' '.join(map(str, s['stage1_steps']))})"
-            lines.append(f"| {label(e)}{' (EMA of G)' if s['weights'] == 'ema' else ''} | {_pm(s[metric], vfmt)} "
+            lines.append(f"| {label(e)}{' (EMA of G)' if s['weights'] == 'ema' else ''}{fewer_seeds(s, all_seeds)} "
+                         f"| {_pm(s[metric], vfmt)} "
                          f"| {d_copy} | {d_mean} | {d_best} | {steps} |")
         lines.append("")
     lines += stage_table(data, cond, comps)
@@ -995,6 +1006,7 @@ def motion_table(data: str, cond: list[dict], comps: list[dict]) -> list[str]:
     rows = [s for s in cond if s.get("motion")]
     if not rows:
         return []
+    all_seeds = sorted({seed for s in cond for seed in s["seeds"]})
     lines = [f"#### {data}: motion (every test clip; displacement as evaluate measures it, in px, mean over clips; "
              "mean ± std over seeds)", "",
              "Direction agreement: the share of clips moved within 45° of the true displacement and at least "
@@ -1017,7 +1029,8 @@ def motion_table(data: str, cond: list[dict], comps: list[dict]) -> list[str]:
         gap = min(gaps, key=lambda c: c["joint"]["estimate"]) if gaps else None  # the better oracle leaves the smaller gain
         oracle = f" ({ORACLES[gap['b_metric'][:-len('psnr')]].removeprefix('oracle: ')})" if gap else ""
         time_cell = f"{s['train_seconds']['mean']:.0f} ({s['cpu_seconds']['mean']:.0f})"
-        lines.append(f"| {label(s['model'])} | {cell('pred_displacement')} | {cell('true_displacement')} | {ratio} "
+        lines.append(f"| {label(s['model'])}{fewer_seeds(s, all_seeds)} | {cell('pred_displacement')} "
+                     f"| {cell('true_displacement')} | {ratio} "
                      f"| {_iv(disp, '+.3f')} | {_iv(direction, '.1f', 100.0)} | {_iv(gap, '+.2f')}{oracle} "
                      f"| {time_cell} |")
     return lines + [""]
