@@ -122,6 +122,9 @@ def test_an_entry_can_train_on_fewer_seeds_than_the_others_and_its_rows_say_so()
     assert sum(x.startswith("| mdgan_stage1 at 2× budget (EMA of G) (seed 0) | ") for x in lines) == 2
     assert any(x.startswith("| mdgan_stage1 at 2× budget (seed 0) | 0.4") for x in lines)
     assert not any(x.startswith("| mdgan_stage1 (EMA of G) (seed") for x in lines)
+    # the 2x row is the best: mdgan_stage1's difference to it covers the one seed both have
+    vs_best = next(x for x in lines if x.startswith("| mdgan_stage1 (EMA of G) | 2"))
+    assert re.search(r"\| -0\.\d\d \[-0\.\d\d, -0\.\d\d\] \(on seed 0\) \|", vs_best), vs_best
 
 
 @pytest.mark.parametrize("env, named", [({"ZOO_MODELS": "vgan"}, "ZOO_MODELS"), ({"ZOO_DATA": "beach"}, "ZOO_DATA"),

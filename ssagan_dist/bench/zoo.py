@@ -903,9 +903,11 @@ def conditional_tables(data: str, cond: list[dict], comps: list[dict], n_seeds: 
             d_mean = _iv(find(comps, data, e, metric, e, f"mean_change_{metric}"), fmt,
                          fallback=_no_interval(s.get(f"d_{metric}_mean_change"), fmt))
             gap = s[metric]["mean"] - next(x for x in cond if x["model"] == best)[metric]["mean"] if best else None
+            vs_best = find(comps, data, e, metric, best, metric)
             d_best = "0 (best)" if e == best else _iv(
-                find(comps, data, e, metric, best, metric), fmt,
-                fallback=f"{gap:{fmt}} (no per-clip scores)" if gap is not None else "–")
+                vs_best, fmt, fallback=f"{gap:{fmt}} (no per-clip scores)" if gap is not None else "–")
+            if vs_best and list(vs_best["seeds"]) != list(s["seeds"]):  # the seeds both rows have
+                d_best += f" (on seed{'s' if len(vs_best['seeds']) > 1 else ''} {' '.join(map(str, vs_best['seeds']))})"
             steps = " ".join(map(str, s["steps"]))
             if "stage1_steps" in s:
                 steps += f" (Stage I: {' '.join(map(str, s['stage1_steps']))})"
