@@ -291,6 +291,9 @@ def test_conditional_tables_show_intervals_verdicts_stages_budget_gates_and_moti
     assert "| 400 + 400 vs 800 |" in stage and "**not distinguishable**" in stage
     budget = next(x for x in lines if x.startswith("| mdgan_stage2 | 400 + 400 | 3,200 + 3,200 |"))
     assert "| 8 + 8 |" in budget and "(Stage I: 350 350 350)" in budget
+    # SSA against the same network without it (gains 0, 0.05, 0.1 against 2.0)
+    attention = next(x for x in lines if x.startswith("| ssagan (SSA-GAN (a)) − mdgan_stage1 |"))
+    assert "| 400 vs 400 |" in attention and re.search(r"\| -1\.9\d \[-\d\.\d\d, -1\.\d\d\] ± 0\.\d\d \|", attention), attention
     gate = next(x for x in lines if x.startswith("| ssagan (SSA-GAN (a)) | G (scored, EMA) |"))
     assert "down.0.1 +0.020 [+0.010, +0.030]" in gate and "| 0.030 |" in gate
     motion = next(x for x in lines if x.startswith("| mdgan_stage1 | 0.4") or x.startswith("| mdgan_stage1 | 0.5"))

@@ -101,6 +101,7 @@ SAME_AS = {"ssagan_a": "ssagan"}  # the same network and recipe: not a default r
 LONGER = {"mdgan_stage1_2x": ("mdgan_stage1", 2), "ssagan_2x": ("ssagan", 2)}  # entry: (model, budget multiple)
 STAGE1 = {"mdgan_stage2": "mdgan_stage1", "ssagan_b": "ssagan"}
 SAME_UPDATES = {"mdgan_stage2": "mdgan_stage1_2x", "ssagan_b": "ssagan_2x"}  # a Stage II and its Stage I at 2×
+WITHOUT_SSA = {"ssagan": "mdgan_stage1", "ssagan_b": "mdgan_stage2"}  # an SSA network: the same one without SSA
 LABELS = {"ssagan": "ssagan (SSA-GAN (a))", "ssagan_a": "ssagan_a (= ssagan)",
           "mdgan_stage1_2x": "mdgan_stage1 at 2× budget", "ssagan_2x": "ssagan at 2× budget"}
 BUDGET_KEYS = ("loop.max_steps", "loop.batch_size", "scaling.ranks", "loop.val_every",
@@ -802,6 +803,8 @@ def comparisons(rows: list[dict]) -> list[dict]:
                     add("stage", longer, metric, stage1, metric)
             for e, same in SAME_AS.items():
                 add("same network", e, metric, same, metric)
+            for e, plain in WITHOUT_SSA.items():
+                add("attention", e, metric, plain, metric)
         for e in present:
             add("motion", e, "pred_displacement", e, "true_displacement")
             add("motion", e, "direction_agreement", e, None)
@@ -938,18 +941,26 @@ def _updates(s: dict) -> str:
 
 
 def stage_table(data: str, cond: list[dict], comps: list[dict]) -> list[str]:
-    by = {s["model"]: s for s in cond}
     pairs = []
     for stage2, stage1 in STAGE1.items():
         longer = SAME_UPDATES.get(stage2)
         pairs += [(stage2, stage1), (stage2, longer), (longer, stage1)]
+    return (pair_table(data, cond, comps, pairs, "a second stage against more training of the first",
+                       "Δ = left minus right on the same test clips, seed by seed (a Stage II starts from the Stage I "
+                       "of its seed). G updates: a Stage II's own after its Stage I's; a 2× row trains the Stage-I "
+                       "recipe for twice the budget, the total of the Stage II.")
+            + pair_table(data, cond, comps, list(WITHOUT_SSA.items()), "self-attention against the same network "
+                         "without it", "Δ = left minus right on the same test clips, seed by seed: SSA-GAN (a) is "
+                         "MD-GAN's Stage I with SSA layers, SSA-GAN (b) its Stage II on an SSA Stage I; same recipe, "
+                         "same budget."))
+
+
+def pair_table(data: str, cond: list[dict], comps: list[dict], pairs: list, title: str, note: str) -> list[str]:
+    by = {s["model"]: s for s in cond}
     pairs = [(a, b) for a, b in pairs if a in by and b in by]
     if not pairs:
         return []
-    lines = [f"#### {data}: a second stage against more training of the first", "",
-             "Δ = left minus right on the same test clips, seed by seed (a Stage II starts from the Stage I of its "
-             "seed). G updates: a Stage II's own after its Stage I's; a 2× row trains the Stage-I recipe for twice "
-             "the budget, the total of the Stage II.", "",
+    lines = [f"#### {data}: {title}", "", note, "",
              "| comparison | G updates | Δ PSNR (dB) | Δ SSIM | Δ PSNR per seed [95%] |", "|---|---|---|---|---|"]
     for a, b in pairs:
         psnr = find(comps, data, a, "psnr", b, "psnr")
