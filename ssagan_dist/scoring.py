@@ -90,11 +90,7 @@ def pick_checkpoint(uri: str, pick: str = "latest", endpoint_url: Optional[str] 
     if not storage.exists(log_url, endpoint_url):
         raise FileNotFoundError(f"--pick best: {log_url} does not exist (it records {metric} per checkpoint); "
                                 "use --pick latest or name a checkpoint directory")
-    recorded = {}
-    for line in storage.read_bytes(log_url, endpoint_url).decode().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if isinstance(record.get(metric), (int, float)):
-            recorded[record["step"]] = record[metric]
+    recorded = {step: values[metric] for step, values in validation_records(uri, [metric], endpoint_url).items()}
     scored = [(recorded[step], step, d) for d in present
               if (step := int(d.rstrip("/").rsplit("_", 1)[1])) in recorded]
     if not scored:
@@ -112,6 +108,18 @@ def pick_checkpoint(uri: str, pick: str = "latest", endpoint_url: Optional[str] 
             continue
         return d, {"pick": "best", "pick_metric": metric, "pick_mode": mode, "pick_value": value}
     raise first_problem
+
+
+def validation_records(uri: str, keys: list[str], endpoint_url: Optional[str] = None) -> dict[int, dict]:
+    """{step: {key: value}} from run folder ``uri``'s metrics.jsonl, in step order: every record
+    holding a number for ``keys[0]`` (a validation metric: one record per checkpoint), with those
+    of ``keys`` it holds."""
+    records = {}
+    for line in storage.read_bytes(storage.join(uri, "metrics.jsonl"), endpoint_url).decode().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if isinstance(record.get(keys[0]), (int, float)):
+            records[record["step"]] = {k: record[k] for k in keys if isinstance(record.get(k), (int, float))}
+    return dict(sorted(records.items()))
 
 
 def copy_frame(real: Tensor) -> Tensor:

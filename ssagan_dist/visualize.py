@@ -337,12 +337,15 @@ def psnr_curve_png(
     size: tuple[int, int] = (640, 400),
     unit: str = "dB",
     first_frame: int = 0,
+    x: Sequence[float] | None = None,
+    x_label: str = "frame",
 ) -> None:
     """Line plot of PSNR (dB) against frame index, one line per entry (e.g. model and baseline).
 
     The y axis spans the finite values under the PSNR cap; capped values (identical frames, such
     as the baseline's frame 0) are drawn on the top edge, and the plot says so. ``unit`` labels
-    the y axis (any per-frame metric plots the same way); x labels start at ``first_frame``.
+    the y axis (any per-frame metric plots the same way); x labels start at ``first_frame``, or
+    the i-th value of every curve sits at ``x[i]`` (a learning curve: the steps), named ``x_label``.
     """
     if not per_frame_psnr or not all(len(v) for v in per_frame_psnr.values()):
         raise ValueError("per_frame_psnr needs at least one non-empty curve")
@@ -352,7 +355,11 @@ def psnr_curve_png(
     step = _nice_step(max(hi - lo, 1.0), 6)
     y0, y1 = math.floor(lo / step) * step, math.ceil(hi / step) * step
     y1 = y1 if y1 > y0 else y0 + step
-    x1 = max(len(v) for v in curves.values()) - 1
+    n = max(len(v) for v in curves.values())
+    xs = [float(v) for v in x] if x is not None else [float(i + first_frame) for i in range(n)]
+    if len(xs) < n:
+        raise ValueError(f"x has {len(xs)} values for curves of up to {n}")
+    x0, x1 = xs[0], xs[-1]
 
     width, height = size
     left, right, top, bottom = 56, 16, 30, 44
@@ -361,7 +368,7 @@ def psnr_curve_png(
     draw, font = ImageDraw.Draw(image), _font(12)
 
     def to_px(x: float, y: float) -> tuple[float, float]:
-        fx = x / x1 if x1 else 0.5
+        fx = (x - x0) / (x1 - x0) if x1 > x0 else 0.5
         fy = (min(y, y1) - y0) / (y1 - y0)
         return left + fx * pw, top + (1 - fy) * ph
 
@@ -370,20 +377,20 @@ def psnr_curve_png(
         _, py = to_px(0, y)
         draw.line([(left, py), (left + pw, py)], fill=(225, 225, 225))
         draw.text((left - 6, py), f"{y:g}", fill=TEXT, font=font, anchor="rm")
-    x_step = max(1, math.ceil(x1 / 10)) if x1 else 1
-    for x in range(0, x1 + 1, x_step):
-        px, _ = to_px(x, y0)
+    for i in range(0, len(xs), max(1, math.ceil((len(xs) - 1) / 10))):
+        px, _ = to_px(xs[i], y0)
         draw.line([(px, top + ph), (px, top + ph + 4)], fill=TEXT)
-        draw.text((px, top + ph + 6), str(x + first_frame), fill=TEXT, font=font, anchor="mt")
+        draw.text((px, top + ph + 6), f"{xs[i]:g}", fill=TEXT, font=font, anchor="mt")
     draw.rectangle([left, top, left + pw, top + ph], outline=TEXT)
-    draw.text((left + pw, height - 4), "frame", fill=TEXT, font=font, anchor="rd")
+    draw.text((left + pw, height - 4), x_label, fill=TEXT, font=font, anchor="rd")
     draw.text((4, top - 8), unit, fill=TEXT, font=font, anchor="lm")
     draw.text((width / 2, 4), title, fill=TEXT, font=_font(14), anchor="mt")
 
-    any_capped = False
+    any_capped, drawn = False, []
     for colour, (name, values) in zip(LINE_COLOURS * len(curves), curves.items()):
-        points = [(to_px(x, y), y >= PSNR_CAP) for x, y in enumerate(values) if math.isfinite(y)]
+        points = [(to_px(xs[i], y), y >= PSNR_CAP) for i, y in enumerate(values) if math.isfinite(y)]
         any_capped |= any(capped for _, capped in points)
+        drawn += [p for p, _ in points]
         if len(points) > 1:
             draw.line([p for p, _ in points], fill=colour, width=2, joint="curve")
         for (px, py), capped in points:
@@ -391,9 +398,14 @@ def psnr_curve_png(
             draw.ellipse([px - r, py - r, px + r, py + r], fill=colour if not capped else BACKGROUND, outline=colour)
 
     legend = list(curves)
-    lx, ly = left + pw - 8, top + 8
     box_w = max(draw.textlength(name, font=font) for name in legend) + 34
-    draw.rectangle([lx - box_w, ly, lx, ly + 18 * len(legend) + 4], fill=BACKGROUND, outline=(180, 180, 180))
+    box_h = 18 * len(legend) + 4
+    lx = left + pw - 8
+    # top right, unless more of the curves' points lie under it there than at the bottom right
+    under = {y: sum(lx - box_w <= px <= lx and y <= py <= y + box_h for px, py in drawn)
+             for y in (top + 8, top + ph - 8 - box_h)}
+    ly = min(under, key=lambda y: (under[y], y != top + 8))
+    draw.rectangle([lx - box_w, ly, lx, ly + box_h], fill=BACKGROUND, outline=(180, 180, 180))
     for i, (colour, name) in enumerate(zip(LINE_COLOURS * len(legend), legend)):
         y = ly + 12 + 18 * i
         draw.line([(lx - box_w + 6, y), (lx - box_w + 24, y)], fill=colour, width=3)
@@ -405,9 +417,10 @@ def psnr_curve_png(
 
 
 def quality_curves_png(curves: dict[str, dict[str, Sequence[float]]], path: str | os.PathLike,
-                       title: str = "", first_frame: int = 1) -> None:
+                       title: str = "", first_frame: int = 1, x: Sequence[float] | None = None,
+                       x_label: str = "frame") -> None:
     """One panel per metric side by side (``{"PSNR (dB)": {"model": [...], "copy frame": [...]}, ...}``),
-    each curve starting at frame ``first_frame``."""
+    each curve starting at frame ``first_frame``, or at ``x`` named ``x_label`` (``psnr_curve_png``)."""
     if not curves:
         raise ValueError("curves needs at least one metric")
     panels = []
@@ -415,8 +428,9 @@ def quality_curves_png(curves: dict[str, dict[str, Sequence[float]]], path: str 
         for i, (metric, series) in enumerate(curves.items()):
             name = Path(tmp) / f"{i}.png"
             unit = metric.split("(")[-1].rstrip(")") if "(" in metric else ""
-            psnr_curve_png(series, name, title=f"{title}: {metric} per future frame" if title else metric,
-                           unit=unit, first_frame=first_frame)
+            per = " per future frame" if x is None else f" by {x_label}"
+            psnr_curve_png(series, name, title=f"{title}: {metric}{per}" if title else metric,
+                           unit=unit, first_frame=first_frame, x=x, x_label=x_label)
             with Image.open(name) as panel:
                 panels.append(panel.copy())
     image = Image.new("RGB", (sum(p.width for p in panels), max(p.height for p in panels)), BACKGROUND)

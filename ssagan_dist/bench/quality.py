@@ -91,15 +91,21 @@ def check_footage() -> dict[str, tuple[Path, str]]:
     return footage
 
 
-def real_dataset(work: Path, timelapse: bool = False) -> dict:
-    """Training, validation and test shards of the packaged footage, split by video:
-    {"train": url, "val": url, "test": url, "info": {...}}."""
+def real_dataset(work: Path, timelapse: bool = False, test: list[str] | None = None, val: str = VAL_VIDEO,
+                 folder: str = "") -> dict:
+    """Training, validation and test shards of the packaged footage, split by video (test: ``test``,
+    default ``HELD_OUT``; validation: ``val``; training: the rest), under ``work/folder``:
+    {"train": url, "val": url, "test": url, "info": {...}}. Shards written with another split are
+    written again."""
     from data_tools.shard import shard
 
     footage = check_footage()
-    out = work / ("timelapse" if timelapse else "real")
+    test = list(test or HELD_OUT)
+    out = work / (folder or ("timelapse" if timelapse else "real"))
     stride = 2 if timelapse else REAL_STRIDE
-    if not all((out / split / "index.json").is_file() for split in ("train", "val", "test")):
+    groups = {split: (json.loads((out / split / "index.json").read_text())["source"].get("groups")
+                      if (out / split / "index.json").is_file() else None) for split in ("val", "test")}
+    if groups != {"val": [val], "test": sorted(test)}:
         videos = work / "real_videos"
         shutil.rmtree(videos, ignore_errors=True)
         videos.mkdir(parents=True)
@@ -108,7 +114,7 @@ def real_dataset(work: Path, timelapse: bool = False) -> dict:
             with opener(path, "rb") as src, open(videos / name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
         shard(str(videos), "videos", str(out), size=SIZE, frames=FRAMES, stride=stride,
-              timelapse_change=SKY_CHANGE if timelapse else None, test_groups=HELD_OUT, val_groups=[VAL_VIDEO],
+              timelapse_change=SKY_CHANGE if timelapse else None, test_groups=test, val_groups=[val],
               workers=2, overwrite=True, labels="none", progress_bar=False)
     info = {"videos": {n: p for n, (_, p) in footage.items()}, "stride": stride,
             "timelapse_change": SKY_CHANGE if timelapse else None}
