@@ -318,6 +318,7 @@ def test_learning_curves_are_averaged_over_seeds_at_common_steps_tabled_and_draw
     assert zoo.mean_curve([{"step": [200, 400], "val/psnr": [1.0, 2.0]}, {"step": [400], "val/psnr": [4.0]}]) == {
         "step": [400], "val/psnr": [3.0]}
     assert zoo.mean_curve([{"step": [200], "val/psnr": [1.0]}, None]) is None
+    assert zoo.mean_curve([{"step": [200], "val/psnr": [1.0]}, {"step": [400], "val/psnr": [1.0]}]) is None
     table = zoo.markdown(cond_results).splitlines()
     header = next(x for x in table if x.startswith("| model | 400 | 800 |"))
     assert header == "| model | 400 | 800 |"  # every second checkpoint of any row

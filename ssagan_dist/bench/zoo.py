@@ -740,6 +740,8 @@ def mean_curve(curves: list[dict | None]) -> dict | None:
         return None
     steps = [step for step in curves[0]["step"] if all(step in c["step"] for c in curves)]
     keys = [k for k in CURVE_KEYS if all(k in c for c in curves)]
+    if not steps or "val/psnr" not in keys:
+        return None
     at = [{step: i for i, step in enumerate(c["step"])} for c in curves]
     return {"step": steps, **{k: [statistics.fmean(c[k][a[step]] for c, a in zip(curves, at)) for step in steps]
                               for k in keys}}
