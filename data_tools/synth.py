@@ -97,12 +97,17 @@ def _sample_periodic(field: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndar
 
 
 def render_clip(params: dict[str, Any], size: int, frames: int, *, freeze_motion: bool = False,
-                freeze_drift: bool = False) -> np.ndarray:
+                freeze_drift: bool = False, guess_unseen: bool = False) -> np.ndarray:
     """uint8 (T, H, W, 3) for one clip's parameters.
 
     ``freeze_motion``: the clouds stay where they are at frame 0 (the colour still drifts);
-    ``freeze_drift``: the sky colour stays at frame 0's (``tau0``; the clouds still move). Frame 0
-    is the same in every variant, and with neither the output is what ``generate`` writes.
+    ``freeze_drift``: the sky colour stays at frame 0's (``tau0``; the clouds still move);
+    ``guess_unseen``: where a pixel's cloud was not in view at frame 0 (it comes in from outside the
+    frame or from behind the skyline or flag), its cloud is replaced by the expected colour of a
+    cloud drawn from frame 0's visible sky (the mean of the composite over those pixels' cloud
+    densities: the best guess, in squared error, that ignores where the cloud comes from); every
+    other pixel is the clip's own. Frame 0 is the same in every variant, and with none of them the
+    output is what ``generate`` writes.
     """
     s, t = size, np.arange(frames, dtype=np.float32)
     still = np.zeros_like(t)
@@ -122,15 +127,35 @@ def render_clip(params: dict[str, Any], size: int, frames: int, *, freeze_motion
     clouds = lit[:, None, None] * shade
     img = sky * (1 - 0.9 * density[..., None]) + clouds * 0.9 * density[..., None]
 
-    # static foreground: skyline and a flag on the tallest roof pointing downwind
+    foreground = _foreground(params, s)
+    if guess_unseen:
+        # the composite is quadratic in the density d: sky + d (0.945 lit - 0.9 sky) - 0.225 lit d^2,
+        # so its mean over frame 0's visible sky needs the mean of d and of d^2 there
+        seen = density[0][~foreground]
+        mean, mean_sq = float(seen.mean()), float((seen * seen).mean())
+        guess = sky + mean * (0.945 * lit[:, None, None] - 0.9 * sky) - 0.225 * mean_sq * lit[:, None, None]
+        sx = np.rint(xx[None] - vx * tm[:, None, None]).astype(np.int64)  # where each pixel's cloud was at frame 0
+        sy = np.rint(yy[None] - vy * tm[:, None, None]).astype(np.int64)
+        inside = (sx >= 0) & (sx < s) & (sy >= 0) & (sy < s)
+        unseen = ~inside
+        unseen[inside] = foreground[sy[inside], sx[inside]]
+        img = np.where(unseen[..., None], guess, img)
+    img[:, foreground] = _foreground_colour(params, s)[foreground]
+    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def _foreground_layers(params: dict[str, Any], s: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Boolean (H, W) masks of the static foreground: the skyline, the flag's pole, the flag (not
+    where the skyline covers it): a skyline and a flag on the tallest roof pointing downwind."""
+    yy, xx = np.mgrid[0:s, 0:s].astype(np.float32)
+    vx, vy = params["wind"]
     heights = params["skyline"]
     ground = yy >= (s - heights)[None, :]
-    img[:, ground] = _SKYLINE
     roof_x = int(np.argmax(heights))
     roof_y = s - int(heights[roof_x])
-    pole = max(2, s // 8)
-    top = max(0, roof_y - pole)
-    img[:, top:roof_y, roof_x] = _SKYLINE
+    pole = np.zeros((s, s), dtype=bool)
+    top = max(0, roof_y - max(2, s // 8))
+    pole[top:roof_y, roof_x] = True
     length = s * (0.08 + 0.5 * (params["travel"] - 0.15))
     thick = max(1.0, s / 20)
     direction = np.sign(vx) if vx != 0 else 1.0
@@ -138,8 +163,20 @@ def render_clip(params: dict[str, Any], size: int, frames: int, *, freeze_motion
     tilt = vy / (abs(vx) + 1e-6)
     across = yy - (top + thick / 2 + along * tilt)
     flag = (along >= 1) & (along <= length) & (np.abs(across) <= thick * (1 - along / (length + 1)) + 0.5)
-    img[:, flag & ~ground] = _FLAG
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return ground, pole, flag & ~ground
+
+
+def _foreground(params: dict[str, Any], s: int) -> np.ndarray:
+    return np.logical_or.reduce(_foreground_layers(params, s))
+
+
+def _foreground_colour(params: dict[str, Any], s: int) -> np.ndarray:
+    """(H, W, 3): the foreground's colours where it stands (the flag over the pole over the skyline)."""
+    ground, pole, flag = _foreground_layers(params, s)
+    colour = np.zeros((s, s, 3), dtype=np.float32)
+    colour[ground | pole] = _SKYLINE
+    colour[flag] = _FLAG
+    return colour
 
 
 # -- re-rendering a stored clip: the exact clip and the oracles with one factor frozen ---------
@@ -148,6 +185,7 @@ VARIANTS = {
     "exact": {},  # the clip as generate rendered it (before JPEG)
     "drift_only": {"freeze_motion": True},  # the true colour drift, clouds frozen at frame 0's position
     "motion_only": {"freeze_drift": True},  # the true cloud motion, colour frozen at frame 0's (tau0)
+    "seen_only": {"guess_unseen": True},  # exact, but clouds not in view at frame 0 replaced by their mean colour
 }
 _KEY = re.compile(r"^sky(\d{4,})_(\d{7,})$")
 

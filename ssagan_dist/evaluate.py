@@ -19,11 +19,14 @@ same clips and with the same metric code:
   *training* clips (``--train-data``, default the checkpoint's ``data.train_urls``): a
   prediction that knows the average motion of the data but nothing of this clip.
 
-On synthetic skies (``data_tools.synth``; the dataset's index.json names it) three oracles,
+On synthetic skies (``data_tools.synth``; the dataset's index.json names it) four oracles,
 each clip rendered again from the parameters it was made with (``--no-oracles`` leaves them out):
 
 - ``oracle_drift_*``: the true colour drift, the clouds held still where they are in the photo;
 - ``oracle_motion_*``: the true cloud motion, the sky's colour held at the photo's;
+- ``oracle_seen_*``: the clip itself wherever its cloud was in view in the photo; a cloud that was
+  not (it enters the frame, or comes from behind the skyline) is guessed, as its mean colour: what
+  a prediction can reach that knows the motion and the drift exactly but not the unseen clouds;
 - ``oracle_exact_*``: the clip itself, unlike the stored clip by its JPEG error only.
 
 Motion (``ssagan_dist.motion``; ``--no-motion`` leaves it out): how far the clouds moved from the

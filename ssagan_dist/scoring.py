@@ -38,6 +38,7 @@ BASELINES = {"baseline_": "copy frame", "mean_change_": "mean training change"}
 # (synth.VARIANTS name, label)}; "exact" differs from the stored clip by its JPEG error only
 ORACLES = {"oracle_drift_": ("drift_only", "oracle: true drift, clouds still"),
            "oracle_motion_": ("motion_only", "oracle: true motion, colour still"),
+           "oracle_seen_": ("seen_only", "oracle: exact, unseen clouds guessed"),
            "oracle_exact_": ("exact", "oracle: exact re-render")}
 # motion measures (ssagan_dist.motion.summarize): per series, with its prefix; of the truth
 MOTION_SERIES_KEYS = ("pred_displacement", "direction_agreement", "magnitude_ratio", "magnitude_ratio_median",
@@ -421,7 +422,7 @@ def score(trainer: GANTrainer, loader: ClipLoader, frames: int, device: torch.de
     Keys: mse, psnr, ssim (means over future frames, then clips), {mse,psnr,ssim}_curve (per frame
     index, frame 0 = the input), count (clips scored), each again with ``baseline_`` (copy-frame)
     and ``mean_change_`` prefixes; on synthetic skies (``synthetic_clips``) and with ``oracles``,
-    again with the ``ORACLES`` prefixes (``oracle_drift_``, ``oracle_motion_``, ``oracle_exact_``).
+    again with the ``ORACLES`` prefixes (``oracle_drift_``, ``oracle_motion_``, ``oracle_seen_``, ``oracle_exact_``).
 
     ``measure_motion`` (``ssagan_dist.motion``; docs/metrics.md "Motion"): the displacement of the
     clouds from the input frame to the last, of the truth and of every series, both measured from

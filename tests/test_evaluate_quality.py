@@ -284,7 +284,8 @@ def test_motion_measures_copy_frame_zero_truth_one_and_the_oracles(skies):
     for r in (copied, truth):
         assert r["count"] == SKY_CLIPS and r["true_displacement"] > 5
         assert r["baseline_direction_agreement"] == 0.0 and r["baseline_pred_displacement"] == 0.0
-        assert r["oracle_drift_count"] == r["oracle_motion_count"] == r["oracle_exact_count"] == SKY_CLIPS
+        assert (r["oracle_drift_count"] == r["oracle_motion_count"] == r["oracle_seen_count"]
+                == r["oracle_exact_count"] == SKY_CLIPS)
     assert copied["direction_agreement"] == 0.0 and copied["pred_displacement"] == 0.0
     assert copied["magnitude_ratio"] == 0.0 and copied["pred_frame_change"] == 0.0
     assert truth["direction_agreement"] == 1.0
@@ -298,6 +299,9 @@ def test_motion_measures_copy_frame_zero_truth_one_and_the_oracles(skies):
     assert truth["oracle_drift_psnr"] > truth["baseline_psnr"]
     assert truth["oracle_motion_direction_agreement"] >= 0.9 and truth["oracle_drift_direction_agreement"] == 0.0
     assert truth["oracle_exact_direction_agreement"] == 1.0
+    # what frame 0 shows, known exactly; the clouds it does not show, guessed
+    assert truth["oracle_exact_psnr"] > truth["oracle_seen_psnr"] > truth["oracle_motion_psnr"] + 1
+    assert truth["oracle_seen_direction_agreement"] >= 0.9
     # the estimator against the recorded wind
     assert truth["true_displacement"] == pytest.approx(truth["wind_displacement"], rel=0.1)
     assert truth["true_displacement_error"] < 1.5

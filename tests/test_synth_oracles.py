@@ -9,6 +9,9 @@ import torch
 
 from data_tools import synth
 from data_tools.synth import DRIFT, _FLAG, _HORIZON, _SKYLINE, _ZENITH, _cloud_field, _palette, _sample_periodic
+
+_SKYLINE_U8 = (_SKYLINE * 255 + 0.5).astype(np.uint8)
+_FLAG_U8 = (_FLAG * 255 + 0.5).astype(np.uint8)
 from ssagan_dist import metrics, motion
 from ssagan_dist.data import ClipLoader, read_index
 
@@ -118,6 +121,53 @@ def test_keys_and_variants():
     assert synth.clip_key(7, 12) == "sky0007_0000012" and synth.parse_key("sky0007_0000012") == (7, 12)
     assert synth.parse_key(synth.clip_key(12345, 0)) == (12345, 0)
     assert synth.parse_key("vtest_000016") is None and synth.parse_key("sky7_12") is None
-    assert set(synth.VARIANTS) == {"exact", "drift_only", "motion_only"}
+    assert set(synth.VARIANTS) == {"exact", "drift_only", "motion_only", "seen_only"}
     with pytest.raises(ValueError, match="variant"):
         synth.rerender(0, 0, 16, 4, "frozen")
+
+
+def test_seen_only_guesses_the_clouds_frame_0_does_not_show():
+    """seen_only is the clip itself wherever the pixel's cloud was in view at frame 0; elsewhere
+    (it enters the frame, or comes from behind the skyline or flag) one colour per frame and row:
+    the mean of the composite over frame 0's visible cloud densities, worked out here by averaging
+    the composite itself. On average it is closer to the clip than the true-motion oracle (which
+    renders the entering clouds, in frame 0's colours), and it is not the clip."""
+    size, frames = 32, 8
+    t = np.arange(frames, dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    scores = []
+    for i in range(8):
+        p = synth.clip_params(99, i, size, frames)
+        exact = synth.rerender(99, i, size, frames)
+        seen = synth.rerender(99, i, size, frames, "seen_only")
+        assert np.array_equal(seen[0], exact[0])
+        vx, vy = p["wind"]
+        field = _cloud_field(p["noise"], p["wind"], p["travel"])
+        n = _sample_periodic(field, xx[None] - vx * t[:, None, None], yy[None] - vy * t[:, None, None])
+        d = np.clip((n - p["coverage"]) / 0.8, 0.0, 1.0)
+        d = d * d * (3 - 2 * d)
+        background = (exact[0] != _SKYLINE_U8).any(-1) & (exact[0] != _FLAG_U8).any(-1)
+        sx, sy = np.rint(xx[None] - vx * t[:, None, None]), np.rint(yy[None] - vy * t[:, None, None])
+        inside = (sx >= 0) & (sx < size) & (sy >= 0) & (sy < size)
+        was_seen = np.zeros_like(inside)
+        was_seen[inside] = background[sy[inside].astype(int), sx[inside].astype(int)]
+        now_sky = np.broadcast_to(background, was_seen.shape)
+        assert np.array_equal(seen[was_seen | ~now_sky], exact[was_seen | ~now_sky])
+        unseen = ~was_seen & now_sky
+        assert unseen[1:].sum() > 0 and unseen[-1].sum() >= unseen[1].sum()
+        # the guess: the composite averaged over frame 0's visible densities, per frame and row
+        tau = p["tau0"] + DRIFT * t / (frames - 1)
+        height = (yy / (size - 1))[:, :1]  # (H, 1)
+        sky = _palette(tau, _ZENITH)[:, None] * (1 - height) + _palette(tau, _HORIZON)[:, None] * height  # (T, H, 3)
+        lit = (0.7 + 0.3 * _palette(tau, _HORIZON))[:, None]  # (T, 1, 3)
+        dens = d[0][background][:, None, None, None]  # (K, 1, 1, 1)
+        guess = (sky * (1 - 0.9 * dens) + lit * (1.05 - 0.25 * dens) * 0.9 * dens).mean(0)  # (T, H, 3)
+        expected = (np.clip(guess, 0, 1) * 255 + 0.5).astype(np.uint8)
+        frame, row, _ = np.nonzero(unseen)
+        assert np.abs(seen[unseen].astype(int) - expected[frame, row].astype(int)).max() <= 1
+        clips = _as_clips([exact, seen, synth.rerender(99, i, size, frames, "motion_only")])
+        psnr = metrics.clip_metrics(clips[1:], clips[:1].expand(2, -1, -1, -1, -1))["psnr"]
+        scores.append(psnr)
+        assert psnr[0] < 60  # not the clip
+    seen_psnr, motion_psnr = torch.stack(scores).mean(0)
+    assert seen_psnr > motion_psnr + 1, (seen_psnr, motion_psnr)

@@ -224,7 +224,7 @@ def cond_row(model, seed, gain, n=60, shuffle_keys=False, per_clip=True):
     keys = [f"sky0102_{i:07d}" for i in range(n)]
     clips = {"key": keys, "psnr": psnr, "baseline_psnr": base, "mean_change_psnr": base + 1.0, "ssim": ssim,
              "baseline_ssim": np.full(n, 0.7), "mean_change_ssim": np.full(n, 0.7005),
-             "oracle_drift_psnr": base + 5.0, "oracle_drift_ssim": np.full(n, 0.8),
+             "oracle_drift_psnr": base + 5.0, "oracle_drift_ssim": np.full(n, 0.8), "oracle_seen_psnr": base + 6.0,
              "pred_displacement": np.full(n, 0.5) + rng.normal(0, 0.05, n), "true_displacement": np.full(n, 1.0),
              "direction_agreement": (rng.random(n) < 0.9).astype(float)}
     order = rng.permutation(n) if shuffle_keys else np.arange(n)
@@ -303,8 +303,10 @@ def test_conditional_tables_show_intervals_verdicts_stages_budget_gates_and_moti
     assert "down.0.1 +0.020 [+0.010, +0.030]" in gate and "| 0.030 |" in gate
     motion = next(x for x in lines if x.startswith("| mdgan_stage1 | 0.4") or x.startswith("| mdgan_stage1 | 0.5"))
     assert "| 1.000 ± 0.000 | 0.50 | -0.50" in motion and re.search(r"\| 8\d\.\d \[", motion), motion
-    # against the better oracle (here the only one: the true drift, 5 dB above copy-frame), and the time
-    assert re.search(r"\| -3\.0\d \[-3\.\d\d, -\d\.\d\d\] ± 0\.\d\d \(true drift\) \| 60 \(70\) \|$", motion), motion
+    # against the better oracle (here the only one: the true drift, 5 dB above copy-frame), against the
+    # seen-only oracle (6 dB above it), and the time
+    assert re.search(r"\| -3\.0\d \[-3\.\d\d, -\d\.\d\d\] ± 0\.\d\d \(true drift\) "
+                     r"\| -4\.0\d \[-4\.\d\d, -\d\.\d\d\] ± 0\.\d\d \| 60 \(70\) \|$", motion), motion
     copy = next(x for x in lines if x.startswith("| copy-frame | 23."))
     assert "| -1.00 [-1.00, -1.00] ± 0.00 |" in copy
     assert "Δ vs best (mdgan_stage1_2x)" in table or "Δ vs best (mdgan_stage2)" in table
