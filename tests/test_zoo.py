@@ -211,7 +211,8 @@ def test_noise_table_gives_the_kernel_distance_with_intervals_beside_the_referen
 
 # -- per-clip scores, intervals and the image-conditioned tables ----------------------------------
 
-BUDGET = {"loop.max_steps": 400, "loop.batch_size": 8, "scaling.ranks": 1, "loop.val_every": 50}
+BUDGET = {"loop.max_steps": 400, "loop.batch_size": 8, "scaling.ranks": 1, "scaling.cpus_per_rank": 2,
+          "loop.val_every": 50}
 
 
 def cond_row(model, seed, gain, n=60, shuffle_keys=False, per_clip=True):
@@ -310,6 +311,7 @@ def test_conditional_tables_show_intervals_verdicts_stages_budget_gates_and_moti
     copy = next(x for x in lines if x.startswith("| copy-frame | 23."))
     assert "| -1.00 [-1.00, -1.00] ± 0.00 |" in copy
     assert "Δ vs best (mdgan_stage1_2x)" in table or "Δ vs best (mdgan_stage2)" in table
+    assert "400 G updates of 8 clips on 1 worker of 2 cores (a 2× row" in table
 
 
 def test_learning_curves_are_averaged_over_seeds_at_common_steps_tabled_and_drawn(cond_results, tmp_path):

@@ -107,7 +107,7 @@ SAME_UPDATES = {"mdgan_stage2": "mdgan_stage1_2x", "ssagan_b": "ssagan_2x"}  # a
 WITHOUT_SSA = {"ssagan": "mdgan_stage1", "ssagan_b": "mdgan_stage2"}  # an SSA network: the same one without SSA
 LABELS = {"ssagan": "ssagan (SSA-GAN (a))", "ssagan_a": "ssagan_a (= ssagan)",
           "mdgan_stage1_2x": "mdgan_stage1 at 2× budget", "ssagan_2x": "ssagan at 2× budget"}
-BUDGET_KEYS = ("loop.max_steps", "loop.batch_size", "scaling.ranks", "loop.val_every",
+BUDGET_KEYS = ("loop.max_steps", "loop.batch_size", "scaling.ranks", "scaling.cpus_per_rank", "loop.val_every",
                "loop.val_batches", "ema.decay", "ema.rampup")
 DATASETS = ("sky", "real")
 SIZE, FRAMES = quality.SIZE, quality.FRAMES
@@ -1193,7 +1193,11 @@ def markdown(results: dict) -> str:
     lines = []
     for name, budget in budgets.items():
         lines.append(f"Budget for {name} models: {budget.get('loop.max_steps')} G updates of "
-                     f"{budget.get('loop.batch_size')} clips on {budget.get('scaling.ranks')} worker (a 2× "
+                     f"{budget.get('loop.batch_size')} clips on {budget.get('scaling.ranks')} worker"
+                     + (f" of {float(budget['scaling.cpus_per_rank']):g} core"
+                        + ("" if float(budget["scaling.cpus_per_rank"]) == 1 else "s")
+                        if "scaling.cpus_per_rank" in budget else "")
+                     + " (a 2× "
                      f"row: twice that; a Stage II: its own after its Stage I's); validation and a checkpoint every "
                      f"{budget.get('loop.val_every')} steps; the checkpoint is picked on validation and scored "
                      "once on test.")
