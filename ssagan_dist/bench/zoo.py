@@ -135,7 +135,7 @@ PER_CLIP_SCORES = ("psnr", "ssim", "mse", "baseline_psnr", "baseline_ssim", "bas
 PER_CLIP_MOTION = ("pred_displacement", "true_displacement", "direction_agreement")
 PER_CLIP_KEY = "key"  # the clip keys, to pair clips across runs
 ORACLES = {"oracle_drift_": "oracle: true drift", "oracle_motion_": "oracle: true motion"}
-# the reference beyond the bar: everything frame 0 shows known exactly, the clouds it hides guessed
+# the reference beside issue 30's bar: everything frame 0 shows known exactly, the clouds it hides guessed
 SEEN = "oracle_seen_"
 
 
