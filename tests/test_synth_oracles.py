@@ -9,11 +9,11 @@ import torch
 
 from data_tools import synth
 from data_tools.synth import DRIFT, _FLAG, _HORIZON, _SKYLINE, _ZENITH, _cloud_field, _palette, _sample_periodic
+from ssagan_dist import metrics, motion
+from ssagan_dist.data import ClipLoader, read_index
 
 _SKYLINE_U8 = (_SKYLINE * 255 + 0.5).astype(np.uint8)
 _FLAG_U8 = (_FLAG * 255 + 0.5).astype(np.uint8)
-from ssagan_dist import metrics, motion
-from ssagan_dist.data import ClipLoader, read_index
 
 
 def render_clip_before_oracles(params, size, frames):
