@@ -133,6 +133,8 @@ def flag(limit: int, candidates: int = 40000) -> None:
         across = y[None] - (top + thick / 2 + along * (vy / (np.abs(vx) + 1e-6))[:, None, None])
         drawn = (along >= 1) & (along <= length) & (np.abs(across) <= thick * (1 - along / (length + 1)) + 0.5)
         match = ((drawn & ~ground[r0:r1, c0:c1][None]) == flag_mask[r0:r1, c0:c1][None]).all(axis=(1, 2))
+        if not match.any():  # the prior covers every clip's own wind: no match means the flag's drawing here is stale
+            raise SystemExit(f"{key}: no candidate draws the clip's flag; does this match synth._foreground_layers?")
         estimate = np.array([vx[match].mean(), vy[match].mean()]) * (FRAMES - 1)
         misses.append(np.linalg.norm(estimate - np.array(params["wind"]) * (FRAMES - 1)))
         flag_pixels.append(int(flag_mask.sum()))
